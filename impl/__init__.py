@@ -1,0 +1,1 @@
+"""autoconverge.impl: the real threaded throttler, its runtimes, the CLI, KVM and migration."""

@@ -1,0 +1,1 @@
+"""autoconverge.impl.migration: pre-copy live migration of a KVM guest, served by the throttler."""

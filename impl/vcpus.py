@@ -1,0 +1,39 @@
+"""The two-method protocol between the throttler and whatever owns the vCPUs.
+
+The throttler only ever calls ``pause()`` and ``resume()``, strictly alternately (a property
+of the spec). Implementations: ``autoconverge.impl.fakes.RecordingVcpus`` for tests and
+``autoconverge.impl.kvm.vm.GuestVm`` for real KVM vCPUs.
+
+Contract for implementations:
+- ``pause()`` returns only once every vCPU is parked outside guest mode; ``resume()`` returns
+  once every vCPU is back in its run loop. Both are idempotent.
+- Both bound their own waiting and raise :class:`VcpuTimeout` (naming the vCPU that did not
+  answer) instead of hanging; any other failure raises :class:`VcpuError`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+class VcpuError(RuntimeError):
+    """pause() or resume() failed."""
+
+
+class VcpuTimeout(VcpuError):
+    """A vCPU did not acknowledge pause/resume within the bound."""
+
+    def __init__(self, vcpu: str, action: str, timeout_s: float) -> None:
+        super().__init__(f"vCPU {vcpu} did not acknowledge {action} within {timeout_s * 1e3:.1f} ms")
+        self.vcpu = vcpu
+        self.action = action
+        self.timeout_s = timeout_s
+
+
+@runtime_checkable
+class Vcpus(Protocol):
+    """What the throttler needs from the vCPUs: pause all, resume all."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...

@@ -1,0 +1,597 @@
+"""The throttle thread's lifecycle, declared once, as data.
+
+Three actors share a small state record (:class:`State`):
+
+- the **worker** thread, whose lifecycle is a ``transitions`` machine with the states
+  ``waiting``, ``throttling_pause`` (vCPUs paused for the pause share of the timeslice),
+  ``throttling_run`` (vCPUs running for the rest) and ``exit``;
+- the **clock**, whose only event ``expire`` ends the current phase's sleep (it is the
+  timeout of the worker's interruptible receive; declared on the worker machine, actor
+  ``clock``);
+- the **controller** (the API: ``set_throttle_percent``, ``shutdown``, ``handover``), a
+  second machine with the states ``idle``, ``awaiting_abort``, ``awaiting_exit``,
+  ``awaiting_handover`` and ``done``.
+
+They talk through a FIFO ``chan`` of integer commands (1..99 set that percent, 0 abort,
+``CMD_EXIT``, ``CMD_HANDOVER``) and a response flag ``resp`` for the synchronous commands.
+Setting a percent is asynchronous (the API validates and enqueues); abort, shutdown and
+handover wait for the worker's answer (and shutdown/handover join the thread).
+
+Everything else - the threaded implementation, the explorer, the Z3 encoder, the SPIN and
+TLA+ generators - reads :data:`SPEC` (or a variant of it) and the relation introspected from
+the machines it builds (:meth:`Spec.relation`). Guards and effects use only
+:mod:`autoconverge.spec.expr` so they evaluate on concrete values, Z3 terms and syntax trees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from transitions import Machine
+
+from .expr import (
+    And,
+    Not,
+    Or,
+    Value,
+    ch_empty,
+    ch_head,
+    ch_push,
+    ch_tail,
+    in_states,
+    is_state,
+)
+
+# --- constants ----------------------------------------------------------------------------
+
+MIN_PERCENT = 1
+"""Smallest throttle percent while throttling."""
+MAX_PERCENT = 99
+"""Largest throttle percent: 100 would never let the vCPUs run (the reference crashed on it)."""
+ABORT_PERCENT = 0
+"""``set_throttle_percent(0)``: stop throttling and go back to waiting (synchronous)."""
+
+CMD_ABORT = 0
+CMD_EXIT = -1
+CMD_HANDOVER = -2
+
+# worker machine states
+WAITING = "waiting"
+PAUSE = "throttling_pause"
+RUN = "throttling_run"
+EXIT = "exit"
+WORKER_STATES: tuple[str, ...] = (WAITING, PAUSE, RUN, EXIT)
+THROTTLING: tuple[str, ...] = (PAUSE, RUN)
+
+# controller machine states
+IDLE = "idle"
+AWAITING_ABORT = "awaiting_abort"
+AWAITING_EXIT = "awaiting_exit"
+AWAITING_HANDOVER = "awaiting_handover"
+DONE = "done"
+CONTROLLER_STATES: tuple[str, ...] = (IDLE, AWAITING_ABORT, AWAITING_EXIT, AWAITING_HANDOVER, DONE)
+
+Actor = Literal["worker", "clock", "controller"]
+Call = Literal["pause", "resume"]
+
+
+# --- the state record -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class State:
+    """One global state. Field values are concrete, Z3 terms or Terms (see expr)."""
+
+    w: Value
+    """worker machine state"""
+    c: Value
+    """controller machine state"""
+    percent: Value
+    """the throttle percent the worker holds: 0 when not throttling, else 1..99"""
+    applied: Value
+    """the percent the current phase's durations were computed from"""
+    paused: Value
+    """the vCPUs are paused (all of them: pause()/resume() are all-or-nothing here)"""
+    handed: Value
+    """the worker exited by handover, leaving the vCPUs paused and owned by the caller"""
+    failed: Value
+    """a pause()/resume() call failed; the worker exited after a best-effort resume"""
+    expired: Value
+    """the current phase's deadline has passed (the clock fired)"""
+    polled: Value
+    """the worker has read the queue at least once in the current phase"""
+    requested: Value
+    """controller: the last percent the API accepted (0 after abort or at start)"""
+    chan: Value
+    """FIFO of commands, controller -> worker"""
+    resp: Value
+    """the worker has answered a synchronous command, not yet consumed by the controller"""
+
+    def replace(self, **changes: Value) -> State:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Value]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+VARIABLES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(State))
+WORKER_VARIABLES = ("percent", "applied", "paused", "handed", "failed", "expired", "polled")
+CONTROLLER_VARIABLES = ("requested",)
+SHARED_VARIABLES = ("chan", "resp")
+
+INITIAL = State(
+    w=WAITING,
+    c=IDLE,
+    percent=0,
+    applied=0,
+    paused=False,
+    handed=False,
+    failed=False,
+    expired=False,
+    polled=False,
+    requested=0,
+    chan=(),
+    resp=False,
+)
+
+# --- guard helpers ------------------------------------------------------------------------
+
+
+def is_set_command(x: Value) -> Value:
+    """A command that sets a percent the worker accepts."""
+    return And(x >= MIN_PERCENT, x <= MAX_PERCENT)
+
+
+def is_valid_command(x: Value) -> Value:
+    """Every command the worker has a transition for in some state."""
+    return Or(is_set_command(x), x == CMD_ABORT, x == CMD_EXIT, x == CMD_HANDOVER)
+
+
+def api_accepts_percent(p: Value) -> Value:
+    """The percents ``set_throttle_percent`` enqueues (0 is abort, handled separately)."""
+    return And(p >= MIN_PERCENT, p <= MAX_PERCENT)
+
+
+def head_is(s: State, cmd: int) -> Value:
+    return And(Not(ch_empty(s.chan)), ch_head(s.chan) == cmd)
+
+
+def head_is_set(s: State) -> Value:
+    return And(Not(ch_empty(s.chan)), is_set_command(ch_head(s.chan)))
+
+
+def throttling(s: State) -> Value:
+    return in_states(s.w, THROTTLING)
+
+
+# --- declarations ----------------------------------------------------------------------------
+
+Guard = Callable[..., Value]
+Effect = Callable[..., Mapping[str, Value]]
+
+
+def _true(s: State, **_: Value) -> Value:
+    return True
+
+
+def _nothing(s: State, **_: Value) -> Mapping[str, Value]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One declared transition: a trigger from ``source`` to ``dest`` of one machine.
+
+    ``guard(state, **params)`` and ``effect(state, **params)`` (updates to the record's
+    non-machine-state fields) use only :mod:`expr`. ``calls`` are the vCPU callbacks the
+    transition performs, in order, before the state changes. ``params`` name the trigger's
+    arguments (their finite domains are a checker's choice, e.g. the explorer config).
+    """
+
+    trigger: str
+    source: str
+    dest: str
+    actor: Actor
+    guard: Guard = _true
+    effect: Effect = _nothing
+    calls: tuple[Call, ...] = ()
+    params: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def machine(self) -> Literal["worker", "controller"]:
+        return "controller" if self.actor == "controller" else "worker"
+
+    @property
+    def label(self) -> str:
+        return f"{self.trigger}@{self.source}"
+
+    def enabled(self, s: State, **params: Value) -> Value:
+        """Guard plus 'the owning machine is in the source state'."""
+        st = s.c if self.machine == "controller" else s.w
+        return And(is_state(st, self.source), self.guard(s, **params))
+
+    def apply(self, s: State, **params: Value) -> State:
+        """The successor state (the guard is not checked here)."""
+        updates = dict(self.effect(s, **params))
+        updates["c" if self.machine == "controller" else "w"] = self.dest
+        return s.replace(**updates)
+
+
+def _pop(s: State) -> Value:
+    return ch_tail(s.chan)
+
+
+def _worker_transitions() -> list[Transition]:
+    ts: list[Transition] = []
+    # -- waiting: blocked on the queue, no timeout
+    ts.append(
+        Transition(
+            "recv_set", WAITING, PAUSE, "worker",
+            guard=lambda s: head_is_set(s),
+            effect=lambda s: {
+                "chan": _pop(s), "percent": ch_head(s.chan), "applied": ch_head(s.chan),
+                "paused": True, "expired": False, "polled": False,
+            },
+            calls=("pause",),
+            doc="start throttling: pause the vCPUs and begin the first pause phase",
+        )
+    )
+    ts.append(
+        Transition(
+            "recv_exit", WAITING, EXIT, "worker",
+            guard=lambda s: head_is(s, CMD_EXIT),
+            effect=lambda s: {"chan": _pop(s), "resp": True},
+            doc="shut down from waiting: nothing to resume",
+        )
+    )
+    ts.append(
+        Transition(
+            "recv_handover", WAITING, EXIT, "worker",
+            guard=lambda s: head_is(s, CMD_HANDOVER),
+            effect=lambda s: {"chan": _pop(s), "resp": True, "paused": True, "handed": True},
+            calls=("pause",),
+            doc="handover from waiting: pause the vCPUs and leave them to the caller",
+        )
+    )
+    for phase in THROTTLING:
+        in_pause = phase == PAUSE
+        # the clock: the phase's deadline passes (only after the worker looked at the queue
+        # once in this phase, or the queue is empty: phases have positive length)
+        ts.append(
+            Transition(
+                "expire", phase, phase, "clock",
+                guard=lambda s: And(Not(s.expired), Or(s.polled, ch_empty(s.chan))),
+                effect=lambda s: {"expired": True},
+                doc="the phase's deadline passes",
+            )
+        )
+        ts.append(
+            Transition(
+                "recv_set", phase, phase, "worker",
+                guard=lambda s: And(Not(s.expired), head_is_set(s)),
+                effect=lambda s: {"chan": _pop(s), "percent": ch_head(s.chan), "polled": True},
+                doc="a new percent: kept for the next phase; the current sleep is not cut short",
+            )
+        )
+        ts.append(
+            Transition(
+                "recv_abort", phase, WAITING, "worker",
+                guard=lambda s: And(Not(s.expired), head_is(s, CMD_ABORT)),
+                effect=lambda s: {
+                    "chan": _pop(s), "resp": True, "percent": 0, "applied": 0,
+                    "paused": False, "expired": False, "polled": False,
+                },
+                calls=("resume",) if in_pause else (),
+                doc="abort: resume if paused, answer, go back to waiting",
+            )
+        )
+        ts.append(
+            Transition(
+                "recv_exit", phase, EXIT, "worker",
+                guard=lambda s: And(Not(s.expired), head_is(s, CMD_EXIT)),
+                effect=lambda s: {
+                    "chan": _pop(s), "resp": True, "percent": 0, "applied": 0,
+                    "paused": False, "expired": False, "polled": False,
+                },
+                calls=("resume",) if in_pause else (),
+                doc="shut down: resume if paused, answer, exit",
+            )
+        )
+        ts.append(
+            Transition(
+                "recv_handover", phase, EXIT, "worker",
+                guard=lambda s: And(Not(s.expired), head_is(s, CMD_HANDOVER)),
+                effect=lambda s: {
+                    "chan": _pop(s), "resp": True, "percent": 0, "applied": 0,
+                    "paused": True, "handed": True, "expired": False, "polled": False,
+                },
+                calls=() if in_pause else ("pause",),
+                doc="handover: exit with the vCPUs paused (pausing them first if running)",
+            )
+        )
+        ts.append(
+            Transition(
+                "fault", phase, EXIT, "worker",
+                guard=_true,
+                effect=lambda s: {
+                    "percent": 0, "applied": 0, "paused": False, "failed": True,
+                    "expired": False, "polled": False,
+                },
+                calls=("resume",) if in_pause else (),
+                doc=(
+                    "a pause()/resume() call raised or timed out: best-effort resume, record "
+                    "the error for the controller, exit (the impl fires it only on a failure)"
+                ),
+            )
+        )
+    ts.append(
+        Transition(
+            "pause_elapsed", PAUSE, RUN, "worker",
+            guard=lambda s: s.expired,
+            effect=lambda s: {
+                "paused": False, "applied": s.percent, "expired": False, "polled": False,
+            },
+            calls=("resume",),
+            doc="the pause share is over: resume the vCPUs for the run share",
+        )
+    )
+    ts.append(
+        Transition(
+            "run_elapsed", RUN, PAUSE, "worker",
+            guard=lambda s: s.expired,
+            effect=lambda s: {
+                "paused": True, "applied": s.percent, "expired": False, "polled": False,
+            },
+            calls=("pause",),
+            doc="the run share is over: pause the vCPUs for the next pause share",
+        )
+    )
+    return ts
+
+
+def _controller_transitions() -> list[Transition]:
+    return [
+        Transition(
+            "call_set", IDLE, IDLE, "controller",
+            guard=lambda s, p: And(
+                api_accepts_percent(p), p != s.requested, Not(s.failed)
+            ),
+            effect=lambda s, p: {"chan": ch_push(s.chan, p), "requested": p},
+            params=("p",),
+            doc="set_throttle_percent(p), 1 <= p <= 99, p new: enqueue and return",
+        ),
+        Transition(
+            "call_abort", IDLE, AWAITING_ABORT, "controller",
+            guard=lambda s: And(s.requested != ABORT_PERCENT, Not(s.failed)),
+            effect=lambda s: {"chan": ch_push(s.chan, CMD_ABORT), "requested": 0},
+            doc="set_throttle_percent(0) while throttling: enqueue abort, wait for the answer",
+        ),
+        Transition(
+            "abort_done", AWAITING_ABORT, IDLE, "controller",
+            guard=lambda s: Or(s.resp, is_state(s.w, EXIT)),
+            effect=lambda s: {"resp": False},
+            doc="the worker answered (or died: the error is raised to the caller)",
+        ),
+        Transition(
+            "call_shutdown", IDLE, AWAITING_EXIT, "controller",
+            effect=lambda s: {"chan": ch_push(s.chan, CMD_EXIT)},
+            doc="shutdown(): enqueue exit, wait for the answer, join the thread",
+        ),
+        Transition(
+            "shutdown_done", AWAITING_EXIT, DONE, "controller",
+            guard=lambda s: is_state(s.w, EXIT),
+            effect=lambda s: {"resp": False},
+            doc="the worker thread has exited (joined)",
+        ),
+        Transition(
+            "call_handover", IDLE, AWAITING_HANDOVER, "controller",
+            effect=lambda s: {"chan": ch_push(s.chan, CMD_HANDOVER)},
+            doc="handover(): enqueue handover, wait for the answer, join the thread",
+        ),
+        Transition(
+            "handover_done", AWAITING_HANDOVER, DONE, "controller",
+            guard=lambda s: is_state(s.w, EXIT),
+            effect=lambda s: {"resp": False},
+            doc="the worker thread has exited (joined), vCPUs left paused",
+        ),
+    ]
+
+
+# --- machines built from the declaration --------------------------------------------------
+
+
+class SpecModel(Protocol):
+    """What a model bound to a spec machine provides to the spec's callbacks."""
+
+    def spec_view(self) -> State:
+        """The current global state as the model sees it (concrete values)."""
+        ...
+
+    def perform_calls(self, calls: tuple[Call, ...]) -> None:
+        """Run the vCPU callbacks of a transition (before the state changes)."""
+        ...
+
+    def apply_updates(self, updates: Mapping[str, Value]) -> None:
+        """Store the effect's updates of the model's own variables."""
+        ...
+
+
+class GuardCondition:
+    """A ``transitions`` condition that evaluates a spec transition's guard."""
+
+    def __init__(self, transition: Transition) -> None:
+        self.transition = transition
+
+    def __call__(self, event: Any) -> bool:
+        model: SpecModel = event.model
+        return bool(self.transition.guard(model.spec_view(), **event.kwargs))
+
+
+class CallsCallback:
+    """``before`` callback: perform the transition's vCPU calls."""
+
+    def __init__(self, transition: Transition) -> None:
+        self.transition = transition
+
+    def __call__(self, event: Any) -> None:
+        if self.transition.calls:
+            event.model.perform_calls(self.transition.calls)
+
+
+class EffectCallback:
+    """``after`` callback: store the transition's effect (computed on the pre-state)."""
+
+    def __init__(self, transition: Transition) -> None:
+        self.transition = transition
+
+    def __call__(self, event: Any) -> None:
+        pre: State = event.kwargs["_pre"] if "_pre" in event.kwargs else event.model.spec_view()
+        params = {k: v for k, v in event.kwargs.items() if not k.startswith("_")}
+        event.model.apply_updates(self.transition.effect(pre, **params))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A lifecycle specification: the declaration plus its named properties.
+
+    :data:`SPEC` is the shipped one; bug-zoo variants (:mod:`variants`) are copies with a
+    few transitions or properties overridden.
+    """
+
+    name: str
+    transitions: tuple[Transition, ...]
+    initial: State = INITIAL
+    properties: tuple[Any, ...] = ()
+    description: str = ""
+    _machines: dict[str, Machine] = field(default_factory=dict, compare=False, repr=False)
+
+    # building ------------------------------------------------------------------------------
+    def machine(self, which: Literal["worker", "controller"], **kwargs: Any) -> Machine:
+        """The ``transitions`` machine for one actor (built once, shared by many models)."""
+        if which in self._machines and not kwargs:
+            return self._machines[which]
+        states = WORKER_STATES if which == "worker" else CONTROLLER_STATES
+        initial = self.initial.w if which == "worker" else self.initial.c
+        declared = [
+            {
+                "trigger": t.trigger,
+                "source": t.source,
+                "dest": t.dest,
+                "conditions": [GuardCondition(t)],
+                "before": [CallsCallback(t)],
+                "after": [EffectCallback(t)],
+            }
+            for t in self.transitions
+            if t.machine == which
+        ]
+        m = Machine(
+            model=None,
+            states=list(states),
+            transitions=declared,
+            initial=initial,
+            auto_transitions=False,
+            send_event=True,
+            ignore_invalid_triggers=False,
+            **kwargs,
+        )
+        if not kwargs:
+            self._machines[which] = m
+        return m
+
+    def relation(self) -> tuple[Transition, ...]:
+        """The transition relation, introspected from the machines' ``events``.
+
+        This is what every consumer (explorer, encoders, generators, the implementation's
+        trigger checks) iterates: the ``transitions`` machines are the single source.
+        """
+        out: list[Transition] = []
+        for which in ("worker", "controller"):
+            for event in self.machine(which).events.values():  # type: ignore[arg-type]
+                for transitions in event.transitions.values():
+                    for tr in transitions:
+                        guard = tr.conditions[0].func
+                        assert isinstance(guard, GuardCondition)
+                        t = guard.transition
+                        assert (t.trigger, t.source, t.dest) == (event.name, tr.source, tr.dest)
+                        out.append(t)
+        return tuple(out)
+
+    def triggers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.trigger for t in self.relation()))
+
+    def find(self, trigger: str, source: str) -> Transition:
+        for t in self.relation():
+            if t.trigger == trigger and t.source == source:
+                return t
+        raise KeyError(f"no transition {trigger!r} from {source!r} in spec {self.name!r}")
+
+    def property(self, name: str) -> Any:
+        for p in self.properties:
+            if p.name == name:
+                return p
+        raise KeyError(f"no property {name!r} in spec {self.name!r}")
+
+    # deriving variants ---------------------------------------------------------------------
+    def with_transitions(
+        self,
+        *,
+        replace: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+        add: tuple[Transition, ...] = (),
+        remove: tuple[tuple[str, str], ...] = (),
+        name: str | None = None,
+        description: str | None = None,
+    ) -> Spec:
+        """A copy with transitions (keyed by (trigger, source)) replaced, added or removed."""
+        replace = dict(replace or {})
+        new: list[Transition] = []
+        for t in self.transitions:
+            key = (t.trigger, t.source)
+            if key in remove:
+                continue
+            if key in replace:
+                t = dataclasses.replace(t, **replace.pop(key))
+            new.append(t)
+        if replace:
+            raise KeyError(f"no transitions to replace: {sorted(replace)}")
+        return Spec(
+            name=name or self.name,
+            transitions=(*new, *add),
+            initial=self.initial,
+            properties=self.properties,
+            description=description if description is not None else self.description,
+        )
+
+    # convenience for checkers ----------------------------------------------------------------
+    def successors(
+        self, s: State, param_domain: Mapping[str, tuple[int, ...]]
+    ) -> Iterator[tuple[Transition, Mapping[str, int], State]]:
+        """Concrete successors: every enabled (transition, params) and the next state."""
+        for t in self.relation():
+            for params in _param_combinations(t.params, param_domain):
+                if t.enabled(s, **params):
+                    yield t, params, t.apply(s, **params)
+
+
+def _param_combinations(
+    names: tuple[str, ...], domain: Mapping[str, tuple[int, ...]]
+) -> Iterator[dict[str, int]]:
+    if not names:
+        yield {}
+        return
+    head, *rest = names
+    for v in domain[head]:
+        for more in _param_combinations(tuple(rest), domain):
+            yield {head: v, **more}
+
+
+def declared_transitions() -> tuple[Transition, ...]:
+    return (*_worker_transitions(), *_controller_transitions())
+
+
+def terminal(s: State) -> Value:
+    """The only legitimate end: the worker exited and the controller returned."""
+    return And(is_state(s.w, EXIT), is_state(s.c, DONE))
