@@ -257,6 +257,17 @@ def _worker_transitions() -> list[Transition]:
             doc="handover from waiting: pause the vCPUs and leave them to the caller",
         )
     )
+    ts.append(
+        Transition(
+            "fault", WAITING, EXIT, "worker",
+            guard=lambda s: Not(ch_empty(s.chan)),
+            effect=lambda s: {"chan": _pop(s), "paused": False, "failed": True},
+            doc=(
+                "pause() failed while starting to throttle or handing over: best-effort "
+                "resume, record the error for the controller, exit"
+            ),
+        )
+    )
     for phase in THROTTLING:
         in_pause = phase == PAUSE
         # the clock: the phase's deadline passes (only after the worker looked at the queue

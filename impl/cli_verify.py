@@ -1,0 +1,242 @@
+"""``autoconverge verify`` and ``autoconverge diagram``: every check on the spec, one table.
+
+``verify`` runs, on the shipped spec or one bug-zoo variant:
+
+1. declaration checks (every state reachable, every transition enabled somewhere, no
+   overlapping guards, exit the only state without a way out) - ``autoconverge.model``;
+2. the explicit-state explorer (every property, bounded, under the spec's fairness);
+3. the Z3 proofs (unbounded), the timing arithmetic proof and vacuity checks -
+   ``autoconverge.proofs``;
+4. with ``--cross-check``: SPIN and TLC on code generated from the same spec.
+
+A property holds only if every method that checked it says so. Exit 0: all hold; 1: a
+property is violated or an obligation failed; 2: usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from autoconverge.spec import SPEC, Spec
+from autoconverge.spec.variants import VARIANTS, variant
+
+from .cli import EXIT_OK, EXIT_VIOLATED, UsageError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("verify", help="check every property of the spec (or of a variant)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--variant", metavar="NAME", help="check a bug-zoo variant instead")
+    p.add_argument("--list-variants", action="store_true", help="list the bug-zoo variants")
+    p.add_argument("--cross-check", action="store_true", help="also run SPIN and TLC")
+    p.add_argument("--no-proofs", action="store_true", help="skip the Z3 proofs")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_verify)
+
+    d = sub.add_parser("diagram", help="the state diagram generated from the spec")
+    d.add_argument("--format", choices=("mermaid", "svg"), default="mermaid")
+    d.add_argument("--machine", choices=("worker", "controller"), default="worker")
+    d.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    d.set_defaults(func=cmd_diagram)
+
+
+class _Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self._t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _selected_spec(args: argparse.Namespace) -> tuple[Spec, str | None, tuple[int, ...]]:
+    if args.variant is None:
+        return SPEC, None, ()
+    try:
+        v = variant(args.variant)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    return v.build(SPEC), v.name, v.probe_percents
+
+
+def run_verify(spec: Spec, *, variant_name: str | None = None,
+               probe_percents: tuple[int, ...] = (), proofs: bool = True,
+               cross_check: bool = False,
+               progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Run every available check; return the JSON-ready report."""
+    from autoconverge.model.explorer import check_declaration, explore, load_config
+
+    report: dict[str, Any] = {"spec": spec.name, "variant": variant_name}
+    rows: dict[str, dict[str, Any]] = {
+        p.name: {
+            "name": p.name, "kind": p.kind, "statement": p.statement, "formula": p.formula,
+            "fairness": p.fairness or None, "holds": True, "methods": [],
+        }
+        for p in spec.properties
+    }
+
+    def merge(name: str, method: str, evidence: dict[str, Any]) -> None:
+        row = rows.setdefault(name, {"name": name, "kind": "other", "holds": True,
+                                     "methods": []})
+        row[method] = evidence
+        row["methods"].append(method)
+        row["holds"] = bool(row["holds"] and evidence.get("holds", False))
+
+    config = load_config(probe_percents=probe_percents)
+    progress("declaration checks")
+    report["declaration"] = check_declaration(spec, config)
+
+    progress("explicit-state exploration")
+    result = explore(spec, config)
+    report["explorer"] = result.stats
+    for prop in result.properties:
+        name = prop["name"]
+        merge(name, "explorer", prop)
+        rows[name]["distinct_states"] = prop.get("distinct_states")
+        rows[name]["depth"] = prop.get("depth")
+
+    if proofs:
+        from autoconverge.proofs.prove import check_vacuity, prove_all, prove_timing
+
+        progress("Z3 proofs (unbounded)")
+        for proof in prove_all(spec):
+            merge(proof["name"], "proof", proof)
+        progress("Z3 timing arithmetic")
+        report["timing"] = prove_timing()
+        progress("vacuity checks")
+        report["vacuity"] = check_vacuity(spec)
+
+    if cross_check:
+        from autoconverge.proofs.crosscheck import cross_check as run_cross_check
+
+        progress("SPIN and TLC")
+        cc = run_cross_check(spec, variant=variant_name)
+        for prop in cc["properties"]:
+            for tool in ("spin", "tlc"):
+                if tool in prop:
+                    merge(prop["name"], tool, prop[tool])
+        report["cross_check"] = {k: v for k, v in cc.items() if k != "properties"}
+
+    report["properties"] = list(rows.values())
+    checks_ok = all(c.get("holds", False) for c in report["declaration"])
+    if "timing" in report:
+        checks_ok = checks_ok and bool(report["timing"].get("holds", False))
+    if "vacuity" in report:
+        checks_ok = checks_ok and all(v.get("holds", False) for v in report["vacuity"])
+    report["ok"] = checks_ok and all(r["holds"] for r in report["properties"])
+    return report
+
+
+def _table(report: dict[str, Any]) -> str:
+    cols = ["explorer", "proof", "spin", "tlc"]
+    present = [c for c in cols if any(c in r for r in report["properties"])]
+    head = f"{'property':30} {'kind':9} {'holds':6} " + " ".join(f"{c:9}" for c in present)
+    lines = [head, "-" * len(head)]
+    for r in report["properties"]:
+        cells = []
+        for c in present:
+            ev = r.get(c)
+            cells.append(f"{'-' if ev is None else ('ok' if ev.get('holds') else 'FAIL'):9}")
+        lines.append(f"{r['name']:30} {r['kind']:9} {str(r['holds']):6} " + " ".join(cells))
+    for c in report.get("declaration", []):
+        lines.append(f"declaration: {c['name']:40} {'ok' if c['holds'] else 'FAIL'}")
+    if "timing" in report:
+        lines.append(f"timing arithmetic (Z3): {'ok' if report['timing'].get('holds') else 'FAIL'}")
+    if "vacuity" in report:
+        bad = [v["name"] for v in report["vacuity"] if not v.get("holds")]
+        lines.append(f"vacuity: {'ok' if not bad else 'FAIL ' + ', '.join(bad)}")
+    stats = report.get("explorer", {})
+    if stats:
+        lines.append(
+            "explorer: " + ", ".join(f"{k}={v}" for k, v in stats.items()
+                                     if not isinstance(v, (dict, list)))
+        )
+    for r in report["properties"]:
+        for method in ("explorer", "proof", "spin", "tlc"):
+            ev = r.get(method) or {}
+            cex = ev.get("counterexample_text") or ev.get("counterexample")
+            if not r["holds"] and cex:
+                lines.append(f"\ncounterexample for {r['name']} ({method}):")
+                lines.append(cex if isinstance(cex, str) else json.dumps(cex, indent=1))
+                break
+    lines.append(f"\n{'ALL PROPERTIES HOLD' if report['ok'] else 'VIOLATIONS FOUND'}"
+                 + (f" (variant {report['variant']})" if report.get("variant") else ""))
+    return "\n".join(lines)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.list_variants:
+        if args.json:
+            print(json.dumps([{"name": v.name, "description": v.description,
+                               "violates": list(v.violates), "max_trace": v.max_trace}
+                              for v in VARIANTS], indent=2))
+        else:
+            for v in VARIANTS:
+                print(f"{v.name:30} {v.description}")
+        return EXIT_OK
+    spec, name, probes = _selected_spec(args)
+    report = run_verify(spec, variant_name=name, probe_percents=probes,
+                        proofs=not args.no_proofs, cross_check=args.cross_check,
+                        progress=_Progress(args.quiet))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(_table(report))
+    return EXIT_OK if report["ok"] else EXIT_VIOLATED
+
+
+def diagram(spec: Spec, machine: str = "worker", fmt: str = "mermaid") -> str | bytes:
+    """The machine's diagram, built by transitions' GraphMachine from the spec relation."""
+    from transitions.extensions import GraphMachine
+
+    from autoconverge.spec.lifecycle import CONTROLLER_STATES, WORKER_STATES
+
+    which = "controller" if machine == "controller" else "worker"
+    states = CONTROLLER_STATES if which == "controller" else WORKER_STATES
+    transitions = [
+        {"trigger": t.trigger + ("" if not t.calls else f" / {', '.join(t.calls)}()"),
+         "source": t.source, "dest": t.dest}
+        for t in spec.relation() if t.machine == which
+    ]
+    engine = "mermaid" if fmt == "mermaid" else "graphviz"
+    try:
+        gm = GraphMachine(model=None, states=list(states), transitions=transitions,
+                          initial=states[0], auto_transitions=False, graph_engine=engine,
+                          title=f"{spec.name}: {which}", show_conditions=False)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise UsageError(
+            "SVG output needs graphviz: pip install 'autoconverge[diagram]' and the "
+            f"'dot' program ({exc})"
+        ) from None
+
+    class _M:
+        pass
+
+    model = _M()
+    gm.add_model(model)
+    graph = model.get_graph()  # type: ignore[attr-defined]
+    if fmt == "mermaid":
+        return str(graph.draw(None))
+    try:
+        return bytes(graph.draw(None, format="svg", prog="dot"))
+    except Exception as exc:  # noqa: BLE001 - the dot binary missing, typically
+        raise UsageError(f"SVG rendering failed (is graphviz's 'dot' installed?): {exc}") from None
+
+
+def cmd_diagram(args: argparse.Namespace) -> int:
+    out = diagram(SPEC, args.machine, args.format)
+    if args.output:
+        mode = "wb" if isinstance(out, bytes) else "w"
+        with open(args.output, mode) as f:
+            f.write(out)
+    elif isinstance(out, bytes):
+        sys.stdout.buffer.write(out)
+    else:
+        print(out)
+    return EXIT_OK
