@@ -7,8 +7,8 @@ raises :class:`SpecViolation` instead of happening. Which transition to take is 
 here either: each step builds the spec's view of the situation (the received command, whether
 the deadline passed) and fires the one worker transition the spec enables in it.
 
-The worker's run loop is one method per state (``_in_waiting``, ``_in_throttling_pause``,
-``_in_throttling_run``). Commands come in over a channel; synchronous ones (abort, shutdown,
+The worker's run loop is one method per state (``_wait_for_command``, ``_pause_phase``,
+``_run_phase``). Commands come in over a channel; synchronous ones (abort, shutdown,
 handover) get an answer on a response channel; a command the spec does not allow in the
 current state gets an error answer instead of being ignored. All primitives (threads,
 channels, clock) come from an injected :class:`~autoconverge.impl.runtime.Runtime`.
@@ -23,7 +23,7 @@ Usage::
 
 from __future__ import annotations
 
-import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,9 +38,9 @@ from .runtime import Channel, ChannelTimeout, JoinTimeout, Runtime, Thread
 from .vcpus import Vcpus
 
 DEFAULT_CALL_TIMEOUT_NS = 2_000_000_000
+"""How long abort/shutdown/handover wait for the worker's answer before giving up."""
 _LAG_SMOOTHING = 0.25
 """Weight of the newest observation in the running average of deadline lateness."""
-"""How long abort/shutdown/handover wait for the worker's answer before giving up."""
 
 
 class ThrottlerError(RuntimeError):
@@ -117,6 +117,20 @@ class _Recorder:
             self.on_event(ev)
 
 
+class _RuntimeLock:
+    """A mutex made of a one-token runtime channel, so virtual time can interleave callers."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._token: Channel[bool] = runtime.channel()
+        self._token.put(True)
+
+    def __enter__(self) -> None:
+        self._token.get(None)
+
+    def __exit__(self, *exc: object) -> None:
+        self._token.put(True)
+
+
 class _SpecModel:
     """Common glue between a model object and its spec machine."""
 
@@ -139,6 +153,10 @@ class _SpecModel:
     def apply_updates(self, updates: Mapping[str, Any]) -> None:
         self._pending = dict(updates)
 
+    def detach(self) -> None:
+        """Leave the shared machine (it would otherwise keep every model ever bound)."""
+        self._spec.machine(self.machine_name).remove_model(self)
+
     def fire(self, trigger: str, **params: int) -> None:
         """Fire ``trigger`` through the machine; anything the spec refuses raises."""
         source = self.state
@@ -156,11 +174,13 @@ class _SpecModel:
                 f"for {before}"
             )
         updates, self._pending = self._pending, {}
-        self._store(updates, before)
+        # record before the step's effects reach the other thread (queue put, answer), so
+        # the log's order is a valid linearization for trace validation
         self._recorder.record(
             TraceEvent(self._runtime.now_ns(), self.machine_name, trigger, source, self.state,
                        dict(params), before, updates)
         )
+        self._store(updates, before)
 
     def _store(self, updates: Mapping[str, Any], before: State) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -237,7 +257,7 @@ class _Worker(_SpecModel):
         actor = "clock" if clock else "worker"
         enabled = [
             t for t in self._worker_relation
-            if t.actor == actor and t.trigger != "fault" and t.enabled(view)
+            if t.actor == actor and t.trigger != L.FAULT and t.enabled(view)
         ]
         if len(enabled) != 1:
             if self._message is not None and not enabled:
@@ -264,14 +284,14 @@ class _Worker(_SpecModel):
     def _fault(self, exc: BaseException) -> None:
         """A vCPU call failed: resume what can be resumed, exit, wake a waiting caller."""
         self.error = exc
-        fault = self._spec.find("fault", self.state)
+        fault = self._spec.find(L.FAULT, self.state)
         if "resume" not in fault.calls:
             # pause() failed part-way: some vCPUs may be paused although the spec's
             # all-or-nothing view says running. Resume them outside the spec's accounting.
             self._resume_best_effort()
         self._best_effort = True
         try:
-            self.fire("fault")
+            self.fire(L.FAULT)
         finally:
             self._best_effort = False
         self._responses.put(exc)  # wakes a controller blocked in abort/shutdown/handover
@@ -309,9 +329,17 @@ class _Worker(_SpecModel):
     # the run loop -----------------------------------------------------------------------------
     def run(self) -> None:
         try:
+            self._loop()
+        finally:
+            self._spec.machine("worker").remove_model(self)
+
+    def _loop(self) -> None:
+        try:
+            handlers = {L.WAITING: self._wait_for_command, L.PAUSE: self._pause_phase,
+                        L.RUN: self._run_phase}
             while self.state != L.EXIT:
-                getattr(self, f"_in_{self.state}")()
-        except BaseException as exc:  # an internal bug: stop safely, report, never hang
+                handlers[self.state]()
+        except Exception as exc:  # an internal bug: stop safely, report, never hang
             self.error = self.error or exc
             self.failed = True
             self._resume_best_effort()
@@ -319,14 +347,14 @@ class _Worker(_SpecModel):
             self._spec.machine("worker").set_state(L.EXIT, model=self)
             self._responses.put(exc)
 
-    def _in_waiting(self) -> None:
+    def _wait_for_command(self) -> None:
         self._message = self._commands.get(None)  # blocks: no polling while waiting
         self._step()
 
-    def _in_throttling_pause(self) -> None:
+    def _pause_phase(self) -> None:
         self._in_phase()
 
-    def _in_throttling_run(self) -> None:
+    def _run_phase(self) -> None:
         self._in_phase()
 
     def _in_phase(self) -> None:
@@ -386,6 +414,13 @@ class _Controller(_SpecModel):
                 self._commands.put(int(command))
 
 
+def _abandon(commands: Channel[int], controller: _Controller) -> None:
+    """Finalizer of a handle dropped without shutdown(): stop the worker, leave the machine."""
+    if controller.state != L.DONE:
+        commands.put(L.CMD_EXIT)
+        controller.detach()
+
+
 class Throttler:
     """Throttles a set of vCPUs from a dedicated thread (see the module docstring)."""
 
@@ -410,17 +445,24 @@ class Throttler:
         self.name = name
         self._runtime = runtime
         self._call_timeout_ns = call_timeout_ns
-        self._lock = threading.Lock()
+        self._lock = _RuntimeLock(runtime)
         self._recorder = _Recorder(runtime, trace, on_event=on_event)
         commands: Channel[int] = runtime.channel()
         self._responses: Channel[BaseException | None] = runtime.channel()
-        self._worker_model: _Worker | None = None
+        # the models refer to each other, never to this handle: a handle dropped without
+        # shutdown() can be collected, and its finalizer then stops the worker
+        worker_box: list[_Worker] = []
         self._controller = _Controller(spec, runtime, self._recorder, commands,
-                                       lambda: self._worker_model)
-        self._worker_model = _Worker(spec, runtime, self._recorder, vcpus, commands,
-                                     self._responses, self.timeslice_ns,
-                                     lambda: self._controller.state)
+                                       lambda: worker_box[0] if worker_box else None)
+        controller = self._controller
+        self._worker_model: _Worker | None = _Worker(
+            spec, runtime, self._recorder, vcpus, commands, self._responses,
+            self.timeslice_ns, lambda: controller.state,
+        )
+        worker_box.append(self._worker_model)
         self._thread: Thread = runtime.spawn(name, self._worker_model.run)
+        # a handle dropped without shutdown() still stops its worker (and resumes the vCPUs)
+        weakref.finalize(self, _abandon, commands, self._controller)
 
     # introspection -----------------------------------------------------------------------
     @property
@@ -460,12 +502,12 @@ class Throttler:
             if percent == self._controller.requested:
                 return
             if percent == L.ABORT_PERCENT:
-                self._controller.fire("call_abort")
+                self._controller.fire(L.CALL_ABORT)
                 self._await_answer("abort")
-                self._controller.fire("abort_done")
+                self._controller.fire(L.ABORT_DONE)
                 self._raise_worker_error()
             else:
-                self._controller.fire("call_set", p=percent)
+                self._controller.fire(L.CALL_SET, p=percent)
 
     def shutdown(self) -> None:
         """Stop throttling, resume the vCPUs, join the worker. Idempotent.
@@ -473,7 +515,7 @@ class Throttler:
         Raises ThrottleWorkerError (once) if the worker had failed in a vCPU call, and
         JoinTimeout naming the thread if it does not exit in time.
         """
-        self._finish("call_shutdown", "shutdown_done", "shutdown")
+        self._finish(L.CALL_SHUTDOWN, L.SHUTDOWN_DONE, "shutdown")
 
     def handover(self) -> None:
         """Stop throttling and exit leaving the vCPUs paused, now owned by the caller.
@@ -483,7 +525,7 @@ class Throttler:
         """
         if self.closed:
             raise ThrottlerClosed(f"{self.name}: already shut down; cannot hand over")
-        self._finish("call_handover", "handover_done", "handover")
+        self._finish(L.CALL_HANDOVER, L.HANDOVER_DONE, "handover")
 
     def __enter__(self) -> Throttler:
         return self
@@ -510,6 +552,7 @@ class Throttler:
             if not self._thread.join(self._call_timeout_ns):
                 raise JoinTimeout(self.name, self._call_timeout_ns)
             self._controller.fire(done)
+            self._controller.detach()
             error = self.worker.error
             self.worker.error = None  # reported once
             if error is not None:

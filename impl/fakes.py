@@ -1,0 +1,212 @@
+"""Test doubles: :class:`RecordingVcpus`, a :class:`~autoconverge.impl.vcpus.Vcpus` that records.
+
+It keeps every ``pause()``/``resume()`` call with its start and end time (from the injected
+runtime's clock, so virtual time under :class:`~autoconverge.impl.virtualtime.VirtualRuntime`),
+models the call's cost with ``runtime.sleep_ns``, and can fail (raise) or hang on the k-th
+pause or resume. It records; it never asserts. The functions below turn a record into pause
+and run intervals, per-cycle duty cycles and an alternation check, for tests to assert on.
+
+Conventions (as in :mod:`autoconverge.spec.timing`): the vCPUs count as paused from the start
+of a successful ``pause()`` to the end of the next successful ``resume()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Literal
+
+from .runtime import Channel, Runtime
+from .vcpus import VcpuError
+
+Action = Literal["pause", "resume"]
+Outcome = Literal["running", "ok", "error"]
+Cost = int | Callable[[int], int]
+"""A call's cost in ns: fixed, or a function of the call's 1-based number."""
+
+HANG_NS = 3_600 * 1_000_000_000
+"""How long a hanging call sleeps by default (one hour)."""
+
+
+@dataclass
+class VcpuCall:
+    """One ``pause()`` or ``resume()`` call. ``end_ns`` is None while it is in progress."""
+
+    action: Action
+    number: int
+    """1-based count of this action (the 3rd pause has number 3)."""
+    start_ns: int
+    end_ns: int | None = None
+    outcome: Outcome = "running"
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One throttle cycle: from a pause's start to the next pause's start."""
+
+    start_ns: int
+    paused_ns: int
+    period_ns: int
+
+    @property
+    def run_ns(self) -> int:
+        return self.period_ns - self.paused_ns
+
+    @property
+    def paused_percent(self) -> float:
+        return 100.0 * self.paused_ns / self.period_ns if self.period_ns else 100.0
+
+
+class RecordingVcpus:
+    """Records pause/resume calls; optional cost, failure and hang injection.
+
+    ``fail_on``: calls that raise after their cost, as ``(action, number)`` pairs (raising
+    :class:`VcpuError`) or a mapping from such pairs to the exception to raise (for example
+    a :class:`~autoconverge.impl.vcpus.VcpuTimeout`). ``hang_on``: calls that sleep
+    ``hang_ns`` (default one hour; ``None``: forever) instead of their cost, then complete.
+    A failed call leaves :attr:`paused` unchanged.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        pause_cost_ns: Cost = 0,
+        resume_cost_ns: Cost = 0,
+        fail_on: Collection[tuple[Action, int]] | Mapping[tuple[Action, int], BaseException] = (),
+        hang_on: Collection[tuple[Action, int]] = (),
+        hang_ns: int | None = HANG_NS,
+    ) -> None:
+        self._runtime = runtime
+        self._costs: dict[Action, Cost] = {"pause": pause_cost_ns, "resume": resume_cost_ns}
+        if isinstance(fail_on, Mapping):
+            self._fail_on: dict[tuple[Action, int], BaseException | None] = dict(fail_on)
+        else:
+            self._fail_on = dict.fromkeys(fail_on)
+        self._hang_on = frozenset(hang_on)
+        self._hang_ns = hang_ns
+        self.calls: list[VcpuCall] = []
+        self.paused = False
+        self.counts: dict[Action, int] = {"pause": 0, "resume": 0}
+
+    def pause(self) -> None:
+        self._call("pause")
+
+    def resume(self) -> None:
+        self._call("resume")
+
+    @property
+    def pause_count(self) -> int:
+        return self.counts["pause"]
+
+    @property
+    def resume_count(self) -> int:
+        return self.counts["resume"]
+
+    @property
+    def in_progress(self) -> VcpuCall | None:
+        """The call currently running (a hanging one, say), if any."""
+        return self.calls[-1] if self.calls and self.calls[-1].end_ns is None else None
+
+    def _call(self, action: Action) -> None:
+        rt = self._runtime
+        number = self.counts[action] + 1
+        self.counts[action] = number
+        call = VcpuCall(action, number, rt.now_ns())
+        self.calls.append(call)
+        key = (action, number)
+        if key in self._hang_on:
+            if self._hang_ns is None:
+                never: Channel[None] = rt.channel()
+                never.get()  # nothing ever arrives: blocks until the runtime gives up
+            else:
+                rt.sleep_ns(self._hang_ns)
+        else:
+            cost = self._costs[action]
+            duration = cost(number) if callable(cost) else cost
+            if duration > 0:
+                rt.sleep_ns(duration)
+        call.end_ns = rt.now_ns()
+        if key in self._fail_on:
+            exc = self._fail_on[key] or VcpuError(f"injected failure of {action} #{number}")
+            call.outcome = "error"
+            call.error = exc
+            raise exc
+        call.outcome = "ok"
+        self.paused = action == "pause"
+
+    # views of the record -----------------------------------------------------------------
+    def pause_intervals(self, end_ns: int | None = None) -> list[tuple[int, int]]:
+        return pause_intervals(self.calls, end_ns)
+
+    def run_intervals(self, end_ns: int | None = None) -> list[tuple[int, int]]:
+        return run_intervals(self.calls, end_ns)
+
+    def cycles(self) -> list[Cycle]:
+        return cycles(self.calls)
+
+    def alternation_error(self) -> str | None:
+        return alternation_error(self.calls)
+
+
+def pause_intervals(calls: Sequence[VcpuCall], end_ns: int | None = None) -> list[tuple[int, int]]:
+    """``[start of pause, end of resume]`` for each successful pause; a pause still open at
+    the end of the record closes at ``end_ns`` (or is left out if ``end_ns`` is None)."""
+    out: list[tuple[int, int]] = []
+    since: int | None = None
+    for c in calls:
+        if not c.ok or c.end_ns is None:
+            continue
+        if c.action == "pause" and since is None:
+            since = c.start_ns
+        elif c.action == "resume" and since is not None:
+            out.append((since, c.end_ns))
+            since = None
+    if since is not None and end_ns is not None:
+        out.append((since, end_ns))
+    return out
+
+
+def run_intervals(calls: Sequence[VcpuCall], end_ns: int | None = None) -> list[tuple[int, int]]:
+    """The gaps between pause intervals: ``[end of resume, start of next pause]``; the last
+    one runs to ``end_ns`` if given. Time before the first pause is not included."""
+    paused = pause_intervals(calls, end_ns)
+    out = [(a[1], b[0]) for a, b in pairwise(paused)]
+    if paused and end_ns is not None and paused[-1][1] < end_ns:
+        out.append((paused[-1][1], end_ns))
+    return out
+
+
+def cycles(calls: Sequence[VcpuCall]) -> list[Cycle]:
+    """One :class:`Cycle` per pause interval that is followed by another pause."""
+    paused = pause_intervals(calls)
+    return [Cycle(a[0], a[1] - a[0], b[0] - a[0]) for a, b in pairwise(paused)]
+
+
+def alternation_error(calls: Sequence[VcpuCall]) -> str | None:
+    """None if the calls are pause, resume, pause, ... without overlap; else what is wrong.
+
+    A failed call still counts as a call in the sequence (the throttler must not retry it
+    as if nothing happened).
+    """
+    expected: Action = "pause"
+    prev_end: int | None = None
+    for i, c in enumerate(calls):
+        if c.action != expected:
+            return f"call {i}: {c.action} #{c.number} at t={c.start_ns}, expected {expected}"
+        if prev_end is None and i > 0:
+            return f"call {i}: {c.action} #{c.number} started before call {i - 1} returned"
+        if prev_end is not None and c.start_ns < prev_end:
+            return (
+                f"call {i}: {c.action} #{c.number} started at t={c.start_ns} before the "
+                f"previous call ended (t={prev_end})"
+            )
+        prev_end = c.end_ns
+        expected = "resume" if expected == "pause" else "pause"
+    return None
