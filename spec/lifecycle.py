@@ -74,6 +74,24 @@ AWAITING_HANDOVER = "awaiting_handover"
 DONE = "done"
 CONTROLLER_STATES: tuple[str, ...] = (IDLE, AWAITING_ABORT, AWAITING_EXIT, AWAITING_HANDOVER, DONE)
 
+# triggers
+RECV_SET = "recv_set"
+RECV_EXIT = "recv_exit"
+RECV_HANDOVER = "recv_handover"
+RECV_ABORT = "recv_abort"
+EXPIRE = "expire"
+FAULT = "fault"
+PAUSE_ELAPSED = "pause_elapsed"
+RUN_ELAPSED = "run_elapsed"
+CALL_SET = "call_set"
+CALL_ABORT = "call_abort"
+ABORT_DONE = "abort_done"
+CALL_SHUTDOWN = "call_shutdown"
+SHUTDOWN_DONE = "shutdown_done"
+CALL_HANDOVER = "call_handover"
+HANDOVER_DONE = "handover_done"
+TRIGGERS: tuple[str, ...] = (RECV_SET, RECV_EXIT, RECV_HANDOVER, RECV_ABORT, EXPIRE, FAULT, PAUSE_ELAPSED, RUN_ELAPSED, CALL_SET, CALL_ABORT, ABORT_DONE, CALL_SHUTDOWN, SHUTDOWN_DONE, CALL_HANDOVER, HANDOVER_DONE)
+
 Actor = Literal["worker", "clock", "controller"]
 Call = Literal["pause", "resume"]
 
@@ -230,7 +248,7 @@ def _worker_transitions() -> list[Transition]:
     # -- waiting: blocked on the queue, no timeout
     ts.append(
         Transition(
-            "recv_set", WAITING, PAUSE, "worker",
+            RECV_SET, WAITING, PAUSE, "worker",
             guard=lambda s: head_is_set(s),
             effect=lambda s: {
                 "chan": _pop(s), "percent": ch_head(s.chan), "applied": ch_head(s.chan),
@@ -242,7 +260,7 @@ def _worker_transitions() -> list[Transition]:
     )
     ts.append(
         Transition(
-            "recv_exit", WAITING, EXIT, "worker",
+            RECV_EXIT, WAITING, EXIT, "worker",
             guard=lambda s: head_is(s, CMD_EXIT),
             effect=lambda s: {"chan": _pop(s), "resp": True},
             doc="shut down from waiting: nothing to resume",
@@ -250,7 +268,7 @@ def _worker_transitions() -> list[Transition]:
     )
     ts.append(
         Transition(
-            "recv_handover", WAITING, EXIT, "worker",
+            RECV_HANDOVER, WAITING, EXIT, "worker",
             guard=lambda s: head_is(s, CMD_HANDOVER),
             effect=lambda s: {"chan": _pop(s), "resp": True, "paused": True, "handed": True},
             calls=("pause",),
@@ -259,7 +277,7 @@ def _worker_transitions() -> list[Transition]:
     )
     ts.append(
         Transition(
-            "fault", WAITING, EXIT, "worker",
+            FAULT, WAITING, EXIT, "worker",
             guard=lambda s: Not(ch_empty(s.chan)),
             effect=lambda s: {"chan": _pop(s), "paused": False, "failed": True},
             doc=(
@@ -274,7 +292,7 @@ def _worker_transitions() -> list[Transition]:
         # once in this phase, or the queue is empty: phases have positive length)
         ts.append(
             Transition(
-                "expire", phase, phase, "clock",
+                EXPIRE, phase, phase, "clock",
                 guard=lambda s: And(Not(s.expired), Or(s.polled, ch_empty(s.chan))),
                 effect=lambda s: {"expired": True},
                 doc="the phase's deadline passes",
@@ -282,7 +300,7 @@ def _worker_transitions() -> list[Transition]:
         )
         ts.append(
             Transition(
-                "recv_set", phase, phase, "worker",
+                RECV_SET, phase, phase, "worker",
                 guard=lambda s: And(Not(s.expired), head_is_set(s)),
                 effect=lambda s: {"chan": _pop(s), "percent": ch_head(s.chan), "polled": True},
                 doc="a new percent: kept for the next phase; the current sleep is not cut short",
@@ -290,7 +308,7 @@ def _worker_transitions() -> list[Transition]:
         )
         ts.append(
             Transition(
-                "recv_abort", phase, WAITING, "worker",
+                RECV_ABORT, phase, WAITING, "worker",
                 guard=lambda s: And(Not(s.expired), head_is(s, CMD_ABORT)),
                 effect=lambda s: {
                     "chan": _pop(s), "resp": True, "percent": 0, "applied": 0,
@@ -302,7 +320,7 @@ def _worker_transitions() -> list[Transition]:
         )
         ts.append(
             Transition(
-                "recv_exit", phase, EXIT, "worker",
+                RECV_EXIT, phase, EXIT, "worker",
                 guard=lambda s: And(Not(s.expired), head_is(s, CMD_EXIT)),
                 effect=lambda s: {
                     "chan": _pop(s), "resp": True, "percent": 0, "applied": 0,
@@ -314,7 +332,7 @@ def _worker_transitions() -> list[Transition]:
         )
         ts.append(
             Transition(
-                "recv_handover", phase, EXIT, "worker",
+                RECV_HANDOVER, phase, EXIT, "worker",
                 guard=lambda s: And(Not(s.expired), head_is(s, CMD_HANDOVER)),
                 effect=lambda s: {
                     "chan": _pop(s), "resp": True, "percent": 0, "applied": 0,
@@ -326,7 +344,7 @@ def _worker_transitions() -> list[Transition]:
         )
         ts.append(
             Transition(
-                "fault", phase, EXIT, "worker",
+                FAULT, phase, EXIT, "worker",
                 guard=_true,
                 effect=lambda s: {
                     "percent": 0, "applied": 0, "paused": False, "failed": True,
@@ -341,7 +359,7 @@ def _worker_transitions() -> list[Transition]:
         )
     ts.append(
         Transition(
-            "pause_elapsed", PAUSE, RUN, "worker",
+            PAUSE_ELAPSED, PAUSE, RUN, "worker",
             guard=lambda s: s.expired,
             effect=lambda s: {
                 "paused": False, "applied": s.percent, "expired": False, "polled": False,
@@ -352,7 +370,7 @@ def _worker_transitions() -> list[Transition]:
     )
     ts.append(
         Transition(
-            "run_elapsed", RUN, PAUSE, "worker",
+            RUN_ELAPSED, RUN, PAUSE, "worker",
             guard=lambda s: s.expired,
             effect=lambda s: {
                 "paused": True, "applied": s.percent, "expired": False, "polled": False,
@@ -367,7 +385,7 @@ def _worker_transitions() -> list[Transition]:
 def _controller_transitions() -> list[Transition]:
     return [
         Transition(
-            "call_set", IDLE, IDLE, "controller",
+            CALL_SET, IDLE, IDLE, "controller",
             guard=lambda s, p: And(
                 api_accepts_percent(p), p != s.requested, Not(s.failed)
             ),
@@ -376,35 +394,35 @@ def _controller_transitions() -> list[Transition]:
             doc="set_throttle_percent(p), 1 <= p <= 99, p new: enqueue and return",
         ),
         Transition(
-            "call_abort", IDLE, AWAITING_ABORT, "controller",
+            CALL_ABORT, IDLE, AWAITING_ABORT, "controller",
             guard=lambda s: And(s.requested != ABORT_PERCENT, Not(s.failed)),
             effect=lambda s: {"chan": ch_push(s.chan, CMD_ABORT), "requested": 0},
             doc="set_throttle_percent(0) while throttling: enqueue abort, wait for the answer",
         ),
         Transition(
-            "abort_done", AWAITING_ABORT, IDLE, "controller",
+            ABORT_DONE, AWAITING_ABORT, IDLE, "controller",
             guard=lambda s: Or(s.resp, is_state(s.w, EXIT)),
             effect=lambda s: {"resp": False},
             doc="the worker answered (or died: the error is raised to the caller)",
         ),
         Transition(
-            "call_shutdown", IDLE, AWAITING_EXIT, "controller",
+            CALL_SHUTDOWN, IDLE, AWAITING_EXIT, "controller",
             effect=lambda s: {"chan": ch_push(s.chan, CMD_EXIT)},
             doc="shutdown(): enqueue exit, wait for the answer, join the thread",
         ),
         Transition(
-            "shutdown_done", AWAITING_EXIT, DONE, "controller",
+            SHUTDOWN_DONE, AWAITING_EXIT, DONE, "controller",
             guard=lambda s: is_state(s.w, EXIT),
             effect=lambda s: {"resp": False},
             doc="the worker thread has exited (joined)",
         ),
         Transition(
-            "call_handover", IDLE, AWAITING_HANDOVER, "controller",
+            CALL_HANDOVER, IDLE, AWAITING_HANDOVER, "controller",
             effect=lambda s: {"chan": ch_push(s.chan, CMD_HANDOVER)},
             doc="handover(): enqueue handover, wait for the answer, join the thread",
         ),
         Transition(
-            "handover_done", AWAITING_HANDOVER, DONE, "controller",
+            HANDOVER_DONE, AWAITING_HANDOVER, DONE, "controller",
             guard=lambda s: is_state(s.w, EXIT),
             effect=lambda s: {"resp": False},
             doc="the worker thread has exited (joined), vCPUs left paused",
