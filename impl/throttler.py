@@ -137,10 +137,12 @@ class _SpecModel:
     state: str
     machine_name: Literal["worker", "controller"]
 
-    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder) -> None:
+    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder,
+                 order: _RuntimeLock) -> None:
         self._spec = spec
         self._runtime = runtime
         self._recorder = recorder
+        self._order = order
         self._pending: dict[str, Any] = {}
         spec.machine(self.machine_name).add_model(self)
 
@@ -191,9 +193,10 @@ class _Worker(_SpecModel):
 
     machine_name = "worker"
 
-    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder, vcpus: Vcpus,
-                 commands: Channel[int], responses: Channel[BaseException | None],
-                 timeslice_ns: int, controller_state: Callable[[], str]) -> None:
+    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder, order: _RuntimeLock,
+                 vcpus: Vcpus, commands: Channel[int],
+                 responses: Channel[BaseException | None], timeslice_ns: int,
+                 controller_state: Callable[[], str]) -> None:
         self.percent = 0
         self.applied = 0
         self.paused = False
@@ -214,7 +217,7 @@ class _Worker(_SpecModel):
         self.cycles = 0
         self._best_effort = False
         self._lag_ns: dict[str, float] = {L.PAUSE: 0.0, L.RUN: 0.0}
-        super().__init__(spec, runtime, recorder)
+        super().__init__(spec, runtime, recorder, order)
         self._worker_relation = tuple(t for t in spec.relation() if t.machine == "worker")
 
     # the spec's view ------------------------------------------------------------------------
@@ -380,7 +383,26 @@ class _Worker(_SpecModel):
                 self._step()  # a command does not cut the sleep short: same deadline
                 return
         self._observe_lag()
-        self._step(clock=True)  # expire
+        self._expire()
+
+    def _expire(self) -> None:
+        """The deadline passed: fire ``expire`` - unless a command arrived unseen.
+
+        The spec lets a phase end only once the worker has looked at the queue in it, or the
+        queue is empty. The last look and the recorded ``expire`` are made under the lock the
+        controller holds from recording a command to enqueuing it, so the log stays a valid
+        linearization (a command that arrives meanwhile is received first, then expire).
+        """
+        with self._order:
+            if not self.polled:
+                try:
+                    self._message = self._commands.get_nowait()
+                except ChannelTimeout:
+                    self._message = None
+            if self._message is None:
+                self._step(clock=True)
+                return
+        self._step()  # recv (the deadline stays: the phase ends right after)
 
 
 class _Controller(_SpecModel):
@@ -388,13 +410,18 @@ class _Controller(_SpecModel):
 
     machine_name = "controller"
 
-    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder,
+    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder, order: _RuntimeLock,
                  commands: Channel[int], worker: Callable[[], _Worker | None]) -> None:
         self.requested = 0
         self.resp = False
         self._commands = commands
         self._worker = worker
-        super().__init__(spec, runtime, recorder)
+        super().__init__(spec, runtime, recorder, order)
+
+    def fire(self, trigger: str, **params: int) -> None:
+        # record-then-enqueue is atomic w.r.t. the worker's empty-poll-then-expire
+        with self._order:
+            super().fire(trigger, **params)
 
     def spec_view(self) -> State:
         w = self._worker()
@@ -452,11 +479,12 @@ class Throttler:
         # the models refer to each other, never to this handle: a handle dropped without
         # shutdown() can be collected, and its finalizer then stops the worker
         worker_box: list[_Worker] = []
-        self._controller = _Controller(spec, runtime, self._recorder, commands,
+        order = _RuntimeLock(runtime)
+        self._controller = _Controller(spec, runtime, self._recorder, order, commands,
                                        lambda: worker_box[0] if worker_box else None)
         controller = self._controller
         self._worker_model: _Worker | None = _Worker(
-            spec, runtime, self._recorder, vcpus, commands, self._responses,
+            spec, runtime, self._recorder, order, vcpus, commands, self._responses,
             self.timeslice_ns, lambda: controller.state,
         )
         worker_box.append(self._worker_model)

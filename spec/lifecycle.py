@@ -478,9 +478,9 @@ class EffectCallback:
         self.transition = transition
 
     def __call__(self, event: Any) -> None:
-        pre: State = event.kwargs["_pre"] if "_pre" in event.kwargs else event.model.spec_view()
-        params = {k: v for k, v in event.kwargs.items() if not k.startswith("_")}
-        event.model.apply_updates(self.transition.effect(pre, **params))
+        # effects read only the record's non-machine fields, which the state change in
+        # between did not touch: the model's view here equals the pre-state for them
+        event.model.apply_updates(self.transition.effect(event.model.spec_view(), **event.kwargs))
 
 
 @dataclass(frozen=True)

@@ -153,13 +153,13 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("command_cuts_sleep",
             "Every received command cuts the current sleep short, so a burst of commands "
             "starves the pause phase.",
-            ("PauseServedInFull",), 3, _command_cuts_sleep),
+            ("PauseServedInFull",), 4, _command_cuts_sleep),
     Variant("shutdown_without_join",
             "shutdown() returns without joining the worker.",
             ("ReturnsOnlyAfterJoin",), 2, _shutdown_without_join),
     Variant("resume_after_handover",
             "The worker resumes the vCPUs after a handover (restarts them during switch-over).",
-            ("HandoverKeepsVcpusPaused", "ReturnsOnlyAfterJoin"), 3, _resume_after_handover),
+            ("HandoverKeepsVcpusPaused", "ReturnsOnlyAfterJoin"), 4, _resume_after_handover),
 )
 
 

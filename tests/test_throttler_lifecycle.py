@@ -120,7 +120,10 @@ def test_seed_lifecycle_scenario(seed: int) -> None:
     # every phase lasts its setpoint's share of the timeslice (a change of percent applies
     # at the next phase boundary, so a cycle may pair a 5 % pause with a 10 % run)
     tolerance = PAUSE_COST + RESUME_COST  # only before the first costs are measured
+    cut = (marks["abort_call"], marks["shutdown_call"])  # these end a pause early, rightly
     for start, end in v.pause_intervals():
+        if any(0 <= end - c <= RESUME_COST + 1 * MS for c in cut):
+            continue
         assert min(abs(end - start - 5 * T // 100), abs(end - start - 10 * T // 100)) <= tolerance
     runs = v.run_intervals()
     assert len(runs) >= 3

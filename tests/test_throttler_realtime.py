@@ -11,6 +11,8 @@ import pytest
 from autoconverge.impl.fakes import RecordingVcpus
 from autoconverge.impl.realtime import RealRuntime
 from autoconverge.impl.throttler import Throttler, ThrottlerClosed
+from autoconverge.model.tracecheck import SpecFollower
+from autoconverge.spec import SPEC
 from autoconverge.spec import lifecycle as L
 
 pytestmark = pytest.mark.realtime
@@ -37,17 +39,22 @@ def test_seed_scenario_on_real_threads() -> None:
     assert not any(th.name == "vcpu-throttle" for th in threading.enumerate())
     with pytest.raises(ThrottlerClosed):
         t.set_throttle_percent(10)
+    # trace validation: the real threads' log is a behaviour of the spec
+    end = SpecFollower(SPEC).follow(t.events)
+    assert end.w == L.EXIT and end.c == L.DONE and not end.paused
 
 
 def test_handover_on_real_threads() -> None:
     rt = RealRuntime()
     v = RecordingVcpus(rt)
-    t = Throttler(v, runtime=rt, timeslice_ns=20 * MS)
+    t = Throttler(v, runtime=rt, timeslice_ns=20 * MS, trace=True)
     t.set_throttle_percent(60)
     time.sleep(0.025)
     t.handover()
     assert v.paused and t.worker_state == L.EXIT
     assert v.alternation_error() is None
+    end = SpecFollower(SPEC).follow(t.events)
+    assert end.handed and end.paused
 
 
 def test_dropped_handle_stops_its_worker() -> None:
@@ -63,3 +70,18 @@ def test_dropped_handle_stops_its_worker() -> None:
         assert time.monotonic() < deadline, "worker of a dropped handle still running"
         time.sleep(0.005)
     assert not v.paused  # it resumed the vCPUs on its way out
+
+
+def test_many_short_lives_follow_the_spec() -> None:
+    """Repeated create/throttle/abort/shutdown cycles (the 174-migrations lesson)."""
+    rt = RealRuntime()
+    for i in range(40):
+        v = RecordingVcpus(rt)
+        with Throttler(v, runtime=rt, timeslice_ns=20 * MS, trace=True) as t:
+            t.set_throttle_percent(10 + i % 80)
+            time.sleep(0.001 * (i % 4))
+            if i % 3 == 0:
+                t.set_throttle_percent(0)
+        SpecFollower(SPEC).follow(t.events)
+        assert not v.paused and v.alternation_error() is None
+    assert not any(th.name == "vcpu-throttle" for th in threading.enumerate())

@@ -1,0 +1,86 @@
+"""``autoconverge bench-model``: explorer throughput and verdict time, as JSON.
+
+For each config section (default: ``ci`` and ``large`` of ``model/explorer.toml``) it explores
+the shipped spec and reports distinct states, transitions, depth, exploration time, states/s
+and the verdict time (exploration plus every property, liveness included), best of
+``--repeat`` runs; plus the time to check every bug-zoo variant at the first section's bound.
+A benchmark, not a test: nothing is asserted on the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from typing import Any
+
+from autoconverge.spec import SPEC
+from autoconverge.spec.variants import VARIANTS
+
+from .config import load_config
+from .explorer import explore
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench-model", help="benchmark the explicit-state explorer (JSON)")
+    p.add_argument("--config", metavar="FILE", help="explorer config (default: built-in)")
+    p.add_argument("--sections", default="ci,large",
+                   help="comma-separated config sections (default: ci,large)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per section; best is kept")
+    p.add_argument("--no-variants", action="store_true", help="skip the bug-zoo timing")
+    p.set_defaults(func=cmd_bench_model)
+
+
+def bench(config_path: str | None, sections: list[str], repeat: int = 1,
+          variants: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"python": platform.python_version(), "sections": {}}
+    for name in sections:
+        cfg = load_config(config_path, name)
+        best: dict[str, Any] | None = None
+        for _ in range(max(1, repeat)):
+            r = explore(SPEC, cfg)
+            st = r.stats
+            row = {
+                "max_calls": cfg.max_calls,
+                "channel_capacity": cfg.channel_capacity,
+                "percents": list(cfg.percents),
+                "faults": cfg.faults,
+                "distinct_states": st["distinct_states"],
+                "distinct_records": st["distinct_records"],
+                "transitions": st["transitions"],
+                "depth": st["depth"],
+                "explore_seconds": st["seconds_explore"],
+                "states_per_second": st["states_per_second"],
+                "verdict_seconds": st["seconds_total"],
+                "all_hold": r.ok,
+                "regression_ok": r.regression_ok,
+            }
+            if best is None or row["verdict_seconds"] < best["verdict_seconds"]:
+                best = row
+        out["sections"][name] = best
+    if variants and sections:
+        cfg = load_config(config_path, sections[0])
+        t0 = time.perf_counter()
+        caught = {}
+        for v in VARIANTS:
+            r = explore(v.build(SPEC), cfg)
+            caught[v.name] = sorted(p["name"] for p in r.properties if not p["holds"])
+        out["variants"] = {
+            "section": sections[0],
+            "seconds_all": round(time.perf_counter() - t0, 3),
+            "violated": caught,
+        }
+    return out
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from autoconverge.impl.cli import UsageError
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    try:
+        result = bench(args.config, sections, args.repeat, not args.no_variants)
+    except (KeyError, ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(result, indent=2))
+    return 0

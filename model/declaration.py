@@ -1,0 +1,157 @@
+"""Checks of the declaration itself (not of its behaviour's properties).
+
+- every worker and every controller state is reachable (at the configured bound);
+- every declared transition is enabled in some reachable state (``fault`` only when faults
+  are explored);
+- no two transitions of one trigger and source have overlapping guards: ``transitions``
+  silently fires the first whose guard passes, so an overlap would hide a transition. Checked
+  with Z3 over *all* states (the guards are evaluated on a Z3 encoding of the state record:
+  enumeration sorts for the machine states, ``Seq(Int)`` for the channel), and confirmed
+  exhaustively on the reachable states;
+- ``exit`` is the only worker state, and ``done`` the only controller state, without a
+  transition to another state.
+
+Each check is ``{"name", "holds", "detail"}``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+from typing import Any
+
+import z3
+from autoconverge.spec import CONTROLLER_STATES, WORKER_STATES, Spec, State, Transition
+
+from .config import ExplorerConfig
+from .graph import build_graph
+
+WORKER_FINAL = "exit"
+CONTROLLER_FINAL = "done"
+
+
+@cache
+def _sorts() -> tuple[z3.DatatypeSortRef, z3.DatatypeSortRef]:
+    wsort, _ = z3.EnumSort("WorkerState", list(WORKER_STATES))
+    csort, _ = z3.EnumSort("ControllerState", list(CONTROLLER_STATES))
+    return wsort, csort
+
+
+def z3_state(prefix: str = "") -> State:
+    """A state record of Z3 constants (usable with the spec's guards and effects)."""
+    wsort, csort = _sorts()
+    n = prefix
+    return State(
+        w=z3.Const(f"{n}w", wsort),
+        c=z3.Const(f"{n}c", csort),
+        percent=z3.Int(f"{n}percent"),
+        applied=z3.Int(f"{n}applied"),
+        paused=z3.Bool(f"{n}paused"),
+        handed=z3.Bool(f"{n}handed"),
+        failed=z3.Bool(f"{n}failed"),
+        expired=z3.Bool(f"{n}expired"),
+        polled=z3.Bool(f"{n}polled"),
+        requested=z3.Int(f"{n}requested"),
+        chan=z3.Const(f"{n}chan", z3.SeqSort(z3.IntSort())),
+        resp=z3.Bool(f"{n}resp"),
+    )
+
+
+def _z3_overlap(t1: Transition, t2: Transition) -> str | None:
+    """A model of a state enabling both (as text), or None if the guards are disjoint."""
+    s = z3_state()
+    params = {name: z3.Int(name) for name in (*t1.params, *t2.params)}
+    solver = z3.Solver()
+    solver.add(t1.enabled(s, **{k: params[k] for k in t1.params}))
+    solver.add(t2.enabled(s, **{k: params[k] for k in t2.params}))
+    if solver.check() == z3.sat:
+        return str(solver.model())
+    return None
+
+
+def check_declaration(spec: Spec, config: ExplorerConfig) -> list[dict[str, Any]]:
+    """Run the declaration checks at ``config``'s bound."""
+    g = build_graph(spec, config, {}, {})
+    relation = spec.relation()
+    checks: list[dict[str, Any]] = []
+
+    reached = g.reached_records()
+    seen_w = {s.w for s in reached}
+    seen_c = {s.c for s in reached}
+    miss_w = [w for w in WORKER_STATES if w not in seen_w]
+    miss_c = [c for c in CONTROLLER_STATES if c not in seen_c]
+    checks.append({
+        "name": "EveryWorkerStateReachable", "holds": not miss_w,
+        "detail": f"unreachable: {miss_w}" if miss_w else f"all {len(WORKER_STATES)} reached",
+    })
+    checks.append({
+        "name": "EveryControllerStateReachable", "holds": not miss_c,
+        "detail": (f"unreachable: {miss_c}" if miss_c
+                   else f"all {len(CONTROLLER_STATES)} reached"),
+    })
+
+    fired = {(g.labels[li].transition.trigger, g.labels[li].transition.source)
+             for edges in g.succ for _, li in edges}
+    # edges cut by the bound still count as enabled: look at the records themselves
+    domain = {"p": config.percents}
+    for s in reached:
+        for t, _params, _nxt in spec.successors(s, domain):
+            if config.faults or t.trigger != "fault":
+                fired.add((t.trigger, t.source))
+    skipped = [t.label for t in relation if t.trigger == "fault" and not config.faults]
+    never = [t.label for t in relation
+             if (t.trigger, t.source) not in fired and t.label not in skipped]
+    detail = f"never enabled: {never}" if never else f"all {len(relation)} enabled somewhere"
+    if skipped:
+        detail += f" (not explored: {skipped})"
+    checks.append({"name": "EveryTransitionEnabled", "holds": not never, "detail": detail})
+
+    groups: dict[tuple[str, str, str], list[Transition]] = {}
+    for t in relation:
+        groups.setdefault((t.machine, t.trigger, t.source), []).append(t)
+    overlaps: list[str] = []
+    pairs = 0
+    for (_m, trigger, source), ts in groups.items():
+        for t1, t2 in itertools.combinations(ts, 2):
+            pairs += 1
+            model = _z3_overlap(t1, t2)
+            if model is not None:
+                overlaps.append(f"{trigger}@{source} -> {t1.dest} / {t2.dest}: z3 {model}")
+    # exhaustive confirmation on the reachable records
+    reach_overlaps: set[str] = set()
+    for s in reached:
+        for (_m, trigger, source), ts in groups.items():
+            if len(ts) < 2:
+                continue
+            for combo in itertools.product(*(config.percents for _ in ts[0].params)):
+                params = dict(zip(ts[0].params, combo, strict=True))
+                if sum(1 for t in ts if t.enabled(s, **params)) > 1:
+                    reach_overlaps.add(f"{trigger}@{source}")
+    for label in sorted(reach_overlaps):
+        if not any(o.startswith(label + " ") for o in overlaps):  # pragma: no cover
+            overlaps.append(f"{label}: overlap in a reachable state")
+    checks.append({
+        "name": "GuardsDisjoint", "holds": not overlaps,
+        "detail": ("; ".join(overlaps) if overlaps else
+                   f"{pairs} pair(s) of one trigger and source, all disjoint (z3, all states);"
+                   f" {len(reach_overlaps)} overlap(s) in reachable states"),
+    })
+
+    problems: list[str] = []
+    for states, final, which in ((WORKER_STATES, WORKER_FINAL, "worker"),
+                                 (CONTROLLER_STATES, CONTROLLER_FINAL, "controller")):
+        for st in states:
+            leaves = [t for t in relation
+                      if t.machine == which and t.source == st and t.dest != st]
+            out = [t for t in relation if t.machine == which and t.source == st]
+            if st == final and out:
+                problems.append(f"{which} {st} has outgoing transitions "
+                                f"{[t.label for t in out]}")
+            if st != final and not leaves:
+                problems.append(f"{which} {st} has no way out")
+    checks.append({
+        "name": "ExitOnlyStateWithoutWayOut", "holds": not problems,
+        "detail": "; ".join(problems) if problems else
+        f"only worker '{WORKER_FINAL}' and controller '{CONTROLLER_FINAL}' are final",
+    })
+    return checks

@@ -1,0 +1,256 @@
+"""Explicit-state exploration of a spec: every interleaving at a bound, every property.
+
+Composes the controller (every sequence of user calls up to ``max_calls``: percents from the
+configured domain, abort, shutdown, handover), the worker machine, the clock, the FIFO
+channel (bounded by ``channel_capacity``) and the vCPUs' paused flag - all of which live in
+the spec's state record - by iterating the spec's relation (:meth:`Spec.relation`). Then:
+
+- every ``invariant`` property at every reachable state, every ``step`` property on every
+  reachable edge (shortest counterexample: BFS parents);
+- ``deadlock``: no reachable non-terminal state is stuck (see :mod:`.graph` for the exact
+  notion, and for *bounded ends*: states whose only moves were user calls cut by the bound -
+  not deadlocks, not terminal; counted in the stats);
+- every ``leadsto`` property under the spec's fairness (weak fairness per thread: the
+  worker's transitions as one group, the clock's as one, the controller's blocking-call
+  completions as one; user calls unfair), by fair-SCC detection (:mod:`.fairness`);
+  counterexamples are lassos.
+
+Usage::
+
+    from autoconverge.model.explorer import explore, load_config
+    result = explore(SPEC, load_config())        # [ci] section of model/explorer.toml
+    print(result.format_text()); result.ok
+
+For a bug-zoo variant (a spec whose name is a variant's), the percent domain is extended with
+the variant's ``probe_percents`` automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoconverge.spec import Spec, State, Transition
+from autoconverge.spec.variants import VARIANTS
+
+from .config import ExplorerConfig, load_config
+from .declaration import check_declaration
+from .fairness import check_leadsto
+from .graph import StateGraph, build_graph
+from .trace import format_counterexample, state_dict, step_dicts
+
+__all__ = [
+    "ExplorationResult",
+    "ExplorerConfig",
+    "check_declaration",
+    "explore",
+    "load_config",
+]
+
+
+@dataclass
+class ExplorationResult:
+    """Verdicts per property plus statistics. ``ok``: every checked property holds."""
+
+    spec: str
+    properties: list[dict[str, Any]]
+    stats: dict[str, Any]
+    graph: StateGraph | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return all(p["holds"] for p in self.properties) and not self.stats.get("truncated")
+
+    @property
+    def regression_ok(self) -> bool | None:
+        """State count and depth match the config's expectation (None: none applies)."""
+        r: bool | None = self.stats.get("regression_ok")
+        return r
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "ok": self.ok, "properties": self.properties,
+                "stats": self.stats}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.as_dict(), indent=indent, default=str)
+
+    def format_text(self) -> str:
+        st = self.stats
+        lines = [
+            f"explorer: spec {self.spec} at [{st['config']['section']}]: "
+            f"{st['distinct_states']} states ({st['distinct_records']} distinct records), "
+            f"{st['transitions']} transitions, depth {st['depth']}, "
+            f"{st['seconds_total']:.2f} s ({st['states_per_second']:.0f} states/s)",
+            f"  ends: {st['terminal_states']} terminal, {st['bounded_ends']} bounded "
+            f"(call bound or channel capacity), {st['deadlocks']} deadlocked",
+        ]
+        if st.get("regression_ok") is False:
+            lines.append(
+                f"  REGRESSION MISMATCH: expected {st['expected_states']} states / depth "
+                f"{st['expected_depth']}, got {st['distinct_states']} / {st['depth']} "
+                "(update model/explorer.toml if the spec changed on purpose)"
+            )
+        if st.get("truncated"):
+            lines.append(f"  TRUNCATED at max_states={st['config']['max_states']}: "
+                         "no verdict")
+        for p in self.properties:
+            lines.append(f"  {p['name']:30} {p['kind']:9} {'holds' if p['holds'] else 'VIOLATED'}")
+        for p in self.properties:
+            if p["counterexample_text"]:
+                lines.append("")
+                lines.append(p["counterexample_text"])
+        return "\n".join(lines)
+
+
+def _variant_probes(spec: Spec) -> tuple[int, ...]:
+    for v in VARIANTS:
+        if v.name == spec.name:
+            return tuple(v.probe_percents)
+    return ()
+
+
+def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResult:
+    """Explore ``spec`` at ``config``'s bound (default ``[ci]``) and check its properties."""
+    t0 = time.perf_counter()
+    base = config if config is not None else load_config()
+    cfg = base.with_percents(_variant_probes(spec))
+    props = list(spec.properties)
+    if cfg.properties:
+        known = {p.name for p in props}
+        unknown = [n for n in cfg.properties if n not in known]
+        if unknown:
+            raise ValueError(f"config names unknown properties: {unknown}")
+        props = [p for p in props if p.name in cfg.properties]
+
+    invariants: dict[str, Callable[[State], Any]] = {
+        p.name: p.invariant for p in props if p.kind == "invariant"}
+    steps: dict[str, Callable[[State, Transition, State], Any]] = {
+        p.name: p.step for p in props if p.kind == "step"}
+    g = build_graph(spec, cfg, invariants, steps)
+    t_graph = time.perf_counter() - t0
+
+    results: list[dict[str, Any]] = []
+    for p in props:
+        cex: dict[str, Any] | None = None
+        details: dict[str, Any] = {}
+        if p.kind == "invariant":
+            v = g.invariant_violations.get(p.name)
+            if v is not None:
+                cex = _safety_cex(g, p.name, "invariant", g.path_to(v.node),
+                                  "the last state violates the invariant")
+        elif p.kind == "step":
+            v = g.step_violations.get(p.name)
+            if v is not None:
+                target = next(m for m, li in g.succ[v.node] if li == v.label)
+                cex = _safety_cex(g, p.name, "step",
+                                  [*g.path_to(v.node), (v.label or 0, target)],
+                                  "the last step violates the step property")
+        elif p.kind == "deadlock":
+            details["deadlocked_states"] = len(g.deadlocks)
+            if g.deadlocks:
+                n = min(g.deadlocks, key=lambda x: g.depth[x])
+                cex = _safety_cex(g, p.name, "deadlock", g.path_to(n),
+                                  "no transition but fault is enabled in the last state, "
+                                  "which is not terminal")
+        elif p.kind == "leadsto":
+            lf, lt = p.leads_from, p.leads_to
+            assert lf is not None and lt is not None
+            pf = _node_pred(g, lf)
+            qf = _node_pred(g, lt)
+            lr = check_leadsto(g, pf, qf)
+            details.update(region=lr.region, sources=lr.sources, sccs=lr.sccs,
+                           fair_sccs=lr.fair_sccs)
+            if lr.lasso is not None:
+                la = lr.lasso
+                steps_all = la.prefix + la.cycle
+                cex = {
+                    "property": p.name,
+                    "kind": "liveness",
+                    "summary": (
+                        f"lasso: {len(la.prefix)}-step prefix to a ~q state reached from a "
+                        f"p state, then a fair {len(la.cycle)}-step cycle of ~q states"
+                        if la.cycle else
+                        f"{len(la.prefix)} steps to a ~q state where no fair thread can move"
+                    ),
+                    "initial": state_dict(spec.initial),
+                    "steps": step_dicts(g, steps_all),
+                    "length": len(steps_all),
+                    "cycle_start": len(la.prefix),
+                    "p_index": _index_on_path(la.prefix, la.source),
+                }
+        else:  # pragma: no cover - a new kind in the spec
+            raise ValueError(f"unknown property kind {p.kind!r}")
+        results.append({
+            "name": p.name,
+            "kind": p.kind,
+            "statement": p.statement,
+            "holds": cex is None and not g.truncated,
+            "distinct_states": len(g.nodes),
+            "depth": g.max_depth,
+            "counterexample": cex,
+            "counterexample_text": format_counterexample(cex) if cex else None,
+            "details": details,
+        })
+    total = time.perf_counter() - t0
+    stats: dict[str, Any] = {
+        "spec": spec.name,
+        "distinct_states": len(g.nodes),
+        "distinct_records": len(g.reached_records()),
+        "transitions": g.transitions,
+        "depth": g.max_depth,
+        "terminal_states": g.terminal_nodes,
+        "bounded_ends": g.bounded_ends,
+        "deadlocks": len(g.deadlocks),
+        "seconds_explore": round(t_graph, 4),
+        "seconds_total": round(total, 4),
+        "states_per_second": round(len(g.nodes) / t_graph, 1) if t_graph > 0 else 0.0,
+        "truncated": g.truncated,
+        "config": cfg.as_dict(),
+    }
+    applies = (spec.name == cfg.expected_spec and cfg.expected_states is not None
+               and cfg.percents == base.percents)
+    stats["expected_states"] = cfg.expected_states if applies else None
+    stats["expected_depth"] = cfg.expected_depth if applies else None
+    stats["regression_ok"] = (
+        (len(g.nodes) == cfg.expected_states
+         and (cfg.expected_depth is None or g.max_depth == cfg.expected_depth))
+        if applies else None
+    )
+    return ExplorationResult(spec=spec.name, properties=results, stats=stats, graph=g)
+
+
+def _node_pred(g: StateGraph, f: Callable[[State], Any]) -> Callable[[int], bool]:
+    memo: dict[int, bool] = {}
+
+    def pred(n: int) -> bool:
+        a = g.nodes[n][0]
+        r = memo.get(a)
+        if r is None:
+            r = bool(f(g.abstract[a]))
+            memo[a] = r
+        return r
+
+    return pred
+
+
+def _index_on_path(prefix: list[tuple[int, int]], node: int) -> int:
+    """Number of steps after which the path reaches ``node`` (0: the initial state)."""
+    for i, (_, n) in enumerate(prefix, start=1):
+        if n == node:
+            return i
+    return 0
+
+
+def _safety_cex(g: StateGraph, name: str, kind: str, path: list[tuple[int, int]],
+                summary: str) -> dict[str, Any]:
+    return {
+        "property": name,
+        "kind": kind,
+        "summary": f"{len(path)} steps; {summary}",
+        "initial": state_dict(g.spec.initial),
+        "steps": step_dicts(g, path),
+        "length": len(path),
+    }

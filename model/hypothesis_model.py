@@ -1,0 +1,231 @@
+"""A Hypothesis state machine over the abstract model alone: long random runs of the spec.
+
+:func:`make_abstract_machine` builds a ``RuleBasedStateMachine`` class for a spec (the shipped
+one or a bug-zoo variant). Each spec trigger is one rule; its precondition is "some
+transition with this trigger is enabled" (:meth:`Transition.enabled`, the spec's guards), and
+the rule fires the first enabled one in relation order, as ``transitions`` would. Parameters
+(``call_set``'s ``p``) are drawn from the enabled values of the configured percent domain.
+There is no call bound and no channel bound: runs go far beyond the explorer's bound
+(``stateful_step_count`` steps, user calls included).
+
+Checked after every step: every ``invariant`` property, "not deadlocked" (a non-terminal
+state has an enabled transition other than ``fault``), and every ``step`` property on the
+step just taken. ``stutter`` is always enabled, so a run that reaches exit does not end in
+``InvalidDefinition``.
+
+Liveness, bounded: the rule ``fair_schedule`` is enabled while the controller is blocked in
+abort/shutdown/handover. It runs the worker, clock and controller under a round-robin
+scheduler (weakly fair per thread: each enabled thread moves within three steps; which
+transition a thread takes, and where the rotation starts, are drawn) and requires the blocking
+call to return within ``4 * len(chan) + 8`` steps. The scheduler never picks ``fault`` (unless
+it is a thread's only move): the bound is about calls returning when nothing fails, and a
+failure only shortens the way to exit. Why that bound holds for the shipped spec:
+every phase consumes at least one queued command (the clock cannot expire before the worker
+has looked at a non-empty queue), a phase costs at most three steps (receive, expire,
+boundary), and returning takes one worker and one controller step, plus slack for a phase
+already expired when the schedule starts. A worker that sleeps again with a command queued
+(variant ``sleeps_with_shutdown_queued``) never returns under the clock-first rotation, so the
+bound is exceeded and the machine fails with the violated leads-to properties. This is a
+*bounded* check of ``~>``: the explorer's fair-cycle search is the complete one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from autoconverge.spec import Spec, State, Transition, terminal
+from autoconverge.spec.properties import FAIR_CONTROLLER_TRIGGERS
+from autoconverge.spec.variants import VARIANTS
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from .config import load_config
+from .graph import GROUP_BITS, GROUPS, fairness_group
+from .trace import fmt_state
+
+
+class PropertyViolation(AssertionError):
+    """A spec property failed on a Hypothesis run; ``prop`` names it (or them)."""
+
+    def __init__(self, prop: str, message: str, trace: list[str]) -> None:
+        self.prop = prop
+        self.trace = trace
+        steps = "\n".join(f"  {i:3}  {line}" for i, line in enumerate(trace))
+        super().__init__(f"{prop} violated: {message}\n{steps}")
+
+
+def fair_bound(s: State) -> int:
+    """Fair-scheduler steps within which a blocking call must return (see module doc)."""
+    return 4 * len(s.chan) + 8
+
+
+class AbstractModelMachine(RuleBasedStateMachine):
+    """Base class; :func:`make_abstract_machine` fills the class variables and the rules."""
+
+    spec: ClassVar[Spec]
+    relation: ClassVar[tuple[Transition, ...]]
+    percents: ClassVar[tuple[int, ...]]
+    faults: ClassVar[bool]
+    blocking_states: ClassVar[frozenset[str]]
+    _enabled_cache: ClassVar[dict[State, dict[str, list[tuple[Transition, dict[str, int]]]]]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state: State = self.spec.initial
+        self.trace: list[str] = [fmt_state(self.state.as_dict())]
+        self.steps = 0
+
+    # -- spec evaluation (memoized per state record) ---------------------------------------
+    @classmethod
+    def enabled(cls, s: State) -> dict[str, list[tuple[Transition, dict[str, int]]]]:
+        """trigger -> [(transition, params)] enabled in ``s`` (first per params wins)."""
+        hit = cls._enabled_cache.get(s)
+        if hit is not None:
+            return hit
+        out: dict[str, list[tuple[Transition, dict[str, int]]]] = {}
+        taken: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
+        for t in cls.relation:
+            if t.trigger == "fault" and not cls.faults:
+                continue
+            for params in _combos(t.params, {"p": cls.percents}):
+                key = (t.trigger, tuple(sorted(params.items())))
+                if key in taken:
+                    continue  # transitions fires the first enabled one of a trigger
+                if t.enabled(s, **params):
+                    taken.add(key)
+                    out.setdefault(t.trigger, []).append((t, params))
+        if len(cls._enabled_cache) < 200_000:
+            cls._enabled_cache[s] = out
+        return out
+
+    def fire(self, t: Transition, params: Mapping[str, int]) -> None:
+        pre = self.state
+        post = t.apply(pre, **params)
+        args = ", ".join(f"{k}={v}" for k, v in params.items())
+        self.trace.append(f"{t.actor}: {t.trigger}({args}) -> {fmt_state(post.as_dict())}")
+        self.state = post
+        self.steps += 1
+        for p in self.spec.properties:
+            if p.kind == "step" and not p.step(pre, t, post):
+                raise PropertyViolation(p.name, p.statement, self.trace)
+
+    def fire_trigger(self, trigger: str, data: st.DataObject) -> None:
+        choices = self.enabled(self.state)[trigger]
+        t, params = choices[0]
+        if len(choices) > 1:
+            by_name = {_describe(t, prm): (t, prm) for t, prm in choices}
+            t, params = by_name[data.draw(st.sampled_from(sorted(by_name)), label=trigger)]
+        self.fire(t, params)
+
+    # -- always-enabled rule -----------------------------------------------------------------
+    @rule()
+    def stutter(self) -> None:
+        """Nothing happens (keeps a rule enabled after exit)."""
+
+    # -- bounded liveness ----------------------------------------------------------------------
+    @precondition(lambda self: self.state.c in self.blocking_states)
+    @rule(data=st.data())
+    def fair_schedule(self, data: st.DataObject) -> None:
+        start = self.state
+        bound = fair_bound(start)
+        pending = [p for p in self.spec.properties
+                   if p.kind == "leadsto" and p.leads_from(start) and not p.leads_to(start)]
+        order = list(GROUPS)
+        first = data.draw(st.sampled_from(order), label="rotation starts with")
+        pos = order.index(first)
+        for _ in range(bound):
+            if self.state.c not in self.blocking_states:
+                break
+            en = self.enabled(self.state)
+            moved = False
+            for k in range(len(order)):
+                g = GROUP_BITS[order[(pos + k) % len(order)]]
+                cands = [(t, prm) for ts in en.values() for t, prm in ts
+                         if fairness_group(t) == g]
+                if not cands:
+                    continue
+                if len(cands) > 1:  # a failure is no way to make progress: see module doc
+                    cands = [c for c in cands if c[0].trigger != "fault"] or cands
+                t, prm = cands[0]
+                if len(cands) > 1:
+                    by_name = {_describe(t, prm): (t, prm) for t, prm in cands}
+                    pick = data.draw(st.sampled_from(list(by_name)), label="fair step")
+                    t, prm = by_name[pick]
+                self.fire(t, prm)
+                pos = (pos + k + 1) % len(order)
+                moved = True
+                break
+            if not moved:
+                break  # no fair thread can move: a stutter (deadlock is checked separately)
+            pending = [p for p in pending if not p.leads_to(self.state)]
+        if self.state.c in self.blocking_states and pending:
+            names = ", ".join(p.name for p in pending)
+            raise PropertyViolation(
+                names, f"a blocking call did not return within {bound} fair steps", self.trace)
+
+    # -- invariants ----------------------------------------------------------------------------
+    @invariant()
+    def spec_invariants(self) -> None:
+        s = self.state
+        for p in self.spec.properties:
+            if p.kind == "invariant" and not p.invariant(s):
+                raise PropertyViolation(p.name, p.statement, self.trace)
+        if not terminal(s):
+            en = self.enabled(s)
+            if not any(trig != "fault" for trig in en):
+                raise PropertyViolation("NoDeadlock", "no transition but fault is enabled",
+                                        self.trace)
+
+
+def _describe(t: Transition, params: Mapping[str, int]) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in params.items())
+    return f"{t.trigger}@{t.source}({args})"
+
+
+def _combos(names: tuple[str, ...], domain: Mapping[str, tuple[int, ...]]
+            ) -> list[dict[str, int]]:
+    out: list[dict[str, int]] = [{}]
+    for n in names:
+        out = [{**d, n: v} for d in out for v in domain[n]]
+    return out
+
+
+def _trigger_rule(trigger: str) -> Any:
+    def fire(self: AbstractModelMachine, data: st.DataObject) -> None:
+        self.fire_trigger(trigger, data)
+
+    fire.__name__ = trigger
+    fire.__qualname__ = trigger
+    as_rule = rule(data=st.data())(fire)
+    return precondition(lambda self: trigger in self.enabled(self.state))(as_rule)
+
+
+def make_abstract_machine(
+    spec: Spec,
+    percents: tuple[int, ...] | None = None,
+    faults: bool = True,
+) -> type[AbstractModelMachine]:
+    """A state-machine class for ``spec`` (default percents: the explorer's ``[ci]`` domain,
+    plus the probes of the variant named like ``spec``)."""
+    if percents is None:
+        probes = next((v.probe_percents for v in VARIANTS if v.name == spec.name), ())
+        percents = load_config(probe_percents=probes).percents
+    relation = spec.relation()
+    blocking = frozenset(t.source for t in relation if t.trigger in FAIR_CONTROLLER_TRIGGERS)
+    ns: dict[str, Any] = {
+        "spec": spec,
+        "relation": relation,
+        "percents": tuple(percents),
+        "faults": faults,
+        "blocking_states": blocking,
+        "_enabled_cache": {},
+    }
+    for trigger in dict.fromkeys(t.trigger for t in relation):
+        if trigger == "fault" and not faults:
+            continue
+        if trigger in ns or hasattr(AbstractModelMachine, trigger):
+            raise ValueError(f"trigger {trigger!r} clashes with a machine attribute")
+        ns[trigger] = _trigger_rule(trigger)
+    name = "Abstract_" + "".join(c if c.isalnum() else "_" for c in spec.name)
+    return type(name, (AbstractModelMachine,), ns)

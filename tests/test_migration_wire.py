@@ -1,0 +1,277 @@
+"""Wire protocol: framing, authentication (incl. replay), validation of every message."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+from autoconverge.impl.migration import wire
+from autoconverge.impl.migration.errors import (
+    AuthenticationError,
+    PeerError,
+    ProtocolError,
+    TransportError,
+)
+from autoconverge.impl.migration.scripted import (
+    KEY,
+    LAYOUT,
+    PAGES,
+    PS,
+    MemStream,
+    client_frames,
+    pages_payload,
+    run_destination,
+    valid_migration_frames,
+)
+from autoconverge.impl.migration.wire import Channel, MsgType
+
+
+def _pair(key_c: bytes = KEY, key_s: bytes = KEY) -> tuple[object, object]:
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    out: dict[str, object] = {}
+
+    def server() -> None:
+        try:
+            out["server"] = wire.server_handshake(b, key_s)
+        except Exception as exc:
+            out["server"] = exc
+
+    th = threading.Thread(target=server)
+    th.start()
+    try:
+        client: object = wire.client_handshake(a, key_c)
+    except Exception as exc:
+        client = exc
+    th.join(10)
+    a.close() if isinstance(client, Exception) else None
+    return client, out["server"]
+
+
+def test_handshake_and_frames_round_trip() -> None:
+    c, s = _pair()
+    assert isinstance(c, Channel) and isinstance(s, Channel)
+    c.send(MsgType.LAYOUT, wire.encode_layout(LAYOUT))
+    f = s.recv()
+    assert f.type is MsgType.LAYOUT
+    assert wire.decode_layout(f.payload, wire.Limits()) == LAYOUT
+    s.send(MsgType.READY, wire.encode_ready(1 << 20))
+    assert wire.decode_ready(c.expect(MsgType.READY).payload) == 1 << 20
+    big = bytes(range(256)) * 4096  # > 256 KiB: the multi-part send path
+    got: list[bytes] = []
+    th = threading.Thread(target=lambda: got.append(bytes(s.recv().payload)))
+    th.start()
+    c.send(MsgType.PAGES, b"x" * 8, big)
+    th.join(10)
+    assert got == [b"x" * 8 + big]
+
+
+def test_wrong_key_is_rejected_on_both_sides_with_clear_errors() -> None:
+    c, s = _pair(key_c=b"another-key-of-sufficient-length")
+    assert isinstance(s, AuthenticationError)
+    assert "unauthenticated peer" in str(s)
+    assert isinstance(c, AuthenticationError)
+    assert "same key" in str(c)
+
+
+def test_unauthenticated_peer_never_reaches_the_vm() -> None:
+    frames, _ = valid_migration_frames()
+    stream = client_frames(frames, key=b"attacker-guessed-key-xxxxxxxxxxx")
+    res, err, created, out = run_destination(stream)
+    assert isinstance(err, AuthenticationError)
+    assert res is None and created == []  # no VM was ever created, nothing written
+    # the rejected peer was told why (an ERROR frame under the hello key of *our* key)
+    assert out.out[:4] == wire.MAGIC and out.out[5] == MsgType.ERROR
+
+
+def test_valid_scripted_migration_is_accepted() -> None:
+    frames, mem = valid_migration_frames()
+    res, err, created, _ = run_destination(client_frames(frames))
+    assert err is None and res is not None
+    assert res.status == "completed", res.error
+    assert bytes(created[0].memory()) == mem
+    assert created[0].loaded_states is not None and created[0].started
+
+
+def test_replayed_session_is_rejected() -> None:
+    """A recorded session replayed to a server that picks a fresh nonce fails at AUTH."""
+    frames, _ = valid_migration_frames()
+    recorded = client_frames(frames)
+    stream = MemStream(recorded)
+    with pytest.raises(AuthenticationError, match="replayed session or wrong key"):
+        wire.server_handshake(stream, KEY)  # os.urandom nonce, not the recorded one
+
+
+def test_replayed_or_reordered_frame_is_rejected() -> None:
+    rec = MemStream()
+    ch = Channel(rec, b"k" * 32, b"k" * 32)
+    ch.send(MsgType.COMMIT)
+    one = bytes(rec.out)
+    rd = Channel(MemStream(one + one), b"k" * 32, b"k" * 32)
+    rd.recv()
+    with pytest.raises(ProtocolError, match="sequence number 0, expected 1"):
+        rd.recv()
+
+
+@pytest.mark.parametrize(("mutate", "exc", "match"), [
+    (lambda h: b"XXXX" + h[4:], ProtocolError, "bad frame magic"),
+    (lambda h: h[:4] + b"\x09" + h[5:], ProtocolError, "unsupported protocol version 9"),
+    (lambda h: h[:5] + b"\x63" + h[6:], ProtocolError, "unknown message type 99"),
+    (lambda h: h[:6] + b"\x01\x00" + h[8:], ProtocolError, "reserved"),
+    (lambda h: h[:16] + struct.pack("<I", 1 << 30) + h[20:], ProtocolError,
+     "more than the limit"),
+])
+def test_header_checks_come_before_reading_the_payload(mutate, exc, match) -> None:  # type: ignore[no-untyped-def]
+    rec = MemStream()
+    Channel(rec, b"k" * 32, b"k" * 32).send(MsgType.COMMIT)
+    frame = bytes(rec.out)
+    bad = mutate(frame[:24])  # header only: the payload is never needed to reject it
+    with pytest.raises(exc, match=match):
+        Channel(MemStream(bad), b"k" * 32, b"k" * 32).recv()
+
+
+def test_tampered_payload_fails_the_mac() -> None:
+    rec = MemStream()
+    Channel(rec, b"k" * 32, b"k" * 32).send(MsgType.LAYOUT, wire.encode_layout(LAYOUT))
+    frame = bytearray(rec.out)
+    frame[30] ^= 1
+    with pytest.raises(AuthenticationError, match="bad MAC"):
+        Channel(MemStream(bytes(frame)), b"k" * 32, b"k" * 32).recv()
+
+
+def test_truncated_stream_is_a_transport_error() -> None:
+    rec = MemStream()
+    Channel(rec, b"k" * 32, b"k" * 32).send(MsgType.LAYOUT, wire.encode_layout(LAYOUT))
+    for cut in (0, 10, 30, len(rec.out) - 1):
+        with pytest.raises(TransportError):
+            Channel(MemStream(bytes(rec.out[:cut])), b"k" * 32, b"k" * 32).recv()
+
+
+def test_error_frame_becomes_peer_error() -> None:
+    rec = MemStream()
+    Channel(rec, b"k" * 32, b"k" * 32).send(
+        MsgType.ERROR, wire.encode_error(wire.ErrorCode.VM_SETUP, "no memory\x07"))
+    with pytest.raises(PeerError, match="no memory"):
+        Channel(MemStream(bytes(rec.out)), b"k" * 32, b"k" * 32).expect(MsgType.READY)
+
+
+def test_short_keys_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        wire.client_handshake(MemStream(), b"short")
+
+
+# --------------------------------------------------------------------------- payloads
+LIM = wire.Limits(max_memory_size=1 << 30, max_vcpus=8, guest_kinds=("fake",))
+
+
+@pytest.mark.parametrize(("lay", "match"), [
+    (wire.Layout(PAGES * PS, 1000, 1, 64, "fake"), "power of two"),
+    (wire.Layout(PAGES * PS + 1, PS, 1, 64, "fake"), "multiple of the page size"),
+    (wire.Layout(0, PS, 1, 64, "fake"), "multiple of the page size"),
+    (wire.Layout(2 << 30, PS, 1, 64, "fake"), "exceeds this receiver's limit"),
+    (wire.Layout(PAGES * PS, PS, 0, 64, "fake"), "vCPU count 0"),
+    (wire.Layout(PAGES * PS, PS, 9, 64, "fake"), "vCPU count 9"),
+    (wire.Layout(PAGES * PS, PS, 1, 0, "fake"), "state size"),
+    (wire.Layout(PAGES * PS, PS, 1, 64, "kvm-x86"), "not supported here"),
+])
+def test_layout_validation(lay: wire.Layout, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        wire.decode_layout(wire.encode_layout(lay), LIM)
+
+
+def test_layout_length_and_text_checks() -> None:
+    good = wire.encode_layout(LAYOUT)
+    with pytest.raises(ProtocolError):
+        wire.decode_layout(good[:-1], LIM)
+    with pytest.raises(ProtocolError):
+        wire.decode_layout(good[:10], LIM)
+    with pytest.raises(ProtocolError, match="ASCII"):
+        wire.decode_layout(good[:-4] + b"\xff\xfe\xfd\xfc", LIM)
+
+
+@pytest.mark.parametrize(("runs", "ndata", "match"), [
+    ([(PAGES, 1, 0)], 1, "outside guest memory"),
+    ([(2 ** 64 - 1, 2, 0)], 2, "outside guest memory"),
+    ([(PAGES - 1, 2, 0)], 2, "past the end"),
+    ([(0, 0, 0)], 0, "zero pages"),
+    ([(5, 2, 0), (6, 1, 0)], 3, "overlap"),
+    ([(5, 1, 0), (2, 1, 0)], 2, "ascending"),
+    ([(0, 1, 2)], 0, "unknown kind"),
+    ([(0, 2, 0)], 1, "does not match"),
+])
+def test_pages_validation(runs: list[tuple[int, int, int]], ndata: int, match: str) -> None:
+    table = np.zeros(len(runs), dtype=wire.RUN_DTYPE)
+    for i, (f, c, k) in enumerate(runs):
+        table[i] = (f, c, k, 0)
+    payload = wire.encode_pages_head(table, ndata) + bytes(ndata * PS)
+    with pytest.raises(ProtocolError, match=match):
+        wire.decode_pages(memoryview(payload), LAYOUT)
+
+
+def test_pages_length_checks() -> None:
+    good = pages_payload([(1, 2, wire.RUN_DATA)], bytes(2 * PS))
+    for bad in (good[:-1], good + b"\0", good[:7], wire.PAGES_HEAD.pack(0, 0),
+                wire.PAGES_HEAD.pack(1000, 0) + good[8:]):
+        with pytest.raises(ProtocolError):
+            wire.decode_pages(memoryview(bad), LAYOUT)
+
+
+def test_apply_pages_writes_data_and_zero_runs() -> None:
+    mem = bytearray(b"\xee" * (PAGES * PS))
+    data = bytes(range(256)) * 16 * 2
+    batch = wire.decode_pages(memoryview(pages_payload(
+        [(0, 1, wire.RUN_ZERO), (3, 2, wire.RUN_DATA)], data)), LAYOUT)
+    touched = np.zeros(PAGES, dtype=np.bool_)
+    touched[0] = True
+    wire.apply_pages(memoryview(mem), batch, PS, touched)
+    assert mem[:PS] == bytes(PS)
+    assert mem[3 * PS:5 * PS] == data
+    assert mem[PS:3 * PS] == b"\xee" * 2 * PS
+    assert touched[3] and touched[4] and not touched[1]
+
+
+def test_vcpu_state_validation() -> None:
+    st = [b"a" * 64]
+    ok = b"".join(wire.encode_vcpu_state(st))
+    assert wire.decode_vcpu_state(ok, LAYOUT) == st
+    with pytest.raises(ProtocolError, match="carries 2 vCPUs"):
+        wire.decode_vcpu_state(b"".join(wire.encode_vcpu_state(st * 2)), LAYOUT)
+    with pytest.raises(ProtocolError, match="entries have 32 bytes"):
+        wire.decode_vcpu_state(b"".join(wire.encode_vcpu_state([b"a" * 32])), LAYOUT)
+    with pytest.raises(ProtocolError):
+        wire.decode_vcpu_state(ok + b"x", LAYOUT)
+
+
+def test_small_message_validation() -> None:
+    with pytest.raises(ProtocolError):
+        wire.decode_iteration_end(wire._ITER.pack(1, 100, 0, 0))
+    with pytest.raises(ProtocolError):
+        wire.decode_done(wire._DONE.pack(1, 1, 7))
+    with pytest.raises(ProtocolError):
+        wire.decode_ready(wire._READY.pack(10))
+    rep = wire.Report(b"h" * 32, (1,), (2,), 5, 6)
+    assert wire.decode_report(wire.encode_report(rep), LAYOUT) == rep
+    with pytest.raises(ProtocolError):
+        wire.decode_report(wire.encode_report(wire.Report(None, (1, 2), (3, 4), 0, 0)), LAYOUT)
+    assert wire.decode_error(b"\x01") == (0, "(malformed error message)")
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ("127.0.0.1:4444", ("127.0.0.1", 4444)),
+    (":0", ("127.0.0.1", 0)),
+    ("[::1]:80", ("::1", 80)),
+    ("example.org:65535", ("example.org", 65535)),
+])
+def test_parse_hostport_ok(text: str, expect: tuple[str, int]) -> None:
+    assert wire.parse_hostport(text) == expect
+
+
+@pytest.mark.parametrize("text", ["", "host", "host:", "host:x", "h:65536", "::1:80", "[::1]80",
+                                  "a b:1", "h:-1"])
+def test_parse_hostport_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        wire.parse_hostport(text)

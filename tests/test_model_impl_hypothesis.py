@@ -1,0 +1,14 @@
+"""The real throttler (fake vCPUs, virtual time) against the spec, driven by Hypothesis."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+
+from autoconverge.model.hypothesis_impl import ThrottlerVsSpec
+
+TestThrottlerVsSpec = ThrottlerVsSpec.TestCase
+TestThrottlerVsSpec.settings = settings(
+    settings(),  # the active profile (ci in CI: derandomized, no database)
+    stateful_step_count=40,
+    suppress_health_check=[HealthCheck.too_slow],
+)

@@ -1,0 +1,265 @@
+"""The Promela/TLA+ generators without the tools: the shared relation, the texts, the parsers."""
+
+from __future__ import annotations
+
+import operator
+from collections import deque
+from typing import Any
+
+import pytest
+from autoconverge.proofs import promela, tla, tools
+from autoconverge.proofs.codegen import (
+    CALLS,
+    MAX_CALLS,
+    QUEUE_CAP,
+    Bounds,
+    Step,
+    simplify,
+    steps,
+    stutter_condition,
+)
+from autoconverge.spec import SPEC, Spec, State
+from autoconverge.spec.expr import Term, var
+from autoconverge.spec.variants import VARIANTS, variant
+
+_OPS = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
+        "gt": operator.gt, "ge": operator.ge, "add": operator.add, "sub": operator.sub,
+        "mul": operator.mul}
+
+
+def _ev(x: Any, env: dict[str, Any]) -> Any:
+    """Evaluate a generator term on concrete values (an independent reading of the trees)."""
+    if not isinstance(x, Term):
+        return x
+    a = x.args
+    if x.op == "var":
+        return env[a[0]]
+    if x.op == "const":
+        return _ev(a[0], env)
+    if x.op == "and":
+        return all(_ev(t, env) for t in a)
+    if x.op == "or":
+        return any(_ev(t, env) for t in a)
+    if x.op == "not":
+        return not _ev(a[0], env)
+    if x.op == "implies":
+        return (not _ev(a[0], env)) or _ev(a[1], env)
+    if x.op == "ite":
+        return _ev(a[1], env) if _ev(a[0], env) else _ev(a[2], env)
+    if x.op in _OPS:
+        return _OPS[x.op](_ev(a[0], env), _ev(a[1], env))
+    if x.op == "is_state":
+        return _ev(a[0], env) == a[1]
+    if x.op == "ch_len":
+        return len(_ev(a[0], env))
+    if x.op == "ch_head":
+        return _ev(a[0], env)[0]
+    if x.op == "ch_tail":
+        return tuple(_ev(a[0], env)[1:])
+    if x.op == "ch_push":
+        return (*_ev(a[0], env), _ev(a[1], env))
+    raise AssertionError(f"unexpected op {x.op}")
+
+
+def _bfs_steps(spec: Spec, b: Bounds) -> set[tuple[Any, ...]]:
+    all_steps = steps(spec, b)
+    env0 = {**spec.initial.as_dict(), CALLS: 0, MAX_CALLS: b.max_calls,
+            QUEUE_CAP: b.channel_capacity}
+    keys = sorted(k for k in env0 if k not in (MAX_CALLS, QUEUE_CAP))
+    seen = {tuple(env0[k] for k in keys)}
+    todo = deque([env0])
+    while todo:
+        env = todo.popleft()
+        for st in all_steps:
+            if _ev(st.enabled, env) and _ev(st.bound, env):
+                nxt = dict(env)
+                nxt.update({k: _ev(v, env) for k, v in st.updates.items()})
+                key = tuple(nxt[k] for k in keys)
+                if key not in seen:
+                    seen.add(key)
+                    todo.append(nxt)
+    return seen
+
+
+def _bfs_spec(spec: Spec, b: Bounds) -> set[tuple[Any, ...]]:
+    """The same bounded slice straight from Spec.successors (as the explorer does it)."""
+    keys = sorted((*spec.initial.as_dict(), CALLS))
+    init = (spec.initial, 0)
+    seen = {init}
+    todo = deque([init])
+    while todo:
+        s, n = todo.popleft()
+        for t, _, s2 in spec.successors(s, {"p": b.percents}):
+            if t.trigger == "fault" and not b.faults:
+                continue
+            if len(s2.chan) > b.channel_capacity:
+                continue
+            n2 = n
+            if t.actor == "controller" and t.trigger.startswith("call_"):
+                if n >= b.max_calls:
+                    continue
+                n2 = n + 1
+            if (s2, n2) not in seen:
+                seen.add((s2, n2))
+                todo.append((s2, n2))
+    return {tuple({**s.as_dict(), CALLS: n}[k] for k in keys) for s, n in seen}
+
+
+SMALL = Bounds(percents=(0, 1, 50, 99, 100), max_calls=3, channel_capacity=2)
+ALL_SPECS = [SPEC, *(v.build(SPEC) for v in VARIANTS)]
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.name)
+def test_generator_relation_is_the_spec_relation(spec: Spec) -> None:
+    """The guard/effect trees both generators print reach exactly the spec's states."""
+    from_trees = _bfs_steps(spec, SMALL)
+    from_spec = _bfs_spec(spec, SMALL)
+    assert from_trees == from_spec
+    assert len(from_trees) > 50
+
+
+def test_simplify_folds_constants_and_keeps_variables() -> None:
+    x = var("x")
+    assert simplify(Term("and", (Term("const", (True,)), x))) is x
+    assert simplify(Term("or", (Term("const", (True,)), x))) is True
+    assert simplify(Term("eq", (Term("const", (3,)), Term("const", (3,))))) is True
+    folded = simplify(Term("not", (Term("eq", (x, Term("const", (0,)))),)))
+    assert isinstance(folded, Term) and folded.op == "ne"
+
+
+def test_out_of_domain_percents_fold_away_and_are_derived_from_the_guard() -> None:
+    b = Bounds(percents=(0, 1, 50, 99, 100))
+    shipped = promela.generate(SPEC, b)
+    buggy = promela.generate(variant("api_accepts_100").build(SPEC), b)
+    assert "call_set_idle_p100" not in shipped and "call_set_idle_p0" not in shipped
+    assert "call_set_idle_p100" in buggy and "q[qlen] = 100" in buggy
+
+
+def test_promela_structure() -> None:
+    safety = promela.generate(SPEC, Bounds(), "safety")
+    live = promela.generate(SPEC, Bounds(), "liveness")
+    for text in (safety, live):
+        for proc in ("worker", "clock", "controller"):
+            assert f"active proctype {proc}()" in text
+        assert "end_idle:" in text and "end_done:" in text
+        assert "L_awaiting_exit:" in text and "end_awaiting_exit" not in text
+        assert "d_step" in text
+    for p in SPEC.properties:
+        if p.kind in ("invariant", "step"):
+            assert f"prop_{p.name} ||" in safety
+        if p.kind == "leadsto":
+            assert f"ltl {p.name} {{ [] (" in live
+            assert f"ltl {p.name}" not in safety
+    assert "stop: the user makes no more calls" in live
+    assert "stop:" not in safety
+    assert "NO_DEADLOCK" in safety
+
+
+def test_tla_structure_fairness_per_thread() -> None:
+    text = tla.generate(SPEC, Bounds())
+    assert text.count("WF_vars(") == 3
+    assert "WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(ControllerWaitNext)" in text
+    assert "EndStutter == (Terminal \\/ CutByBounds) /\\ UNCHANGED vars" in text
+    assert "\\E p \\in Percents : call_set_idle(p)" in text
+    cfg = tla.generate_cfg(SPEC, Bounds(percents=(1, 50, 99), max_calls=4, channel_capacity=3))
+    assert "Percents = {1, 50, 99}" in cfg and "MaxCalls = 4" in cfg and "QueueCap = 3" in cfg
+    for p in SPEC.properties:
+        section = "INVARIANT" if p.kind in ("invariant", "deadlock") else "PROPERTY"
+        line = next(ln for ln in cfg.splitlines() if ln.startswith(section))
+        assert p.name in line.split()
+        if p.kind == "step":
+            assert f"{p.name} ==\n    [][" in text
+        if p.kind == "leadsto":
+            assert " ~> " in text.split(f"{p.name} ==", 1)[1].split("\n\n", 1)[0]
+
+
+def test_stuttering_steps_get_a_companion_invariant() -> None:
+    spinning = variant("spinning_handshake").build(SPEC)
+    quiet = [st for st in steps(spinning, Bounds()) if stutter_condition(st) is not False]
+    assert [st.name for st in quiet] == ["poll_waiting"]
+    assert tla.stutter_invariants(SPEC, Bounds()) == {}
+    companions = tla.stutter_invariants(spinning, Bounds())
+    assert companions["NoBusyWaiting_Stutter"] == "NoBusyWaiting"
+    assert "NoBusyWaiting_Stutter" in tla.generate_cfg(spinning, Bounds())
+
+
+def test_step_names_are_unique_identifiers() -> None:
+    for spec in ALL_SPECS:
+        names = [st.name for st in steps(spec, Bounds(percents=(0, 1, 50, 99, 100)))]
+        assert len(names) == len(set(names))
+        assert all(n.replace("_", "").isalnum() for n in names)
+        sym: list[Step] = steps(spec, Bounds(), symbolic_params=True)
+        assert len({st.name for st in sym}) == len(sym)
+
+
+PAN_OUT = """pan:1: assertion violated (prop_PercentInRange||(w!=1)) (at depth 3)
+pan:2: assertion violated (prop_NoDeadlock||(c==2)) (at depth 4)
+pan:3: assertion violated (prop_PercentInRange||(w!=1)) (at depth 5)
+pan:4: invalid end state (at depth 6)
+State-vector 44 byte, depth reached 17, errors: 4
+     1662 states, stored
+     2874 states, matched
+     4536 transitions (= stored+matched)
+"""
+
+
+def test_parse_pan() -> None:
+    r = tools.parse_pan(PAN_OUT)
+    assert (r.states, r.transitions, r.depth, r.errors) == (1662, 4536, 17, 4)
+    assert r.assertion_props == ("PercentInRange", "NoDeadlock")
+    assert r.invalid_end and not r.acceptance_cycle
+    with pytest.raises(tools.ToolError):
+        tools.parse_pan("pan:1: indexing q[3] - size is 3 (at depth 2)\n" + PAN_OUT)
+
+
+TLC_OUT = """Error: Invariant PausedOnlyInPausePhase is violated.
+Error: The behavior up to this point is:
+State 1: <Initial predicate>
+/\\ w = "waiting"
+Error: Temporal properties were violated.
+Error: The following behavior constitutes a counter-example:
+
+State 1: <Initial predicate>
+/\\ w = "waiting"
+/\\ c = "awaiting_exit"
+/\\ chan = <<-1, 50>>
+/\\ paused = FALSE
+
+State 2: <recv_set_waiting line 1, col 1 to line 2, col 2 of module Autoconverge>
+/\\ w = "throttling_pause"
+/\\ c = "awaiting_exit"
+/\\ chan = <<>>
+/\\ paused = TRUE
+
+Back to state 2: <expire_throttling_pause line 3, col 1 to line 4, col 2 of module X>
+
+6461 states generated, 1715 distinct states found, 0 states left on queue.
+The depth of the complete state graph search is 13.
+"""
+
+
+def test_parse_tlc_and_lasso() -> None:
+    r = tools.parse_tlc(TLC_OUT)
+    assert (r.distinct, r.generated, r.depth) == (1715, 6461, 13)
+    assert r.violated == ("PausedOnlyInPausePhase",) and r.temporal_violated
+    assert r.loop_start == 1 and len(r.trace) == 2
+    assert r.trace[0]["chan"] == (-1, 50) and r.trace[1]["paused"] is True
+    full = [{**SPEC.initial.as_dict(), **d} for d in r.trace]
+    r.trace = full
+    shutdown = SPEC.property("ShutdownCompletes")
+    assert tla._violated_on_lasso(shutdown, r)
+    resumed = SPEC.property("VcpusResumed")
+    assert tla._violated_on_lasso(resumed, r)
+    r.trace = [full[0]]
+    r.loop_start = 0
+    assert not tla._violated_on_lasso(resumed, r)
+    with pytest.raises(tools.ToolError):
+        tools.parse_tlc("Error: Parsing or semantic analysis failed.\n")
+
+
+def test_parse_tla_values() -> None:
+    assert tools.parse_tla_value("<<1, <<2, -3>>, \"x\">>") == (1, (2, -3), "x")
+    assert tools.parse_tla_value("<<>>") == ()
+    assert tools.parse_tla_value("TRUE") is True
+    s = State(**{**SPEC.initial.as_dict(), "chan": tools.parse_tla_value("<<99>>")})
+    assert s.chan == (99,)
