@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from autoconverge.spec import SPEC, Spec
 from autoconverge.spec.variants import VARIANTS, variant
@@ -143,7 +143,7 @@ def _table(report: dict[str, Any]) -> str:
         for c in present:
             ev = r.get(c)
             cells.append(f"{'-' if ev is None else ('ok' if ev.get('holds') else 'FAIL'):9}")
-        lines.append(f"{r['name']:30} {r['kind']:9} {str(r['holds']):6} " + " ".join(cells))
+        lines.append(f"{r['name']:30} {r['kind']:9} {r['holds']!s:6} " + " ".join(cells))
     for c in report.get("declaration", []):
         lines.append(f"declaration: {c['name']:40} {'ok' if c['holds'] else 'FAIL'}")
     if "timing" in report:
@@ -204,7 +204,7 @@ def diagram(spec: Spec, machine: str = "worker", fmt: str = "mermaid") -> str | 
          "source": t.source, "dest": t.dest}
         for t in spec.relation() if t.machine == which
     ]
-    engine = "mermaid" if fmt == "mermaid" else "graphviz"
+    engine: Literal["mermaid", "graphviz"] = "mermaid" if fmt == "mermaid" else "graphviz"
     try:
         gm = GraphMachine(model=None, states=list(states), transitions=transitions,
                           initial=states[0], auto_transitions=False, graph_engine=engine,
@@ -225,7 +225,7 @@ def diagram(spec: Spec, machine: str = "worker", fmt: str = "mermaid") -> str | 
         return str(graph.draw(None))
     try:
         return bytes(graph.draw(None, format="svg", prog="dot"))
-    except Exception as exc:  # noqa: BLE001 - the dot binary missing, typically
+    except Exception as exc:
         raise UsageError(f"SVG rendering failed (is graphviz's 'dot' installed?): {exc}") from None
 
 

@@ -30,9 +30,8 @@ from typing import Any, Literal
 
 from transitions import MachineError
 
-from autoconverge.spec import SPEC, Spec, State
+from autoconverge.spec import SPEC, Spec, State, timing
 from autoconverge.spec import lifecycle as L
-from autoconverge.spec import timing
 
 from .runtime import Channel, ChannelTimeout, JoinTimeout, Runtime, Thread
 from .vcpus import Vcpus
@@ -302,7 +301,7 @@ class _Worker(_SpecModel):
     def _resume_best_effort(self) -> None:
         try:
             self._vcpus.resume()
-        except Exception:  # noqa: BLE001 - already failing; the first error is what matters
+        except Exception:
             pass
 
     def _start_phase(self) -> None:

@@ -24,7 +24,9 @@ class VcpuTimeout(VcpuError):
     """A vCPU did not acknowledge pause/resume within the bound."""
 
     def __init__(self, vcpu: str, action: str, timeout_s: float) -> None:
-        super().__init__(f"vCPU {vcpu} did not acknowledge {action} within {timeout_s * 1e3:.1f} ms")
+        super().__init__(
+            f"vCPU {vcpu} did not acknowledge {action} within {timeout_s * 1e3:.1f} ms"
+        )
         self.vcpu = vcpu
         self.action = action
         self.timeout_s = timeout_s

@@ -21,6 +21,7 @@ from functools import cache
 from typing import Any
 
 import z3
+
 from autoconverge.spec import CONTROLLER_STATES, WORKER_STATES, Spec, State, Transition
 
 from .config import ExplorerConfig

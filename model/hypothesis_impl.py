@@ -48,6 +48,7 @@ from autoconverge.impl.vcpus import Vcpus
 from autoconverge.impl.virtualtime import VirtualRuntime
 from autoconverge.spec import SPEC, State
 from autoconverge.spec import lifecycle as L
+from autoconverge.spec.expr import is_state
 
 from .tracecheck import SpecFollower, differences
 
@@ -102,7 +103,7 @@ class VirtualSession(Session):
     def _drive(self) -> None:
         try:
             self.rt.run(self._main, max_steps=50_000_000)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+        except BaseException as exc:
             self._results.put(("crash", exc))
 
     def _main(self) -> None:
@@ -116,7 +117,7 @@ class VirtualSession(Session):
                 break
             try:
                 self._results.put(("ok", op()))
-            except Exception as exc:  # noqa: BLE001 - handed to the rule that called
+            except Exception as exc:
                 self._results.put(("raised", exc))
         if not self.throttler.closed:
             try:
@@ -139,7 +140,7 @@ class VirtualSession(Session):
 
     def inject_failure(self, action: str, after: int) -> bool:
         number = self.vcpus.counts[action] + after  # type: ignore[index]
-        self.vcpus._fail_on[(action, number)] = None  # type: ignore[index]  # noqa: SLF001
+        self.vcpus._fail_on[(action, number)] = None  # type: ignore[index]
         return True
 
     def vcpus_paused(self) -> bool | None:
@@ -230,7 +231,7 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
 
     def _enabled(self, trigger: str, **params: int) -> bool:
         m = self.model
-        return bool(L.is_state(m.c, L.IDLE) and SPEC.find(trigger, L.IDLE).enabled(m, **params))
+        return bool(is_state(m.c, L.IDLE) and SPEC.find(trigger, L.IDLE).enabled(m, **params))
 
     def _quiescent(self) -> bool:
         m = self.model
@@ -252,7 +253,7 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
         self._sync()
         m = self.model
         n = self._controller_steps()
-        if L.is_state(m.c, L.DONE):
+        if is_state(m.c, L.DONE):
             self._expect_raise(ThrottlerClosed, lambda t: t.set_throttle_percent(p))
         elif m.failed:
             self._expect_raise(ThrottleWorkerError, lambda t: t.set_throttle_percent(p))
@@ -268,7 +269,7 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
     def abort(self) -> None:
         self._sync()
         m = self.model
-        if L.is_state(m.c, L.DONE):
+        if is_state(m.c, L.DONE):
             self._expect_raise(ThrottlerClosed, lambda t: t.set_throttle_percent(0))
         elif m.failed:
             self._expect_raise(ThrottleWorkerError, lambda t: t.set_throttle_percent(0))
@@ -301,13 +302,13 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
     @rule()
     def shutdown(self) -> None:
         self._sync()
-        was_done = L.is_state(self.model.c, L.DONE)
+        was_done = is_state(self.model.c, L.DONE)
         try:
             self.s.call(lambda t: t.shutdown())
         except ThrottleWorkerError:
             assert self.failure_injected
         self._sync()
-        assert L.is_state(self.model.c, L.DONE) and L.is_state(self.model.w, L.EXIT)
+        assert is_state(self.model.c, L.DONE) and is_state(self.model.w, L.EXIT)
         if not was_done and not self.model.handed:
             assert not self.model.paused and self.s.vcpus_paused() in (False, None)
 
@@ -321,7 +322,7 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
         except ThrottleWorkerError:
             assert self.failure_injected
         self._sync()
-        assert L.is_state(self.model.w, L.EXIT)
+        assert is_state(self.model.w, L.EXIT)
         if not self.model.failed:
             assert self.model.paused and self.model.handed
             assert self.s.vcpus_paused() in (True, None)

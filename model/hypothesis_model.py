@@ -34,11 +34,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from autoconverge.spec import Spec, State, Transition, terminal
 from autoconverge.spec.properties import FAIR_CONTROLLER_TRIGGERS
 from autoconverge.spec.variants import VARIANTS
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from .config import load_config
 from .graph import GROUP_BITS, GROUPS, fairness_group

@@ -105,7 +105,7 @@ IMPL_FIELDS = ("w", "c", "percent", "applied", "paused", "handed", "failed", "ex
 def impl_state(throttler: Any) -> dict[str, Any]:
     """The implementation's values of the spec's variables (channel and answer excluded)."""
     w = throttler.worker
-    c = throttler._controller  # noqa: SLF001 - the checker reads both models on purpose
+    c = throttler._controller
     return {
         "w": w.state, "c": c.state, "percent": w.percent, "applied": w.applied,
         "paused": w.paused, "handed": w.handed, "failed": w.failed, "expired": w.expired,

@@ -90,7 +90,23 @@ CALL_SHUTDOWN = "call_shutdown"
 SHUTDOWN_DONE = "shutdown_done"
 CALL_HANDOVER = "call_handover"
 HANDOVER_DONE = "handover_done"
-TRIGGERS: tuple[str, ...] = (RECV_SET, RECV_EXIT, RECV_HANDOVER, RECV_ABORT, EXPIRE, FAULT, PAUSE_ELAPSED, RUN_ELAPSED, CALL_SET, CALL_ABORT, ABORT_DONE, CALL_SHUTDOWN, SHUTDOWN_DONE, CALL_HANDOVER, HANDOVER_DONE)
+TRIGGERS: tuple[str, ...] = (
+    RECV_SET,
+    RECV_EXIT,
+    RECV_HANDOVER,
+    RECV_ABORT,
+    EXPIRE,
+    FAULT,
+    PAUSE_ELAPSED,
+    RUN_ELAPSED,
+    CALL_SET,
+    CALL_ABORT,
+    ABORT_DONE,
+    CALL_SHUTDOWN,
+    SHUTDOWN_DONE,
+    CALL_HANDOVER,
+    HANDOVER_DONE,
+)
 
 Actor = Literal["worker", "clock", "controller"]
 Call = Literal["pause", "resume"]
@@ -539,7 +555,7 @@ class Spec:
         """
         out: list[Transition] = []
         for which in ("worker", "controller"):
-            for event in self.machine(which).events.values():  # type: ignore[arg-type]
+            for event in self.machine(which).events.values():
                 for transitions in event.transitions.values():
                     for tr in transitions:
                         guard = tr.conditions[0].func

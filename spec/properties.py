@@ -153,7 +153,7 @@ PROPERTIES: tuple[Property, ...] = (
     ),
     Property(
         "ReturnsOnlyAfterJoin",
-        "shutdown()/handover() return only after the worker exited, vCPUs running unless handed over.",
+        "shutdown()/handover() return only after the worker exited; vCPUs run unless handed over.",
         "invariant",
         "c = done => w = exit /\\ (paused <=> handed)",
         invariant=lambda s: Implies(

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .expr import And, Not, ch_empty, ch_head, ch_push, ch_tail, is_state
+from .expr import And, Not, ch_empty, ch_head, ch_tail
 from .lifecycle import (
-    ABORT_PERCENT,
     PAUSE,
     RUN,
     THROTTLING,

@@ -17,14 +17,14 @@ def test_every_schedule_follows_the_spec(name: str) -> None:
     assert result.complete and result.schedules > 10
 
 
-def _racy_expire(self: throttler_module._Worker) -> None:  # noqa: SLF001
+def _racy_expire(self: throttler_module._Worker) -> None:
     """The throttler before the fix: fire expire without a last look at the queue."""
-    self._step(clock=True)  # noqa: SLF001
+    self._step(clock=True)
 
 
 def test_exploration_finds_the_expire_race(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checker can fail: the race it once found is reintroduced and found again."""
-    monkeypatch.setattr(throttler_module._Worker, "_expire", _racy_expire)  # noqa: SLF001
+    monkeypatch.setattr(throttler_module._Worker, "_expire", _racy_expire)
     result = explore_scenario("change_at_phase_boundary", preemption_bound=1)
     assert not result.ok
     assert "TraceMismatch" in (result.failure or "") and "expire" in (result.failure or "")

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import z3
 
-from autoconverge.spec import PROPERTIES, SPEC, declared_transitions
+from autoconverge.spec import PROPERTIES, SPEC, declared_transitions, timing
 from autoconverge.spec import lifecycle as L
-from autoconverge.spec import timing
 from autoconverge.spec.expr import And, If, Or, Term, ch_head, ch_push, ch_tail, is_state, var
 from autoconverge.spec.variants import VARIANTS
 
@@ -50,8 +49,8 @@ def test_implementation_uses_the_spec_relation() -> None:
     def main() -> None:
         t = Throttler(RecordingVcpus(rt), runtime=rt)
         relation = set(SPEC.relation())
-        assert set(t.worker._worker_relation) <= relation  # noqa: SLF001
-        assert t.worker._worker_relation  # noqa: SLF001
+        assert set(t.worker._worker_relation) <= relation
+        assert t.worker._worker_relation
         t.shutdown()
 
     rt.run(main)

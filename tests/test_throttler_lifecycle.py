@@ -434,8 +434,8 @@ def test_illegal_command_gets_an_answer() -> None:
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         # bypass the API: an abort while the worker waits is not a spec transition
-        t._controller._commands.put(L.CMD_ABORT)  # noqa: SLF001 - white-box test
-        answer = t._responses.get(100 * MS)  # noqa: SLF001
+        t._controller._commands.put(L.CMD_ABORT)
+        answer = t._responses.get(100 * MS)
         assert isinstance(answer, SpecViolation) and "not allowed" in str(answer)
         assert t.worker_state == L.WAITING
         t.shutdown()
