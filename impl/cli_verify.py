@@ -38,6 +38,16 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_verify)
 
+    r = sub.add_parser("report", help="write the Markdown proof report for reviewers")
+    r.add_argument("--output", "-o", metavar="FILE", default="-",
+                   help="where to write it (default: stdout)")
+    r.add_argument("--variant", metavar="NAME", help="report on a bug-zoo variant")
+    r.add_argument("--cross-check", action="store_true", help="include SPIN and TLC")
+    r.add_argument("--traceability", action="store_true",
+                   help="print only the README's traceability table")
+    r.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    r.set_defaults(func=cmd_report)
+
     d = sub.add_parser("diagram", help="the state diagram generated from the spec")
     d.add_argument("--format", choices=("mermaid", "svg"), default="mermaid")
     d.add_argument("--machine", choices=("worker", "controller"), default="worker")
@@ -189,6 +199,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         print(_table(report))
     return EXIT_OK if report["ok"] else EXIT_VIOLATED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from autoconverge.proofs.report import proof_report, traceability_table
+
+    spec, name, probes = _selected_spec(args)
+    if args.traceability:
+        text = traceability_table(spec) + "\n"
+    else:
+        report = run_verify(spec, variant_name=name, probe_percents=probes,
+                            cross_check=args.cross_check, progress=_Progress(args.quiet))
+        text = proof_report(spec, report)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return EXIT_OK
 
 
 def diagram(spec: Spec, machine: str = "worker", fmt: str = "mermaid") -> str | bytes:

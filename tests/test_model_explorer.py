@@ -23,6 +23,7 @@ def shipped() -> ExplorationResult:
     return explore(SPEC, CFG)
 
 
+@pytest.mark.covers("*")
 def test_shipped_spec_all_properties_hold(shipped: ExplorationResult) -> None:
     assert shipped.ok, shipped.format_text()
     names = {p["name"] for p in shipped.properties}
@@ -96,6 +97,7 @@ def _check_replay(spec: Spec, prop: dict[str, Any], v: Variant | None) -> None:
 
 
 @pytest.mark.parametrize("v", VARIANTS, ids=[v.name for v in VARIANTS])
+@pytest.mark.covers("*")
 def test_every_variant_is_caught_with_short_replayable_trace(v: Variant) -> None:
     spec = v.build(SPEC)
     r = explore(spec, CFG)

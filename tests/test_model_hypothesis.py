@@ -31,6 +31,7 @@ shrinking (it costs seconds per variant; the explorer gives the shortest traces 
 
 
 @pytest.mark.parametrize("v", VARIANTS, ids=[v.name for v in VARIANTS])
+@pytest.mark.covers("*")
 def test_machine_fails_on_every_variant(v: Variant) -> None:
     machine = make_abstract_machine(v.build(SPEC))
     with pytest.raises(PropertyViolation) as info:

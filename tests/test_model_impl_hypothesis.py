@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 from autoconverge.model.hypothesis_impl import ThrottlerVsSpec
+
+pytestmark = [pytest.mark.covers("safety", "AbortCompletes", "ShutdownCompletes",
+                                  "HandoverCompletes")]
 
 TestThrottlerVsSpec = ThrottlerVsSpec.TestCase
 TestThrottlerVsSpec.settings = settings(

@@ -11,6 +11,7 @@ from autoconverge.spec import SPEC
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.covers("safety", "ShutdownCompletes", "HandoverCompletes", "AbortCompletes")
 def test_every_schedule_follows_the_spec(name: str) -> None:
     result = explore_scenario(name, preemption_bound=2)
     assert result.ok, (result.failure, result.failing_choices)

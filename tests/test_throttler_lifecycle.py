@@ -68,6 +68,7 @@ def first_event(t: Throttler, pred: Callable[[TraceEvent], bool]) -> TraceEvent:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.covers("ShutdownCompletes", "ReturnsOnlyAfterJoin", "NoBusyWaiting")
 def test_waiting_to_exit(seed: int) -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         t.shutdown()
@@ -80,6 +81,7 @@ def test_waiting_to_exit(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.covers("PauseResumeAlternate", "AbortReturnsWithVcpusRunning", "AbortCompletes", "ShutdownCompletes", "ReturnsOnlyAfterJoin", "VcpusResumed", "PausedOnlyInPausePhase")
 def test_seed_lifecycle_scenario(seed: int) -> None:
     """Waiting -> 5 -> 10 -> Waiting -> 5 -> 10 -> repeated shutdown, as in the reference."""
     marks: dict[str, int] = {}
@@ -149,6 +151,7 @@ def _applied_latencies(t: Throttler) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.covers("PercentApplied")
 def test_new_percent_applied_within_one_timeslice(seed: int) -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         for p, wait in ((20, 37), (60, 113), (35, 71), (90, 5), (10, 250)):
@@ -164,6 +167,7 @@ def test_new_percent_applied_within_one_timeslice(seed: int) -> None:
 
 @pytest.mark.parametrize("percent", [1, 10, 50, 90, 99])
 @pytest.mark.parametrize("timeslice_ms", [20, 100, 1000])
+@pytest.mark.covers("PercentApplied", "VcpusResumed")
 def test_duty_cycle_matches_setpoint(percent: int, timeslice_ms: int) -> None:
     ts = timeslice_ms * MS
 
@@ -180,6 +184,7 @@ def test_duty_cycle_matches_setpoint(percent: int, timeslice_ms: int) -> None:
         assert abs(c.paused_ns - percent * ts // 100) <= 1  # to the clock's granularity
 
 
+@pytest.mark.covers("PauseServedInFull")
 def test_burst_of_commands_does_not_shorten_pauses() -> None:
     share = 50 * T // 100
 
@@ -204,6 +209,7 @@ def test_burst_of_commands_does_not_shorten_pauses() -> None:
 
 
 @pytest.mark.parametrize("where_ms", [None, 20, 75])  # waiting / pause phase / run phase
+@pytest.mark.covers("HandoverKeepsVcpusPaused", "HandoverCompletes", "ExitIsAbsorbing")
 def test_handover_leaves_vcpus_paused(where_ms: int | None) -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         if where_ms is not None:
@@ -224,6 +230,7 @@ def test_handover_leaves_vcpus_paused(where_ms: int | None) -> None:
     assert triggers(t, "controller")[-2:] == [L.CALL_HANDOVER, L.HANDOVER_DONE]
 
 
+@pytest.mark.covers("ExitIsAbsorbing", "ReturnsOnlyAfterJoin")
 def test_calls_after_shutdown_raise() -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         t.set_throttle_percent(40)
@@ -262,6 +269,7 @@ BAD_PERCENTS = [
 
 @pytest.mark.parametrize(("bad", "error"), BAD_PERCENTS)
 @pytest.mark.parametrize("phase_ms", [None, 10, 60])
+@pytest.mark.covers("PercentInRange", "WorkerAcceptsEveryCommand")
 def test_bad_percent_rejected_worker_untouched(bad: Any, error: type, phase_ms: int | None) -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         if phase_ms is not None:
@@ -318,6 +326,7 @@ def test_vcpus_without_protocol_rejected() -> None:
     "fail_on",
     [("pause", 1), ("pause", 2), ("resume", 1), ("resume", 3)],
 )
+@pytest.mark.covers("VcpusResumed", "ReturnsOnlyAfterJoin")
 def test_vcpu_call_failure_is_reported_and_vcpus_resumed(fail_on: tuple[str, int]) -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         t.set_throttle_percent(50)
@@ -334,6 +343,7 @@ def test_vcpu_call_failure_is_reported_and_vcpus_resumed(fail_on: tuple[str, int
     assert L.FAULT in triggers(t, "worker")
 
 
+@pytest.mark.covers("AbortCompletes")
 def test_failure_during_abort_wakes_the_caller() -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         t.set_throttle_percent(50)
@@ -349,6 +359,7 @@ def test_failure_during_abort_wakes_the_caller() -> None:
     assert not v.paused
 
 
+@pytest.mark.covers("ShutdownCompletes")
 def test_hanging_pause_does_not_hang_the_caller() -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         t.set_throttle_percent(50)
@@ -366,6 +377,7 @@ def test_hanging_pause_does_not_hang_the_caller() -> None:
 
 
 @pytest.mark.parametrize("seed", range(12))
+@pytest.mark.covers("PauseResumeAlternate", "ReturnsOnlyAfterJoin", "NoDeadlock")
 def test_concurrent_callers(seed: int) -> None:
     """A migration thread sets percents while a cancel thread aborts and shuts down."""
 
@@ -408,6 +420,7 @@ def test_same_seed_same_run() -> None:
     assert summary(5) == summary(5)
 
 
+@pytest.mark.covers("safety")
 def test_every_recorded_step_is_a_spec_transition() -> None:
     """Each event names a (trigger, source, dest) of the spec relation, guard true before it."""
     from autoconverge.spec import SPEC
@@ -429,6 +442,7 @@ def test_every_recorded_step_is_a_spec_transition() -> None:
         assert spec_t.guard(e.view_before, **e.params), e
 
 
+@pytest.mark.covers("WorkerAcceptsEveryCommand")
 def test_illegal_command_gets_an_answer() -> None:
     """A command the spec does not allow in the worker's state is answered, not ignored."""
 

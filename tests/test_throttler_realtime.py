@@ -19,6 +19,7 @@ pytestmark = pytest.mark.realtime
 MS = 1_000_000
 
 
+@pytest.mark.covers("safety", "AbortReturnsWithVcpusRunning")
 def test_seed_scenario_on_real_threads() -> None:
     rt = RealRuntime()
     v = RecordingVcpus(rt)
@@ -72,6 +73,7 @@ def test_dropped_handle_stops_its_worker() -> None:
     assert not v.paused  # it resumed the vCPUs on its way out
 
 
+@pytest.mark.covers("safety", "ShutdownCompletes")
 def test_many_short_lives_follow_the_spec() -> None:
     """Repeated create/throttle/abort/shutdown cycles (the 174-migrations lesson)."""
     rt = RealRuntime()

@@ -1,0 +1,189 @@
+"""The reviewers' Markdown proof report and the README's traceability table.
+
+For each property of the spec: its statement, kind, formula and fairness (from
+``spec/properties.py``), the explorer's verdict at its bound, the Z3 obligations with their
+verdicts, the SPIN/TLC verdicts when cross-checked, which tests exercise it, and what the
+checks abstract away. Which tests exercise a property is declared by the tests themselves
+with ``@pytest.mark.covers("PropertyName", ...)`` (or a module-level ``pytestmark``), read
+here from the test sources, so the table cannot drift from the suite.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from autoconverge.spec import Spec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFINED_IN = "spec/properties.py"
+MODEL_CHECKED_IN = ("model/explorer.py", "proofs/promela.py", "proofs/tla.py")
+PROVED_IN = {
+    "invariant": "proofs/z3_safety.py",
+    "step": "proofs/z3_safety.py",
+    "deadlock": "proofs/z3_safety.py",
+    "leadsto": "proofs/z3_liveness.py",
+}
+
+ABSTRACTIONS = (
+    "Time is abstracted by the clock actor: a phase ends by an `expire` event that weak "
+    "fairness makes happen; durations are proved separately (timing arithmetic).",
+    "The vCPUs are all-or-nothing (`paused`); a failing pause()/resume() is the `fault` "
+    "transition, and the implementation's best-effort resume after it is outside the model.",
+    "The explorer, SPIN and TLC are bounded (user calls, queue capacity, percent domain: "
+    "model/explorer.toml); the Z3 proofs are not (all percents, queue lengths, call counts).",
+    "Liveness assumes weak fairness per thread (worker, clock, a controller blocked in a "
+    "call); user calls carry none.",
+)
+
+
+def _covers_args(node: ast.expr) -> list[str]:
+    """The string arguments of a ``...covers(...)`` call expression, else []."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and node.func.attr == "covers":
+        return [a.value for a in node.args if isinstance(a, ast.Constant)
+                and isinstance(a.value, str)]
+    return []
+
+
+def covering_tests(tests_dir: Path) -> dict[str, list[str]]:
+    """{property name: ["tests/file.py::test_name", ...]} from ``covers`` markers."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(tests_dir.glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        rel = f"tests/{path.name}"
+        module_marks: list[str] = []
+        for stmt in tree.body:
+            if isinstance(stmt, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "pytestmark" for t in stmt.targets
+            ):
+                values = stmt.value.elts if isinstance(stmt.value, (ast.List, ast.Tuple)) \
+                    else [stmt.value]
+                for v in values:
+                    module_marks += _covers_args(v)
+        for name in module_marks:
+            out.setdefault(name, []).append(rel)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                for dec in node.decorator_list:
+                    for name in _covers_args(dec):
+                        out.setdefault(name, []).append(f"{rel}::{node.name}")
+    return out
+
+
+GROUPS = ("*", "invariant", "step", "deadlock", "leadsto", "safety")
+"""Marker arguments that stand for several properties: all, or all of a kind."""
+
+
+def _expand(spec: Spec, tests: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for p in spec.properties:
+        names = [p.name, "*", p.kind]
+        if p.kind != "leadsto":
+            names.append("safety")
+        out[p.name] = sorted({t for n in names for t in tests.get(n, [])})
+    return out
+
+
+def _link(path: str) -> str:
+    return f"[{path}]({path})"
+
+
+def traceability_table(spec: Spec, tests_dir: Path | None = None) -> str:
+    """The README's table: property -> defined in -> model-checked in -> proved in -> tested."""
+    tests = _expand(spec, covering_tests(tests_dir or REPO_ROOT / "tests"))
+    lines = [
+        "| property | kind | defined in | model-checked in | proved in | tested in |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in spec.properties:
+        tested = tests.get(p.name, [])
+        files = sorted({t.split("::")[0] for t in tested})
+        lines.append(
+            f"| `{p.name}` | {p.kind} | {_link(DEFINED_IN)} | "
+            + ", ".join(_link(m) for m in MODEL_CHECKED_IN)
+            + f" | {_link(PROVED_IN[p.kind])} | "
+            + (", ".join(_link(f) for f in files) or "-")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _verdict(ev: Mapping[str, Any] | None) -> str:
+    if ev is None:
+        return "not run"
+    return "holds" if ev.get("holds") else "**violated**"
+
+
+def proof_report(spec: Spec, report: Mapping[str, Any], tests_dir: Path | None = None) -> str:
+    """The Markdown report of one ``run_verify`` result."""
+    tests = _expand(spec, covering_tests(tests_dir or REPO_ROOT / "tests"))
+    stats = report.get("explorer", {})
+    out = [
+        f"# Proof report: `{spec.name}`" + (f" (variant {report['variant']})"
+                                            if report.get("variant") else ""),
+        "",
+        f"Overall: **{'all properties hold' if report.get('ok') else 'VIOLATIONS FOUND'}**.",
+        "",
+        f"Explorer bound: {stats.get('distinct_states', '?')} distinct states, depth "
+        f"{stats.get('depth', '?')}, {stats.get('transitions', '?')} transitions "
+        f"(model/explorer.toml).",
+        "",
+        "## What is abstracted",
+        "",
+        *(f"- {a}" for a in ABSTRACTIONS),
+        "",
+        "## Properties",
+    ]
+    rows = {r["name"]: r for r in report.get("properties", [])}
+    for p in spec.properties:
+        r = rows.get(p.name, {})
+        out += [
+            "",
+            f"### {p.name}",
+            "",
+            f"{p.statement}",
+            "",
+            f"- kind: {p.kind}; formula: `{p.formula}`",
+            f"- fairness: {p.fairness or 'none needed (safety)'}",
+            f"- explicit-state explorer: {_verdict(r.get('explorer'))}",
+        ]
+        for tool in ("spin", "tlc"):
+            if tool in r:
+                out.append(f"- {tool.upper()}: {_verdict(r.get(tool))}")
+        proof = r.get("proof")
+        if proof:
+            out.append(f"- Z3 ({proof.get('method', '?')}, unbounded): {_verdict(proof)}")
+            for ob in proof.get("obligations", []):
+                mark = "proved" if ob.get("holds") else "**not proved**"
+                out.append(f"  - {ob.get('name')}: {mark} ({ob.get('time_s', 0):.3f} s)"
+                           + (f" - {ob['detail']}" if ob.get("detail") else ""))
+        else:
+            out.append("- Z3: not run")
+        tested = tests.get(p.name, [])
+        out.append("- tests: " + (", ".join(f"`{t}`" for t in tested) or "none"))
+        if p.notes:
+            out.append(f"- note: {p.notes}")
+    for section, key in (("Timing arithmetic (Z3)", "timing"), ("Vacuity", "vacuity")):
+        if key in report:
+            out += ["", f"## {section}", "", "```", _compact(report[key]), "```"]
+    return "\n".join(out) + "\n"
+
+
+def _compact(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=1, default=str)[:6000]
+
+
+def missing_coverage(spec: Spec, tests_dir: Path | None = None) -> list[str]:
+    tests = _expand(spec, covering_tests(tests_dir or REPO_ROOT / "tests"))
+    return [p.name for p in spec.properties if not tests.get(p.name)]
+
+
+def linked_files(table: str) -> Iterable[str]:
+    import re
+
+    return sorted(set(re.findall(r"\]\(([^)]+)\)", table)))
