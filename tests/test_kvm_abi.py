@@ -65,7 +65,7 @@ def test_check_abi_reports_a_struct_that_does_not_match_its_number(
     wrong = abi.Ioctl("KVM_GET_REGS", abi.KVM_GET_REGS.number, "vcpu", abi.IOC_READ,
                       abi.KvmSregs)
     monkeypatch.setattr(abi, "IOCTLS", (*abi.IOCTLS, wrong))
-    with pytest.raises(abi.AbiMismatch, match="KVM_GET_REGS.*encodes size 144.*KvmSregs"):
+    with pytest.raises(abi.AbiMismatch, match=r"KVM_GET_REGS.*encodes size 144.*KvmSregs"):
         abi.check_abi()
 
 

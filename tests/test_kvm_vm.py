@@ -20,7 +20,7 @@ from autoconverge.impl.kvm.vm import (
     VcpuState,
     paused_share,
 )
-from autoconverge.impl.vcpus import Vcpus, VcpuError, VcpuTimeout
+from autoconverge.impl.vcpus import VcpuError, Vcpus, VcpuTimeout
 
 pytestmark = pytest.mark.kvm
 
@@ -140,12 +140,13 @@ def test_dirty_log_sees_exactly_the_working_set(vm: GuestVm) -> None:
 
 
 def test_guest_memory_is_shared_with_the_host(vm: GuestVm) -> None:
-    arr = vm.memory_array()
-    assert arr.size == vm.memory_size == len(vm.memory())
-    base = vm.working_set(0).start  # empty range while idle: start is the region base
+    assert vm.memory_array().size == vm.memory_size == len(vm.memory())
     vm.set_workload(guest.worst_case(4), vcpu=0)
-    eventually(lambda: int(arr[base * guest.PAGE_SIZE]) != 0, "the guest writes page 0")
-    del arr
+    first = vm.working_set(0).start * guest.PAGE_SIZE
+    eventually(lambda: vm.memory()[first] != 0, "the guest writes its first page")
+    view = vm.memory_array()
+    view[first] = 0  # the host writes guest memory through the numpy view
+    assert vm.memory()[first] in range(256)
 
 
 # pause / resume ------------------------------------------------------------------------------
@@ -190,14 +191,14 @@ def test_a_vcpu_that_never_answers_times_out_by_name() -> None:
     blocked = threading.Event()
     release = threading.Event()
 
-    def device(vcpu: int, port: int, data: bytes) -> None:
-        assert port == guest.DOORBELL_PORT
+    def device(vcpu: int, address: int, data: bytes) -> None:
+        assert (address, data) == (guest.GuestLayout(4 * MIB, 3).mmio_addr, b"\x07")
         if vcpu == 1:
             blocked.set()
             release.wait(WAIT_S)  # a device model stuck in I/O: the vCPU cannot answer
 
-    with GuestVm(4 * MIB, 3, device=device, timeout_s=0.2) as vm:
-        vm.ring_doorbell(1)
+    with GuestVm(4 * MIB, 3, device=device, timeout_s=0.5) as vm:
+        vm.ring_doorbell(1, 7)
         assert blocked.wait(WAIT_S)
         with pytest.raises(VcpuTimeout) as info:
             vm.pause()

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from autoconverge.model.config import ExplorerConfig, load_config
 from autoconverge.model.explorer import ExplorationResult, check_declaration, explore
 from autoconverge.model.fairness import tarjan_scc

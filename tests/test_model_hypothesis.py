@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
+
 from autoconverge.model.hypothesis_model import (
     PropertyViolation,
     fair_bound,
@@ -11,9 +15,6 @@ from autoconverge.model.hypothesis_model import (
 from autoconverge.model.hypothesis_profiles import PROFILES, register_profiles
 from autoconverge.spec import CMD_EXIT, CMD_HANDOVER, SPEC
 from autoconverge.spec.variants import VARIANTS, Variant
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import run_state_machine_as_test
 
 ShippedMachine = make_abstract_machine(SPEC)
 

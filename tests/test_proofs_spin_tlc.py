@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from autoconverge.proofs import crosscheck, promela, tla, tools
 from autoconverge.proofs.codegen import Bounds
 from autoconverge.spec import SPEC

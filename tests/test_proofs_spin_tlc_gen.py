@@ -7,6 +7,7 @@ from collections import deque
 from typing import Any
 
 import pytest
+
 from autoconverge.proofs import promela, tla, tools
 from autoconverge.proofs.codegen import (
     CALLS,

@@ -81,7 +81,10 @@ def test_waiting_to_exit(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.covers("PauseResumeAlternate", "AbortReturnsWithVcpusRunning", "AbortCompletes", "ShutdownCompletes", "ReturnsOnlyAfterJoin", "VcpusResumed", "PausedOnlyInPausePhase")
+@pytest.mark.covers(
+    "PauseResumeAlternate", "AbortReturnsWithVcpusRunning", "AbortCompletes",
+    "ShutdownCompletes", "ReturnsOnlyAfterJoin", "VcpusResumed", "PausedOnlyInPausePhase",
+)
 def test_seed_lifecycle_scenario(seed: int) -> None:
     """Waiting -> 5 -> 10 -> Waiting -> 5 -> 10 -> repeated shutdown, as in the reference."""
     marks: dict[str, int] = {}
