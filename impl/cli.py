@@ -15,6 +15,10 @@ from collections.abc import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
     "autoconverge.impl.cli_verify",
+    "autoconverge.model.bench",
+    "autoconverge.impl.migration.cli",
+    "autoconverge.impl.kvm.cli",
+    "autoconverge.proofs.bench",
 )
 
 EXIT_OK = 0

@@ -132,6 +132,8 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
                 if tool in prop:
                     merge(prop["name"], tool, prop[tool])
         report["cross_check"] = {k: v for k, v in cc.items() if k != "properties"}
+        if not cc.get("agree", False):
+            progress("the explorer, SPIN and TLC DISAGREE")
 
     report["properties"] = list(rows.values())
     checks_ok = all(c.get("holds", False) for c in report["declaration"])
@@ -139,6 +141,8 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
         checks_ok = checks_ok and bool(report["timing"].get("holds", False))
     if "vacuity" in report:
         checks_ok = checks_ok and all(v.get("holds", False) for v in report["vacuity"])
+    if "cross_check" in report:
+        checks_ok = checks_ok and bool(report["cross_check"].get("agree", False))
     report["ok"] = checks_ok and all(r["holds"] for r in report["properties"])
     return report
 

@@ -1,0 +1,41 @@
+"""``autoconverge bench-checkers``: explorer vs SPIN vs TLC on the same model at three bounds.
+
+Prints JSON: per bound the distinct states and end-to-end wall time of each checker (SPIN:
+generate + ``spin -a`` + ``gcc`` + every ``pan`` run; TLC: generate + JVM + every TLC run,
+one worker). A benchmark, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .crosscheck import BENCH_SECTIONS, bench_checkers
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench-checkers",
+        help="benchmark the explorer, SPIN and TLC on the same model at several bounds (JSON)",
+        description=__doc__,
+    )
+    p.add_argument(
+        "--bounds", nargs="+", default=list(BENCH_SECTIONS), metavar="BOUND",
+        help="explorer config sections (ci, large), 'small', or calls=N,cap=M "
+             f"(default: {' '.join(BENCH_SECTIONS)})",
+    )
+    p.add_argument("--timeout", type=float, default=900.0, help="per checker run, seconds")
+    p.set_defaults(func=_handler)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    from autoconverge.impl.cli import UsageError
+
+    try:
+        out = bench_checkers(list(args.bounds), timeout=args.timeout)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0 if all(r["states_match"] for r in out["rows"]) else 1

@@ -1,0 +1,408 @@
+"""The spec's relation evaluated on syntax trees: what the Promela and TLA+ generators print.
+
+Nothing here is a second copy of the lifecycle. Every guard, effect and property is the spec's
+own function, called on a :class:`~autoconverge.spec.State` whose fields are
+:func:`~autoconverge.spec.expr.var` terms; the resulting :class:`~autoconverge.spec.expr.Term`
+trees are constant-folded (:func:`simplify`) and handed to a printer.
+
+Both generators model the same *bounded* slice of the spec as the explicit-state explorer
+(:mod:`autoconverge.model.graph`):
+
+- ``p`` of ``call_set`` ranges over :attr:`Bounds.percents` (plus a variant's probes);
+- a user call (a ``call_*`` trigger) needs ``ncalls < MAX_CALLS`` and increments ``ncalls``
+  (an extra state variable, exactly like the explorer's node = (state, calls used));
+- a step that would leave more than ``QUEUE_CAP`` commands queued is cut;
+- ``fault`` steps are left out when :attr:`Bounds.faults` is false;
+- a *deadlock* is a non-terminal state in which no transition except ``fault`` is enabled in
+  the unbounded spec (bounds ignored): :func:`progress_enabled`;
+- a state whose only successors were cut by a bound is a *bounded end* (neither terminal nor
+  a deadlock): :func:`cut_by_bounds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from autoconverge.spec import Spec, State, Transition, terminal
+from autoconverge.spec.expr import Term, Value, var
+from autoconverge.spec.lifecycle import CONTROLLER_STATES, VARIABLES, WORKER_STATES
+from autoconverge.spec.properties import FAIR_ACTORS, FAIR_CONTROLLER_TRIGGERS
+
+CALLS = "ncalls"
+"""The extra state variable counting user calls (the call bound)."""
+MAX_CALLS = "MAX_CALLS"
+"""Symbol of the call bound (a printer maps it to a macro or a TLA+ constant)."""
+QUEUE_CAP = "QUEUE_CAP"
+"""Symbol of the channel capacity."""
+ALL_VARIABLES: tuple[str, ...] = (*VARIABLES, CALLS)
+SYMBOLS = (MAX_CALLS, QUEUE_CAP)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The finite slice of the spec a checker explores (same meaning as the explorer's)."""
+
+    percents: tuple[int, ...] = (1, 50, 99)
+    max_calls: int = 4
+    channel_capacity: int = 3
+    faults: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Bounds:
+        """From an :class:`autoconverge.model.config.ExplorerConfig` (or anything alike)."""
+        return cls(
+            percents=tuple(int(p) for p in cfg.percents),
+            max_calls=int(cfg.max_calls),
+            channel_capacity=int(cfg.channel_capacity),
+            faults=bool(getattr(cfg, "faults", True)),
+        )
+
+    def with_percents(self, extra: tuple[int, ...]) -> Bounds:
+        return dataclasses.replace(self, percents=tuple(dict.fromkeys((*self.percents, *extra))))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"percents": list(self.percents), "max_calls": self.max_calls,
+                "channel_capacity": self.channel_capacity, "faults": self.faults}
+
+
+def symbolic_state() -> State:
+    """A state whose every field is the variable of the same name."""
+    return State(**{name: var(name) for name in VARIABLES})
+
+
+def is_term(x: object) -> bool:
+    return isinstance(x, Term)
+
+
+def is_var(x: object, name: str) -> bool:
+    return isinstance(x, Term) and x.op == "var" and x.args[0] == name
+
+
+def const(x: Value) -> Term:
+    return x if isinstance(x, Term) else Term("const", (x,))
+
+
+_CMP = {
+    "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+}
+
+
+_NEGATED = {"eq": "ne", "ne": "eq", "lt": "ge", "ge": "lt", "gt": "le", "le": "gt"}
+
+
+def _dedupe(parts: list[Value]) -> list[Value]:
+    seen: set[str] = set()
+    out: list[Value] = []
+    for p in parts:
+        key = repr(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def simplify(x: Value) -> Value:
+    """Constant-fold a term: the result is a plain Python value or a Term without foldables."""
+    if not isinstance(x, Term):
+        return x
+    op, args = x.op, x.args
+    if op == "const":
+        return simplify(args[0])
+    if op in ("var", "state"):
+        return x
+    if op == "and":
+        parts: list[Value] = []
+        for a in (simplify(a) for a in args):
+            if a is False:
+                return False
+            if a is not True:
+                parts.extend(a.args if is_term(a) and a.op == "and" else (a,))
+        parts = _dedupe(parts)
+        return True if not parts else parts[0] if len(parts) == 1 else Term("and", tuple(parts))
+    if op == "or":
+        parts = []
+        for a in (simplify(a) for a in args):
+            if a is True:
+                return True
+            if a is not False:
+                parts.extend(a.args if is_term(a) and a.op == "or" else (a,))
+        parts = _dedupe(parts)
+        return False if not parts else parts[0] if len(parts) == 1 else Term("or", tuple(parts))
+    if op == "not":
+        a = simplify(args[0])
+        if not is_term(a):
+            return not a
+        if a.op == "not":
+            return a.args[0]
+        if a.op in _NEGATED:
+            return Term(_NEGATED[a.op], a.args)
+        return Term("not", (a,))
+    if op == "implies":
+        a, b = simplify(args[0]), simplify(args[1])
+        if a is False or b is True:
+            return True
+        if a is True:
+            return b
+        if b is False:
+            return simplify(Term("not", (a,)))
+        return Term("implies", (a, b))
+    if op == "ite":
+        c = simplify(args[0])
+        if not is_term(c):
+            return simplify(args[1] if c else args[2])
+        return Term("ite", (c, const(simplify(args[1])), const(simplify(args[2]))))
+    if op == "is_state":
+        s = simplify(args[0])
+        if not is_term(s):
+            return bool(s == args[1])
+        return Term("is_state", (s, args[1]))
+    if op in _CMP:
+        a, b = simplify(args[0]), simplify(args[1])
+        if not is_term(a) and not is_term(b):
+            return _CMP[op](a, b)
+        if op in ("eq", "ne") and is_term(a) and is_term(b) and repr(a) == repr(b):
+            return op == "eq"
+        return Term(op, (const(a), const(b)))
+    if op == "exists":
+        body = simplify(args[2])
+        return body if not is_term(body) else Term("exists", (args[0], args[1], body))
+    # channel operations and anything else: simplify the arguments only
+    return Term(op, tuple(const(simplify(a)) if isinstance(a, Term) else a for a in args))
+
+
+def mentions(x: Value, names: set[str]) -> bool:
+    """The term reads one of the variables ``names``."""
+    if not isinstance(x, Term):
+        return False
+    if x.op == "var":
+        return x.args[0] in names
+    return any(mentions(a, names) for a in x.args if isinstance(a, Term))
+
+
+def chan_delta(x: Value) -> tuple[int, tuple[Value, ...]]:
+    """A channel value as (commands dropped from the head of ``chan``, commands appended).
+
+    Supports what effects write: ``chan``, ``ch_tail(...)`` of it, ``ch_push(...)`` onto
+    either. Anything else (a tail taken after a push) raises ``NotImplementedError``.
+    """
+    if is_var(x, "chan"):
+        return 0, ()
+    if isinstance(x, Term) and x.op == "ch_tail":
+        d, pushed = chan_delta(x.args[0])
+        if pushed:
+            raise NotImplementedError("ch_tail after ch_push in one step is not supported")
+        return d + 1, ()
+    if isinstance(x, Term) and x.op == "ch_push":
+        d, pushed = chan_delta(x.args[0])
+        return d, (*pushed, simplify(x.args[1]))
+    raise NotImplementedError(f"unsupported channel expression {x!r}")
+
+
+def machine_var(t: Transition) -> str:
+    return "c" if t.machine == "controller" else "w"
+
+
+def is_user_call(t: Transition) -> bool:
+    return bool(t.actor == "controller" and t.trigger.startswith("call_"))
+
+
+def fairness_group(t: Transition) -> str | None:
+    """``worker``/``clock``/``controller`` (blocking-call completions) or None (unfair)."""
+    if t.actor in FAIR_ACTORS:
+        return str(t.actor)
+    if t.actor == "controller" and t.trigger in FAIR_CONTROLLER_TRIGGERS:
+        return "controller"
+    return None
+
+
+def state_symbol(name: str) -> str:
+    """Which machine a state name belongs to: ``w`` or ``c``."""
+    if name in WORKER_STATES:
+        return "w"
+    if name in CONTROLLER_STATES:
+        return "c"
+    raise KeyError(f"unknown machine state {name!r}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transition of the relation with its parameters bound (concrete or symbolic)."""
+
+    transition: Transition
+    params: tuple[tuple[str, Value], ...]
+    enabled: Value
+    """Source state and guard, simplified; the bounds are not included."""
+    bound: Value
+    """What the bounds add to the guard (``True`` when nothing)."""
+    updates: Mapping[str, Value]
+    """Every variable the step writes (machine state and ``ncalls`` included), simplified,
+    as expressions over the pre-state; ``chan`` as written by the effect."""
+    post: State
+    """The successor as expressions over the pre-state."""
+
+    @property
+    def name(self) -> str:
+        t = self.transition
+        base = f"{t.trigger}_{t.source}"
+        concrete = [f"{k}{v}" for k, v in self.params if not isinstance(v, Term)]
+        return "_".join((base, *concrete)).replace("-", "m")
+
+    @property
+    def user_call(self) -> bool:
+        return is_user_call(self.transition)
+
+    @property
+    def group(self) -> str | None:
+        return fairness_group(self.transition)
+
+    @property
+    def symbolic_params(self) -> tuple[str, ...]:
+        return tuple(k for k, v in self.params if isinstance(v, Term))
+
+
+def _bound_guard(t: Transition, chan: Value) -> Value:
+    conds: list[Value] = []
+    if is_user_call(t):
+        conds.append(Term("lt", (var(CALLS), var(MAX_CALLS))))
+    drops, pushed = chan_delta(chan)
+    if len(pushed) > drops:
+        grow = len(pushed) - drops
+        conds.append(Term("le", (Term("add", (Term("ch_len", (var("chan"),)), const(grow))),
+                                 var(QUEUE_CAP))))
+    return True if not conds else conds[0] if len(conds) == 1 else Term("and", tuple(conds))
+
+
+def steps(spec: Spec, bounds: Bounds, *, symbolic_params: bool = False) -> list[Step]:
+    """The relation as steps, with the guard, the bound and the updates as terms.
+
+    With ``symbolic_params`` a parameter stays a variable (TLA+ quantifies it over the
+    domain); otherwise one step per value of the domain, dropping steps whose guard folds to
+    false (e.g. ``call_set`` with an out-of-range percent).
+    """
+    s = symbolic_state()
+    out: list[Step] = []
+    for t in spec.relation():
+        if t.trigger == "fault" and not bounds.faults:
+            continue
+        for params in _param_values(t.params, bounds, symbolic_params):
+            enabled = simplify(t.enabled(s, **params))
+            if enabled is False:
+                continue
+            post = t.apply(s, **params)
+            updates: dict[str, Value] = {}
+            for k, v in dict(t.effect(s, **params)).items():
+                updates[k] = v if k == "chan" else simplify(v)
+            updates[machine_var(t)] = t.dest
+            if is_user_call(t):
+                updates[CALLS] = Term("add", (var(CALLS), const(1)))
+            if "chan" in updates and is_var(updates["chan"], "chan"):
+                del updates["chan"]
+            out.append(Step(t, tuple(params.items()), enabled,
+                            _bound_guard(t, updates.get("chan", var("chan"))), updates, post))
+    return out
+
+
+def _param_values(names: tuple[str, ...], bounds: Bounds, symbolic: bool
+                  ) -> Iterator[dict[str, Value]]:
+    domains = {"p": bounds.percents}
+    if not names:
+        yield {}
+        return
+    head, *rest = names
+    if head not in domains:
+        raise KeyError(f"no domain for transition parameter {head!r}")
+    values: tuple[Value, ...] = (var(head),) if symbolic else domains[head]
+    for v in values:
+        for more in _param_values(tuple(rest), bounds, symbolic):
+            yield {head: v, **more}
+
+
+def terminal_term() -> Value:
+    return simplify(terminal(symbolic_state()))
+
+
+def progress_enabled(all_steps: list[Step]) -> Value:
+    """Some transition other than ``fault`` is enabled, bounds ignored (the explorer's notion)."""
+    return simplify(Term("or", tuple(_quantified(st, st.enabled) for st in all_steps
+                                     if st.transition.trigger != "fault")))
+
+
+def cut_by_bounds(all_steps: list[Step]) -> Value:
+    """Some step is enabled but cut by a bound (the state is a *bounded end* if nothing else
+    can move)."""
+    return simplify(Term("or", tuple(
+        _quantified(st, Term("and", (const(st.enabled), Term("not", (const(st.bound),)))))
+        for st in all_steps if st.bound is not True)))
+
+
+def no_deadlock_term(all_steps: list[Step]) -> Value:
+    return simplify(Term("or", (const(terminal_term()), const(progress_enabled(all_steps)))))
+
+
+def _quantified(st: Step, body: Value) -> Value:
+    out = const(body)
+    for name in reversed(st.symbolic_params):
+        out = Term("exists", (name, "p_domain", out))
+    return out
+
+
+def step_property_term(pred: Any, st: Step) -> Value:
+    """A step property's predicate on this step, as a term over the pre-state."""
+    return simplify(pred(symbolic_state(), st.transition, st.post))
+
+
+def state_term(pred: Any) -> Value:
+    return simplify(pred(symbolic_state()))
+
+
+def initial_values(spec: Spec) -> dict[str, Any]:
+    vals: dict[str, Any] = dict(spec.initial.as_dict())
+    vals[CALLS] = 0
+    return vals
+
+
+def _facts(enabled: Value) -> dict[str, Value]:
+    """Literal facts a guard conjunction fixes: ``x``/``~x`` for booleans, machine states."""
+    parts = enabled.args if is_term(enabled) and enabled.op == "and" else (enabled,)
+    out: dict[str, Value] = {}
+    for p in parts:
+        if is_term(p) and p.op == "var":
+            out[p.args[0]] = True
+        elif is_term(p) and p.op == "not" and is_term(p.args[0]) and p.args[0].op == "var":
+            out[p.args[0].args[0]] = False
+        elif is_term(p) and p.op == "is_state" and is_term(p.args[0]) and p.args[0].op == "var":
+            out[p.args[0].args[0]] = p.args[1]
+    return out
+
+
+def _substitute(x: Value, facts: Mapping[str, Value]) -> Value:
+    if not isinstance(x, Term):
+        return x
+    if x.op == "var":
+        return facts.get(x.args[0], x)
+    return Term(x.op, tuple(_substitute(a, facts) if isinstance(a, Term) else a for a in x.args))
+
+
+def stutter_condition(st: Step) -> Value:
+    """When the step leaves every variable unchanged (given its guard): such a step is a
+    *stuttering* step in TLA+, invisible to an action property ``[][A]_vars``."""
+    if st.user_call or st.transition.dest != st.transition.source:
+        return False
+    conds: list[Value] = []
+    for name, v in st.updates.items():
+        if name == "chan":
+            drops, pushed = chan_delta(v)
+            if drops != len(pushed):
+                return False
+            conds.append(Term("eq", (v, var("chan"))))
+        elif name in ("w", "c"):
+            continue
+        else:
+            conds.append(Term("eq", (const(v), var(name))))
+    cond = simplify(Term("and", tuple(conds))) if conds else True
+    return simplify(_substitute(cond, _facts(st.enabled)))

@@ -1,0 +1,434 @@
+"""Promela generated from the spec declaration, for SPIN.
+
+:func:`generate` prints a Promela model of one spec (the shipped one or a bug-zoo variant) at
+a :class:`~autoconverge.proofs.codegen.Bounds`: every guard, effect and property is the
+spec's own function evaluated on syntax trees (:mod:`.codegen`), never a hand-written copy.
+
+Model layout:
+
+- three ``active proctype``\\ s, one per thread: ``worker`` (every ``worker`` transition),
+  ``clock`` (the ``expire`` transitions) and ``controller`` (user calls and the completions
+  of blocking calls). Each transition is one ``d_step { guard -> effect }``: a single
+  indivisible step, exactly the spec's granularity, so SPIN's distinct states are the
+  explorer's. The worker and the clock are one loop each (the worker's machine state is the
+  global ``w``); the controller has one location per machine state so that SPIN's own
+  *invalid end state* check can tell a caller stuck in a blocking call (``awaiting_*``: not an
+  end label) from a bounded end (``end_idle``: the user could still call ``shutdown``) and
+  the terminal ``end_done``.
+- the channel is an array with a length (``q[QUEUE_SLOTS]``, ``qlen``), not a Promela
+  ``chan``: guards must test the *head's value* against ranges inside one atomic guard
+  (``q?[x]`` polls only match constants or bind variables), and the array keeps the state
+  canonical (a pop shifts and zeroes the freed slot) so counts match the explorer's tuples.
+- bounds: ``#define MAX_CALLS``/``QUEUE_CAP``; a byte ``ncalls`` counts user calls.
+- properties (``mode="safety"``): every invariant is asserted before and after every step
+  (before: covers the initial state; after: covers states without successors); every step
+  property is asserted inside the step on the pre-state, with the post-state substituted by
+  the step's effect expressions; ``NoDeadlock`` is SPIN's invalid-end-state check plus an
+  assertion after every step that the new state is terminal or has a non-``fault``
+  transition enabled when the bounds are ignored (the explorer's exact notion, which no
+  placement of end labels can express). Each assertion reads ``assert(prop_<Name> ||
+  expr)`` with ``prop_<Name>`` a hidden constant 0, so pan's message names the property.
+- ``mode="liveness"``: one ``ltl`` block per leads-to property, ``[]((p) -> <>(q))``, checked
+  one per run (``pan -a -f -N <Name>``). ``-f`` is SPIN's weak fairness *per process*: the
+  worker thread, the clock, and the controller. User calls must not be fair, so the
+  controller gets an extra option at every location it can call from: ``stop`` (spend the
+  rest of the call budget: the user never calls again). A fair controller that sits idle
+  then takes ``stop`` instead of being forced to call; the completions of blocking calls
+  stay weakly fair. ``stop`` adds states, so the safety model (whose counts are compared)
+  leaves it out.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from autoconverge.spec import Spec
+from autoconverge.spec.expr import Term, Value
+from autoconverge.spec.lifecycle import CONTROLLER_STATES, VARIABLES, WORKER_STATES
+
+from . import tools
+from .codegen import (
+    CALLS,
+    MAX_CALLS,
+    QUEUE_CAP,
+    Bounds,
+    Step,
+    chan_delta,
+    initial_values,
+    is_var,
+    mentions,
+    no_deadlock_term,
+    simplify,
+    state_symbol,
+    state_term,
+    step_property_term,
+    steps,
+)
+
+Mode = Literal["safety", "liveness"]
+
+BOOL_VARS = ("paused", "handed", "failed", "expired", "polled", "resp")
+INT_VARS = ("percent", "applied", "requested")
+_SYMBOLS = {MAX_CALLS: "MAX_CALLS", QUEUE_CAP: "QUEUE_CAP"}
+_BIN = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=",
+        "add": "+", "sub": "-", "mul": "*"}
+
+
+def mtype_name(state: str) -> str:
+    return f"{state_symbol(state)}_{state}"
+
+
+def expr(x: Value) -> str:
+    """A Promela expression for a (simplified) term over the current state."""
+    x = simplify(x)
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, str):
+        return mtype_name(x)
+    if not isinstance(x, Term):
+        raise TypeError(f"cannot print {x!r} in Promela")
+    op, a = x.op, x.args
+    if op == "var":
+        name = a[0]
+        if name in _SYMBOLS:
+            return _SYMBOLS[name]
+        if name == "chan":
+            raise NotImplementedError("a channel value is not a Promela expression")
+        return str(name)
+    if op == "const":
+        return expr(a[0])
+    if op == "and":
+        return "(" + " && ".join(expr(t) for t in a) + ")"
+    if op == "or":
+        return "(" + " || ".join(expr(t) for t in a) + ")"
+    if op == "not":
+        return f"!{expr(a[0])}" if _atomic(a[0]) else f"!({expr(a[0])})"
+    if op == "implies":
+        return expr(Term("or", (Term("not", (a[0],)), a[1])))
+    if op == "ite":
+        return f"({expr(a[0])} -> {expr(a[1])} : {expr(a[2])})"
+    if op in _BIN:
+        return f"({expr(a[0])} {_BIN[op]} {expr(a[1])})"
+    if op == "is_state":
+        return f"({expr(a[0])} == {mtype_name(a[1])})"
+    if op == "ch_len":
+        drops, pushed = chan_delta(a[0])
+        k = len(pushed) - drops
+        return "qlen" if k == 0 else f"(qlen {'+' if k > 0 else '-'} {abs(k)})"
+    if op == "ch_head":
+        drops, pushed = chan_delta(a[0])
+        if pushed:
+            raise NotImplementedError("the head of a channel with pushes is not supported")
+        return f"q[{drops}]"
+    raise NotImplementedError(f"no Promela for term op {op!r}")
+
+
+def _atomic(x: Value) -> bool:
+    return not isinstance(x, Term) or x.op in ("var", "const")
+
+
+def _assert(name: str, cond: Value) -> str | None:
+    cond = simplify(cond)
+    if cond is True:
+        return None
+    return f"assert(prop_{name} || {expr(cond)})"
+
+
+def effect_statements(st: Step, cap: int) -> list[str]:
+    """The effect as statements: right-hand sides are read from the pre-state (temporaries
+    where a later assignment would overwrite what they read), then the channel, then the
+    variables."""
+    out: list[str] = []
+    updates = dict(st.updates)
+    chan = updates.pop("chan", None)
+    written = set(updates) | ({"chan"} if chan is not None else set())
+    assigns: list[str] = []
+    pushes: list[str] = []
+    drops = 0
+    if chan is not None:
+        drops, pushed = chan_delta(chan)
+        for i, v in enumerate(pushed):
+            if mentions(v, written):
+                if i > 0:
+                    raise NotImplementedError("two computed pushes in one step")
+                out.append(f"tmp_push{i} = {expr(v)}")
+                pushes.append(f"tmp_push{i}")
+            else:
+                pushes.append(expr(v))
+    for name in _ordered(updates):
+        v = updates[name]
+        if mentions(v, written - {name}):
+            out.append(f"tmp_{name} = {expr(v)}")
+            assigns.append(f"{name} = tmp_{name}")
+        else:
+            assigns.append(f"{name} = {expr(v)}")
+    for _ in range(drops):
+        out.extend(f"q[{i}] = q[{i + 1}]" for i in range(cap - 1))
+        out.extend((f"q[{cap - 1}] = 0", "qlen--"))
+    for p in pushes:
+        out.extend((f"q[qlen] = {p}", "qlen++"))
+    out.extend(assigns)
+    return out
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    order = {n: i for i, n in enumerate((*VARIABLES, CALLS))}
+    return sorted(names, key=lambda n: order.get(n, len(order)))
+
+
+def _d_step(st: Step, body: list[str]) -> str:
+    guard = simplify(Term("and", (_lift(st.enabled), _lift(st.bound))))
+    stmts = [expr(guard), *body]
+    return "d_step { " + " -> ".join(stmts[:1]) + (
+        ";\n            " + ";\n            ".join(stmts[1:]) if len(stmts) > 1 else "") + " }"
+
+
+def _lift(x: Value) -> Term:
+    return x if isinstance(x, Term) else Term("const", (x,))
+
+
+def generate(spec: Spec, bounds: Bounds, mode: Mode = "safety") -> str:
+    """The Promela model of ``spec`` at ``bounds`` (``mode``: see the module docstring)."""
+    all_steps = steps(spec, bounds)
+    props = spec.properties
+    invariants = [(p.name, state_term(p.invariant)) for p in props if p.kind == "invariant"]
+    step_props = [p for p in props if p.kind == "step"]
+    has_deadlock = any(p.kind == "deadlock" for p in props)
+    init = initial_values(spec)
+    if tuple(init["chan"]):
+        raise NotImplementedError("a non-empty initial channel is not supported")
+    cap = max(bounds.channel_capacity, 1)
+    safety = mode == "safety"
+    lines: list[str] = [
+        f"/* Generated by autoconverge.proofs.promela from spec {spec.name!r} "
+        f"(mode: {mode}). Do not edit. */",
+        f"/* bounds: {bounds.as_dict()} */",
+        f"#define MAX_CALLS {bounds.max_calls}",
+        f"#define QUEUE_CAP {bounds.channel_capacity}",
+        f"#define QUEUE_SLOTS {cap}   /* array size (at least 1) */",
+        "",
+        "mtype = { " + ", ".join(mtype_name(s) for s in (*WORKER_STATES, *CONTROLLER_STATES))
+        + " };",
+        f"mtype w = {mtype_name(init['w'])};   /* worker machine state */",
+        f"mtype c = {mtype_name(init['c'])};   /* controller machine state */",
+    ]
+    lines += [f"short {name} = {int(init[name])};" for name in INT_VARS]
+    lines += [f"bool {name} = {'true' if init[name] else 'false'};" for name in BOOL_VARS]
+    lines += [
+        "short q[QUEUE_SLOTS];   /* the FIFO chan: q[0] is the head, unused slots hold 0 */",
+        "byte qlen = 0;",
+        f"byte {CALLS} = 0;   /* user calls made so far (at most MAX_CALLS) */",
+        "/* temporaries of a d_step (hidden: not part of the state vector) */",
+        *(f"hidden short tmp_{name};" for name in INT_VARS),
+        "hidden short tmp_push0;",
+        *(f"hidden byte tmp_{name};" for name in (*BOOL_VARS, CALLS)),
+    ]
+    if safety:
+        lines.append("/* always 0: assert(prop_X || e) makes pan's message name property X */")
+        lines += [f"hidden byte prop_{p.name};" for p in props
+                  if p.kind in ("invariant", "step", "deadlock")]
+        lines.append("")
+        for name, inv in invariants:
+            lines.append(_define(f"INV_{name}", expr(inv)))
+        if has_deadlock:
+            lines.append("/* terminal, or a transition other than fault is enabled when the bounds "
+                         "are ignored */")
+            lines.append(_define("NO_DEADLOCK", expr(no_deadlock_term(all_steps))))
+        checks = [f"assert(prop_{name} || INV_{name})" for name, inv in invariants
+                  if inv is not True]
+        lines.append("inline check_invariants() {")
+        lines += [f"    {c};" for c in checks] or ["    skip;"]
+        lines.append("}")
+        lines.append("inline check_post() {")
+        lines.append("    check_invariants();")
+        if has_deadlock:
+            lines.append("    assert(prop_NoDeadlock || NO_DEADLOCK);")
+        lines.append("}")
+    lines.append("")
+
+    def body(st: Step) -> list[str]:
+        out: list[str] = []
+        if safety:
+            out.append("check_invariants()")
+            for p in step_props:
+                a = _assert(p.name, step_property_term(p.step, st))
+                if a:
+                    out.append(a)
+        out.extend(effect_statements(st, cap))
+        if safety:
+            out.append("check_post()")
+        return out
+
+    for actor in ("worker", "clock"):
+        mine = [st for st in all_steps if st.transition.actor == actor]
+        lines.append(f"active proctype {actor}() {{")
+        lines.append(f"end_{actor}:   /* a thread blocked on its input is a legitimate end */")
+        if mine:
+            lines.append("    do")
+            for st in mine:
+                lines.append(f"    :: /* {st.name} */")
+                lines.append(f"       {_d_step(st, body(st))}")
+            lines.append("    od")
+        else:
+            lines.append("    false")
+        lines.append("}")
+        lines.append("")
+
+    ctl = [st for st in all_steps if st.transition.actor == "controller"]
+
+    def label(loc: str) -> str:
+        return _controller_label(loc, [st for st in ctl if st.transition.source == loc])
+
+    lines.append("active proctype controller() {")
+    for loc in (init["c"], *(s for s in CONTROLLER_STATES if s != init["c"])):
+        out_steps = [st for st in ctl if st.transition.source == loc]
+        lines.append(f"{label(loc)}:")
+        if not out_steps:
+            lines.append("    false;")
+            continue
+        lines.append("    if")
+        for st in out_steps:
+            lines.append(f"    :: /* {st.name} */")
+            lines.append(f"       {_d_step(st, body(st))};")
+            lines.append(f"       goto {label(st.transition.dest)}")
+        if mode == "liveness" and any(st.user_call for st in out_steps):
+            lines.append("    :: /* stop: the user makes no more calls (calls are not fair) */")
+            lines.append(f"       d_step {{ {CALLS} < MAX_CALLS -> {CALLS} = MAX_CALLS }};")
+            lines.append(f"       goto {label(loc)}")
+        lines.append("    fi;")
+    lines.append("}")
+    lines.append("")
+    if mode == "liveness":
+        for p in props:
+            if p.kind == "leadsto":
+                lines.append(
+                    f"ltl {p.name} {{ [] ({expr(state_term(p.leads_from))} -> "
+                    f"<> {expr(state_term(p.leads_to))}) }}")
+    return "\n".join(lines) + "\n"
+
+
+def _define(name: str, text: str, width: int = 96) -> str:
+    """A ``#define`` wrapped at ``||``/``&&`` with backslash continuations."""
+    out: list[str] = []
+    line = f"#define {name} "
+    for i, part in enumerate(text.split(" || ")):
+        piece = part if i == 0 else "|| " + part
+        if len(line) + len(piece) > width and line.strip():
+            out.append(line.rstrip() + " \\")
+            line = "    "
+        line += piece + " "
+    out.append(line.rstrip())
+    return "\n".join(out)
+
+
+def _controller_label(loc: str, out_steps: list[Step]) -> str:
+    """``end_<loc>`` where the controller may legitimately stay forever: no way out (done), or
+    a user call whose guard is only the source state (the unbounded spec can always call:
+    a block there is a bounded end); otherwise ``L_<loc>`` (a caller stuck in a blocking
+    call is an invalid end state)."""
+    if not out_steps:
+        return f"end_{loc}"
+    for st in out_steps:
+        if st.user_call and _only_source(st):
+            return f"end_{loc}"
+    return f"L_{loc}"
+
+
+def _only_source(st: Step) -> bool:
+    e = st.enabled
+    return isinstance(e, Term) and e.op == "is_state" and is_var(e.args[0], "c")
+
+
+def properties_checked(spec: Spec, mode: Mode) -> list[str]:
+    kinds = ("invariant", "step", "deadlock") if mode == "safety" else ("leadsto",)
+    return [p.name for p in spec.properties if p.kind in kinds]
+
+
+# --- running SPIN ---------------------------------------------------------------------------
+
+
+def check_spin(spec: Spec, bounds: Bounds, workdir: Path | None = None, *,
+               timeout: float = tools.DEFAULT_TIMEOUT, replay: bool = False) -> dict[str, Any]:
+    """Generate, compile and run SPIN on ``spec`` at ``bounds``: one exhaustive safety run
+    (``pan -c0``: every assertion and invalid end state, counting on past errors) and one
+    ``pan -a -f -N <name>`` run per leads-to property. Artifacts stay in ``workdir`` when
+    given (else a temporary folder, removed)."""
+    tools.require("spin")
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="autoconverge-spin-")
+        workdir = Path(tmp.name)
+    try:
+        return _check_spin(spec, bounds, workdir, timeout, replay)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+PAN_FLAGS = ("-n", "-m500000", "-w22")
+"""pan: no unreached-code listing, DFS depth limit, 2^22-slot hash table."""
+
+
+def _check_spin(spec: Spec, bounds: Bounds, workdir: Path, timeout: float, replay: bool
+                ) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    kinds = {p.name: p.kind for p in spec.properties}
+    unknown = [n for n, k in kinds.items() if k not in ("invariant", "step", "deadlock",
+                                                           "leadsto")]
+    if unknown:
+        raise tools.ToolError(f"no SPIN encoding for properties {unknown}")
+    props: dict[str, dict[str, Any]] = {}
+    sdir, ldir = workdir / "safety", workdir / "liveness"
+    sdir.mkdir(parents=True, exist_ok=True)
+    ldir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    (sdir / "model.pml").write_text(generate(spec, bounds, "safety"))
+    (ldir / "model.pml").write_text(generate(spec, bounds, "liveness"))
+    t_gen = time.perf_counter() - t0
+    pan, t_cc = tools.spin_compile(sdir / "model.pml", safety=True, timeout=timeout)
+    safety = tools.pan_run(pan, ["-c0", *PAN_FLAGS], timeout)
+    _check_depth(safety)
+    violated = set(safety.assertion_props)
+    if safety.invalid_end:
+        violated |= {n for n, k in kinds.items() if k == "deadlock"}
+    for name, kind in kinds.items():
+        if kind != "leadsto":
+            props[name] = {"holds": name not in violated, "states": safety.states,
+                           "time_s": round(safety.seconds, 4), "run": "safety"}
+    t_run = safety.seconds
+    live_names = [n for n, k in kinds.items() if k == "leadsto"]
+    t_cc2 = 0.0
+    if live_names:
+        lpan, t_cc2 = tools.spin_compile(ldir / "model.pml", safety=False, timeout=timeout)
+        for name in live_names:
+            r = tools.pan_run(lpan, ["-a", "-f", "-N", name, *PAN_FLAGS], timeout)
+            _check_depth(r)
+            entry: dict[str, Any] = {"holds": not r.acceptance_cycle, "states": r.states,
+                                     "time_s": round(r.seconds, 4), "run": f"liveness -N {name}"}
+            if r.acceptance_cycle and replay and r.trail is not None:
+                entry["trail"] = tools.spin_replay(ldir / "model.pml")
+            props[name] = entry
+            t_run += r.seconds
+    return {
+        "checker": "spin",
+        "spec": spec.name,
+        "bounds": bounds.as_dict(),
+        "properties": props,
+        "states": safety.states,
+        "transitions": safety.transitions - 1,
+        "depth": safety.depth,
+        "seconds": {"generate": round(t_gen, 4), "compile": round(t_cc + t_cc2, 4),
+                    "run": round(t_run, 4), "total": round(time.perf_counter() - t_start, 4)},
+        "workdir": str(workdir),
+    }
+
+
+def _check_depth(r: tools.PanResult) -> None:
+    if "max search depth too small" in r.output:
+        raise tools.ToolError("pan: max search depth too small (raise -m)")
