@@ -147,6 +147,14 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
     return report
 
 
+def _cell(ev: dict[str, Any] | None) -> str:
+    if ev is None:
+        return "-"
+    if ev.get("holds"):
+        return "ok"
+    return "unproved" if ev.get("verdict") == "not proved" else "FAIL"
+
+
 def _table(report: dict[str, Any]) -> str:
     cols = ["explorer", "proof", "spin", "tlc"]
     present = [c for c in cols if any(c in r for r in report["properties"])]
@@ -156,7 +164,7 @@ def _table(report: dict[str, Any]) -> str:
         cells = []
         for c in present:
             ev = r.get(c)
-            cells.append(f"{'-' if ev is None else ('ok' if ev.get('holds') else 'FAIL'):9}")
+            cells.append(f"{_cell(ev):9}")
         lines.append(f"{r['name']:30} {r['kind']:9} {r['holds']!s:6} " + " ".join(cells))
     for c in report.get("declaration", []):
         lines.append(f"declaration: {c['name']:40} {'ok' if c['holds'] else 'FAIL'}")

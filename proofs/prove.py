@@ -1,0 +1,281 @@
+"""Public API of the Z3 proofs, used by ``autoconverge verify`` and the report.
+
+- :func:`prove_all` - one entry per property of a spec (shipped or bug-zoo variant):
+  ``{name, kind, holds, verdict, method, obligations: [{name, formula, holds, verdict,
+  time_s, detail}], time_s, counterexample?, counterexample_text?, ...}``. ``verdict`` is
+  ``proved`` (every obligation discharged, unbounded), ``violated`` (an obligation failed
+  and a real counterexample from Init was found and attached) or ``not proved`` (an
+  obligation failed or timed out; no counterexample within the search bound). ``holds`` is
+  true only for ``proved``: a timeout is never reported as proved.
+- :func:`prove_timing` - the timing arithmetic (``autoconverge.spec.timing``).
+- :func:`check_vacuity` - every obligation's hypotheses satisfiable, every antecedent
+  reachable from Init.
+
+Methods: ``induction`` (hand-written strengthening, :mod:`z3_safety`), ``induction+spacer``
+(plus Spacer finding its own invariant, re-checked), ``ranking`` (:mod:`z3_liveness`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import z3
+
+from autoconverge.spec import Spec, State, Transition, terminal
+
+from .encoding import Encoding, as_bool, fmt_expr
+from .timing_proofs import prove_timing
+from .z3_bmc import Unrolling, reach_many
+from .z3_liveness import PLANS, LivenessProver
+from .z3_obligations import Outcome, satisfiable
+from .z3_safety import SafetyProver
+from .z3_spacer import spacer
+
+SPACER_PROPERTIES: tuple[str, ...] = (
+    "PercentInRange", "PausedOnlyInPausePhase", "HandoverKeepsVcpusPaused",
+    "ReturnsOnlyAfterJoin", "PauseResumeAlternate",
+)
+"""Safety properties also given to Spacer (their invariants are quantifier-free)."""
+SPACER_TIMEOUT_MS = 2_000
+VACUITY_DEPTH = 8
+"""Steps from Init within which every antecedent must be reachable."""
+
+__all__ = ["check_vacuity", "format_proof", "prove_all", "prove_property", "prove_timing"]
+
+
+class _Provers:
+    def __init__(self, spec: Spec, timeout_ms: int) -> None:
+        self.safety = SafetyProver(spec, timeout_ms)
+        self.liveness = LivenessProver(self.safety)
+
+
+def prove_property(provers: _Provers, name: str, *, use_spacer: bool = True,
+                   counterexamples: bool = True) -> dict[str, Any]:
+    spec = provers.safety.spec
+    prop = spec.property(name)
+    if prop.kind == "leadsto":
+        if name not in PLANS:
+            return {"name": name, "kind": prop.kind, "holds": False, "verdict": "not proved",
+                    "method": "ranking", "obligations": [], "time_s": 0.0,
+                    "note": "no ranking function written for this property"}
+        result = provers.liveness.prove(name, counterexample=counterexamples)
+    else:
+        result = provers.safety.prove(name)
+        if use_spacer and name in SPACER_PROPERTIES and result["verdict"] != "violated":
+            _add_spacer(result, spacer(spec, name, SPACER_TIMEOUT_MS, enc=provers.safety.enc))
+    result["statement"] = prop.statement
+    result["formula"] = prop.formula
+    return result
+
+
+def _add_spacer(result: dict[str, Any], sp: dict[str, Any]) -> None:
+    """Merge Spacer's verdict: a second, independent method for the same property."""
+    result["spacer"] = sp
+    result["time_s"] = round(result["time_s"] + sp["time_s"], 4)
+    if result["holds"]:
+        result["method"] = "induction+spacer"
+        if sp["verdict"] == "violated":  # an engine is wrong: never hide the disagreement
+            result.update(holds=False, verdict="not proved",
+                          note="Spacer found a counterexample the induction proof missed")
+    elif sp["holds"]:
+        # the hand-written strengthening is not inductive here, but Spacer found (and the
+        # plain solver re-checked) another inductive invariant: the property is proved
+        result["induction_attempt"] = {
+            "verdict": result["verdict"], "obligations": result["obligations"],
+            "failed_obligations": result.get("failed_obligations", []),
+        }
+        result.update(holds=True, verdict="proved", method="spacer",
+                      obligations=sp["obligations"],
+                      note="the hand-written strengthening is not inductive in this spec; "
+                           "Spacer's invariant (re-checked) proves the property")
+        result.pop("failed_obligations", None)
+    elif sp["verdict"] == "violated":
+        result["note"] = "Spacer: a counterexample is reachable (the Horn clauses are unsat)"
+
+
+def prove_all(spec: Spec, *, use_spacer: bool = True, counterexamples: bool = True,
+              timeout_ms: int = 5_000) -> list[dict[str, Any]]:
+    """Prove every property of ``spec``; one JSON-ready entry per property."""
+    provers = _Provers(spec, timeout_ms)
+    return [prove_property(provers, p.name, use_spacer=use_spacer,
+                           counterexamples=counterexamples)
+            for p in spec.properties]
+
+
+# --- vacuity ---------------------------------------------------------------------------------
+
+
+def _antecedents(e: z3.BoolRef) -> list[z3.BoolRef]:
+    """The left-hand sides of the implications a formula is a conjunction of."""
+    if z3.is_and(e):
+        return [a for i in range(e.num_args()) for a in _antecedents(e.arg(i))]
+    if z3.is_app_of(e, z3.Z3_OP_IMPLIES):
+        return [e.arg(0)]
+    return []
+
+
+def _hypotheses(spec: Spec, provers: _Provers) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    checked: dict[int, bool | None] = {}
+    for prop in spec.properties:
+        if prop.kind == "leadsto" and prop.name not in PLANS:
+            continue
+        t0 = time.perf_counter()
+        prove_property(provers, prop.name, use_spacer=False, counterexamples=False)
+        obligations: list[Outcome] = provers.safety.outcomes[prop.name]
+        vacuous: list[str] = []
+        unknown: list[str] = []
+        expected: list[str] = []
+        n = 0
+        for ob in obligations:
+            for leaf in ob.leaves():
+                assert leaf.query is not None and leaf.enc is not None
+                if id(leaf) not in checked:
+                    checked[id(leaf)] = satisfiable(leaf.enc, leaf.query)[0]
+                n += 1
+                sat = checked[id(leaf)]
+                label = leaf.name if leaf.name.startswith(ob.name) else f"{ob.name}: {leaf.name}"
+                if sat is False and leaf.may_be_vacuous:
+                    expected.append(label)
+                elif sat is False:
+                    vacuous.append(label)
+                elif sat is None:
+                    unknown.append(label)
+        detail = f"{n} Z3 queries: hypotheses satisfiable"
+        if expected:
+            detail += (f"; {len(expected)} rank steps cannot occur while H (expected, "
+                       f"reported as such): " + ", ".join(expected))
+        if vacuous:
+            detail = "VACUOUS (hypotheses unsatisfiable): " + ", ".join(vacuous)
+        if unknown:
+            detail += "; satisfiability unknown (timeout): " + ", ".join(unknown)
+        out.append({"name": f"{prop.name}: obligation hypotheses satisfiable",
+                    "property": prop.name, "check": "hypotheses",
+                    "holds": not vacuous and not unknown, "queries": n, "detail": detail,
+                    "time_s": round(time.perf_counter() - t0, 4)})
+    return out
+
+
+Target = Callable[[Unrolling, int], z3.BoolRef]
+
+
+def _antecedent_target(inv: Callable[[State], Any], i: int) -> Target:
+    return lambda u, k: _antecedents(as_bool(inv(u.states[k])))[i]
+
+
+def _enabled_target(enc: Encoding, t: Transition) -> Target:
+    return lambda u, k: enc.enabled(t, u.states[k], u.params[k])
+
+
+def _pred_target(pred: Callable[[State], z3.BoolRef]) -> Target:
+    return lambda u, k: pred(u.states[k])
+
+
+def _pending(p: Callable[[State], Any], q: Callable[[State], Any]) -> Callable[[State], Any]:
+    return lambda s: z3.And(as_bool(p(s)), z3.Not(as_bool(q(s))))
+
+
+def _reachability(spec: Spec, provers: _Provers, depth: int) -> list[dict[str, Any]]:
+    enc = provers.safety.enc
+    targets: dict[str, Target] = {}
+    owners: dict[str, list[str]] = {}
+    probe = enc.state("probe")
+    probe2 = enc.state("probe'")
+    for prop in spec.properties:
+        names: list[str] = []
+        if prop.kind == "invariant":
+            assert prop.invariant is not None
+            for i, a in enumerate(_antecedents(as_bool(prop.invariant(probe)))):
+                label = f"{prop.name}: {fmt_expr(a)}"
+                targets[label] = _antecedent_target(prop.invariant, i)
+                names.append(label)
+        elif prop.kind == "step":
+            assert prop.step is not None
+            for t in enc.relation:
+                if z3.is_true(z3.simplify(as_bool(prop.step(probe, t, probe2)))):
+                    continue
+                label = f"{prop.name}: {t.label} enabled"
+                targets[label] = _enabled_target(enc, t)
+                names.append(label)
+        elif prop.kind == "deadlock":
+            label = f"{prop.name}: non-terminal state"
+            targets[label] = _pred_target(lambda s: z3.Not(as_bool(terminal(s))))
+            names.append(label)
+        elif prop.kind == "leadsto":
+            assert prop.leads_from is not None and prop.leads_to is not None
+            label = f"{prop.name}: p /\\ ~q"
+            targets[label] = _pred_target(_pending(prop.leads_from, prop.leads_to))
+            names.append(label)
+        owners[prop.name] = names
+    t0 = time.perf_counter()
+    found = reach_many(enc, targets, depth)
+    dt = time.perf_counter() - t0
+    out: list[dict[str, Any]] = []
+    for prop in spec.properties:
+        names = owners[prop.name]
+        rows = [{"target": n.split(": ", 1)[1], "reached": found[n]["reached"],
+                 "depth": found[n]["depth"]} for n in names]
+        missing = [r["target"] for r in rows if not r["reached"]]
+        detail = ("every antecedent reachable from Init: " + ", ".join(
+            f"{r['target']} in {r['depth']} steps" for r in rows)) if rows else \
+            "unconditional property: no antecedent"
+        if missing:
+            detail = f"NOT reachable within {depth} steps: " + ", ".join(missing)
+        out.append({"name": f"{prop.name}: antecedent reachable", "property": prop.name,
+                    "check": "reachability", "holds": not missing, "targets": rows,
+                    "detail": detail,
+                    "time_s": round(dt / max(1, len(spec.properties)), 4)})
+    return out
+
+
+def check_vacuity(spec: Spec, *, depth: int = VACUITY_DEPTH,
+                  timeout_ms: int = 5_000) -> list[dict[str, Any]]:
+    """Non-vacuity of every proof of ``spec``: one entry per property and check."""
+    provers = _Provers(spec, timeout_ms)
+    return [*_hypotheses(spec, provers), *_reachability(spec, provers, depth)]
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
+def format_proof(result: dict[str, Any]) -> str:
+    """A property's proof as readable lines: verdict, method, each obligation."""
+    lines = [f"{result['name']} [{result.get('kind', '?')}]: {result['verdict']} by "
+             f"{result['method']} ({result['time_s']:.2f} s)"]
+    if result.get("strengthening"):
+        lines.append("  Inv = " + " /\\ ".join(x["name"] for x in result["strengthening"]))
+    if result.get("rank"):
+        lines.append(f"  rank = {result['rank']}; helpful = {result['helpful']}")
+    for o in result.get("obligations", []):
+        mark = "ok " if o["holds"] else o["verdict"].upper()
+        lines.append(f"  {mark:7} {o['name']:42} {o['time_s']:7.3f} s  {o['formula']}")
+        if not o["holds"]:
+            lines.extend("          " + x for x in o["detail"].splitlines())
+    sp = result.get("spacer")
+    if sp:
+        lines.append(f"  spacer: {sp['verdict']} ({sp['time_s']:.2f} s) {sp['detail']}")
+        if sp.get("invariant_text"):
+            lines.append(sp["invariant_text"])
+    if result.get("note"):
+        lines.append(f"  note: {result['note']}")
+    if result.get("counterexample_text"):
+        lines.append(result["counterexample_text"])
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use
+    import json
+    import sys
+
+    from autoconverge.spec import SPEC
+    from autoconverge.spec.variants import variant
+
+    target = SPEC if len(sys.argv) < 2 else variant(sys.argv[1]).build(SPEC)
+    results = prove_all(target)
+    if "--json" in sys.argv:
+        print(json.dumps(results, indent=1, default=str))
+    else:
+        for r in results:
+            print(format_proof(r))

@@ -1,0 +1,298 @@
+"""Unbounded liveness proofs (``p ~> q``) by ranking functions under per-thread weak fairness.
+
+For each leads-to property a :class:`RankPlan` gives a predicate ``H`` that holds from ``p``
+until ``q`` (usually ``p`` itself), a lexicographic rank over naturals, and a *helpful* fair
+group ``h(s)`` (worker, clock or blocking-call completion). With ``Inv`` the conjunction of
+proved safety lemmas (:mod:`z3_safety`), the obligations are:
+
+- ``start``: ``Inv /\\ p /\\ ~q => H``;
+- ``bounded``: ``Inv /\\ H /\\ ~q => rank >= 0`` (every component);
+- ``(a) enabled``: ``Inv /\\ H /\\ ~q => ENABLED <<h(s)>>`` - the helpful group can move,
+  so the behaviour never gets stuck;
+- ``(b)/(c)/(d) steps of G`` for each group G (worker, clock, completions, user calls):
+  ``Inv /\\ H /\\ ~q /\\ T_t => q' \\/ (H' /\\ (rank' < rank \\/ (G # h(s) /\\ rank' = rank /\\
+  h(s') = h(s))))`` for every transition ``t`` of G: the helpful group's steps decrease the
+  rank, every other step (user calls included, which have no fairness) never increases it
+  and, when it keeps it, keeps the helpful group.
+
+Soundness (why these imply ``p ~> q`` on every behaviour fair to WF(worker), WF(clock),
+WF(completions)): from a reachable state with ``p`` and without ``q``, suppose ``q`` never
+holds. Every state then satisfies ``Inv /\\ H`` and the rank never increases; a
+lexicographic order on naturals is well-founded, so the rank is eventually constant. From
+then on no helpful step happens and ``h`` stays one group ``G``, enabled in every state
+(``(a)``): ``G`` is continuously enabled but never takes a step, contradicting ``WF(G)``.
+User calls may happen any number of times; they are covered by ``(d)``.
+
+When an obligation fails, :func:`z3_bmc.lasso` searches for a real fair lasso from ``Init``
+to print; without one the property is ``not proved`` (not ``violated``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import z3
+
+from autoconverge.spec import State
+from autoconverge.spec.expr import If, Or, Value, ch_empty, ch_len, is_state
+from autoconverge.spec.lifecycle import EXIT, WAITING
+
+from .encoding import (
+    FAIR_GROUPS,
+    GROUP_CLOCK,
+    GROUP_COMPLETION,
+    GROUP_TEXT,
+    GROUP_USER,
+    GROUP_WORKER,
+    GROUPS,
+    as_bool,
+)
+from .z3_bmc import lasso
+from .z3_lemmas import closure
+from .z3_obligations import FAILED, PROVED, UNKNOWN, Outcome, Query, Step, discharge, satisfiable
+from .z3_safety import MEMO, SafetyProver, lemma_key
+
+LASSO_DEPTH = 9
+"""Steps (prefix + cycle) searched from Init for a fair lasso when a ranking proof fails."""
+LASSO_BUDGET_MS = 3_000
+"""Wall-clock budget of one lasso search (it is exhaustive up to the depth it reached)."""
+
+Helpful = list[tuple[Callable[[State], Value], str]]
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    during: Callable[[State], Value] | None
+    """H: holds from p until q (None: p itself)."""
+    during_text: str
+    rank: Callable[[State], tuple[Value, ...]]
+    rank_text: str
+    helpful: Helpful
+    """(condition, group) pairs, first match wins; the last condition should be True."""
+    helpful_text: str
+    lemmas: tuple[str, ...]
+
+
+def _shutdown_progress(s: State) -> Value:
+    """Inside a phase with a command queued: expired (1) before a fresh phase (0); polled and
+    not expired (2) before expired (the clock may fire)."""
+    return If(s.expired, 1, If(s.polled, 2, 0))
+
+
+def _phase_rank(s: State) -> Value:
+    """Distance to the next phase boundary: expired 0, polled 1, fresh with a command 2,
+    fresh with an empty queue 3 (a user call moves 3 to 2)."""
+    return If(s.expired, 0, If(s.polled, 1, If(ch_empty(s.chan), 3, 2)))
+
+
+def _phase_helpful() -> Helpful:
+    return [
+        (lambda s: s.expired, GROUP_WORKER),
+        (lambda s: s.polled, GROUP_CLOCK),
+        (lambda s: ch_empty(s.chan), GROUP_CLOCK),
+        (lambda s: True, GROUP_WORKER),
+    ]
+
+
+_PHASE_HELPFUL_TEXT = ("expired: worker (phase boundary); polled: clock (deadline); fresh "
+                       "phase, empty queue: clock; fresh phase, command queued: worker")
+
+
+def _blocking_plan(answered: Callable[[State], Value], answered_text: str,
+                   lemmas: tuple[str, ...]) -> RankPlan:
+    return RankPlan(
+        during=None,
+        during_text="p (the controller stays blocked until q)",
+        rank=lambda s: tuple(If(answered(s), 0, x) for x in (
+            1, ch_len(s.chan), If(is_state(s.w, WAITING), 1, 0), _shutdown_progress(s))),
+        rank_text=(f"IF {answered_text} THEN (0, 0, 0, 0) ELSE (1, Len(chan), IF w = waiting "
+                   "THEN 1 ELSE 0, IF expired THEN 1 ELSE IF polled THEN 2 ELSE 0)"),
+        helpful=[(answered, GROUP_COMPLETION), (lambda s: True, GROUP_WORKER)],
+        helpful_text=f"{answered_text}: completion; otherwise: worker",
+        lemmas=lemmas,
+    )
+
+
+PLANS: dict[str, RankPlan] = {
+    "ShutdownCompletes": _blocking_plan(
+        lambda s: is_state(s.w, EXIT), "w = exit", ("SentCommandQueued",)),
+    "HandoverCompletes": _blocking_plan(
+        lambda s: is_state(s.w, EXIT), "w = exit", ("SentCommandQueued",)),
+    "AbortCompletes": _blocking_plan(
+        lambda s: Or(s.resp, is_state(s.w, EXIT)), "resp \\/ w = exit",
+        ("SentCommandQueued",)),
+    "PercentApplied": RankPlan(
+        during=None, during_text="p (throttling with a new percent not yet applied)",
+        rank=lambda s: (_phase_rank(s),),
+        rank_text=("(IF expired THEN 0 ELSE IF polled THEN 1 ELSE IF Len(chan) = 0 THEN 3 "
+                   "ELSE 2)"),
+        helpful=_phase_helpful(), helpful_text=_PHASE_HELPFUL_TEXT, lemmas=()),
+    "VcpusResumed": RankPlan(
+        during=None, during_text="p (paused, not handed over: a pause phase)",
+        rank=lambda s: (_phase_rank(s),),
+        rank_text=("(IF expired THEN 0 ELSE IF polled THEN 1 ELSE IF Len(chan) = 0 THEN 3 "
+                   "ELSE 2)"),
+        helpful=_phase_helpful(), helpful_text=_PHASE_HELPFUL_TEXT,
+        lemmas=("PausedOnlyInPausePhase",)),
+}
+
+
+def _lex_lt(a: tuple[Value, ...], b: tuple[Value, ...]) -> z3.BoolRef:
+    out: z3.BoolRef = z3.BoolVal(False)
+    for x, y in reversed(list(zip(a, b, strict=True))):
+        out = z3.Or(x < y, z3.And(x == y, out))
+    return out
+
+
+def _lex_eq(a: tuple[Value, ...], b: tuple[Value, ...]) -> z3.BoolRef:
+    return z3.And(*(x == y for x, y in zip(a, b, strict=True)))
+
+
+def _helpful_code(plan: RankPlan, s: State) -> z3.ArithRef:
+    code: Any = z3.IntVal(FAIR_GROUPS.index(plan.helpful[-1][1]))
+    for cond, g in reversed(plan.helpful[:-1]):
+        code = z3.If(as_bool(cond(s)), z3.IntVal(FAIR_GROUPS.index(g)), code)
+    return code
+
+
+class LivenessProver:
+    """Ranking-function proofs for one spec; reuses a :class:`SafetyProver` for ``Inv``."""
+
+    def __init__(self, safety: SafetyProver) -> None:
+        self.safety = safety
+        self.enc = safety.enc
+        self.pre, self.post, self.params = safety.pre, safety.post, safety.params
+        self.timeout_ms = safety.timeout_ms
+
+    def prove(self, name: str, counterexample: bool = True) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        prop = self.safety.spec.property(name)
+        assert prop.kind == "leadsto" and prop.leads_from and prop.leads_to
+        plan = PLANS[name]
+        inv = closure(plan.lemmas, self.safety._extra)
+        obligations: list[Outcome] = self.safety.inv_outcomes(inv)
+        obligations.extend(self.rank_obligations(name, plan))
+        self.safety.outcomes[name] = obligations
+        holds = all(o.holds for o in obligations)
+        result: dict[str, Any] = {
+            "name": name, "kind": "leadsto", "method": "ranking", "holds": holds,
+            "verdict": "proved" if holds else "not proved",
+            "fairness": {g: GROUP_TEXT[g] for g in GROUPS},
+            "strengthening": [{"name": lem.name, "formula": lem.formula,
+                               "statement": lem.statement} for lem in inv],
+            "during": plan.during_text, "rank": plan.rank_text, "helpful": plan.helpful_text,
+            "obligations": [o.as_dict() for o in obligations],
+        }
+        if not holds:
+            result["failed_obligations"] = [o.name for o in obligations if not o.holds]
+            ranking_failed = any(not o.holds and not o.name.startswith(("init[", "step["))
+                                 for o in obligations)
+            if not ranking_failed:
+                result["note"] = ("the ranking obligations hold, but a safety lemma they rest "
+                                  "on is not inductive in this spec (see that lemma's "
+                                  "obligation); no lasso search")
+            elif counterexample:
+                cex, depth = lasso(self.enc, prop.leads_from, prop.leads_to, LASSO_DEPTH,
+                                   name=name, timeout_ms=LASSO_BUDGET_MS)
+                if cex is None:
+                    result["note"] = (f"no fair lasso of up to {depth} steps from Init (search "
+                                      f"limits: {LASSO_DEPTH} steps, "
+                                      f"{LASSO_BUDGET_MS / 1000:.0f} s)")
+                else:
+                    result["verdict"] = "violated"
+                    result["counterexample"] = cex
+                    result["counterexample_text"] = cex["text"]
+        result["time_s"] = round(time.perf_counter() - t0, 4)
+        return result
+
+    def rank_obligations(self, name: str, plan: RankPlan) -> list[Outcome]:
+        prop = self.safety.spec.property(name)
+        assert prop.leads_from is not None and prop.leads_to is not None
+        s, s2 = self.pre, self.post
+        inv = closure(plan.lemmas, self.safety._extra)
+        facts = [(lem, s) for lem in inv]
+        p = as_bool(prop.leads_from(s))
+        q, q2 = as_bool(prop.leads_to(s)), as_bool(prop.leads_to(s2))
+        during = plan.during or prop.leads_from
+        h, h2 = as_bool(during(s)), as_bool(during(s2))
+        r, r2 = plan.rank(s), plan.rank(s2)
+        help1, help2 = _helpful_code(plan, s), _helpful_code(plan, s2)
+        live = [h, z3.Not(q)]
+        out: list[Outcome] = []
+        out.append(discharge(
+            self.enc, "start", "Inv /\\ p /\\ ~q => H",
+            Query(ground=[p, z3.Not(q)], facts=facts, goal=h, states={"s": s}),
+            self.timeout_ms))
+        out.append(discharge(
+            self.enc, "bounded", f"Inv /\\ H /\\ ~q => rank >= 0, rank = {plan.rank_text}",
+            Query(ground=live, facts=facts, goal=z3.And(*(x >= 0 for x in r)),
+                  states={"s": s}),
+            self.timeout_ms))
+        enabled = z3.And(*(
+            z3.Implies(help1 == i, self.enc.group_enabled(g, s)) for i, g in enumerate(FAIR_GROUPS)
+        ))
+        out.append(discharge(
+            self.enc, "(a) helpful group enabled",
+            f"Inv /\\ H /\\ ~q => ENABLED <<h(s)>>, h = {plan.helpful_text}",
+            Query(ground=live, facts=facts, goal=enabled, states={"s": s}),
+            self.timeout_ms))
+        letter = {GROUP_WORKER: "(b/c)", GROUP_CLOCK: "(b/c)", GROUP_COMPLETION: "(b/c)",
+                  GROUP_USER: "(d)"}
+        for g in GROUPS:
+            ts = self.enc.group(g)
+            parts: list[Outcome] = []
+            disabled: list[str] = []
+            for t in ts:
+                gi = FAIR_GROUPS.index(g) if g in FAIR_GROUPS else -1
+                keep = z3.And(h2, z3.Or(
+                    _lex_lt(r2, r),
+                    z3.And(help1 != gi, _lex_eq(r2, r), help2 == help1),
+                ))
+                goal = z3.Or(q2, keep)
+                query = Query(ground=[*live, self.enc.step(t, s, s2, self.params)], facts=facts,
+                              goal=goal, step=Step(s, s2, self.params, (t,)))
+                key = ("rank", name, id(plan), prop.leads_from, prop.leads_to, lemma_key(inv), t)
+                if key not in MEMO:
+                    MEMO[key] = discharge(self.enc, f"{g}@{t.label}", "", query, self.timeout_ms)
+                    if MEMO[key].holds:
+                        sat, _ = satisfiable(self.enc, query, self.timeout_ms)
+                        if sat is False:
+                            MEMO[key].detail = "cannot occur: Inv /\\ H /\\ ~q /\\ T is unsat"
+                MEMO[key].may_be_vacuous = True
+                parts.append(MEMO[key])
+                if "cannot occur" in MEMO[key].detail:
+                    disabled.append(t.label)
+            out.append(_combine_group(g, letter[g], ts, parts, disabled))
+        return out
+
+
+def _combine_group(g: str, letter: str, ts: Any, parts: list[Outcome],
+                   disabled: list[str]) -> Outcome:
+    name = f"{letter} {g} steps"
+    fair = "the helpful group's steps decrease the rank; " if g != GROUP_USER else ""
+    formula = (f"Inv /\\ H /\\ ~q /\\ T_t => q' \\/ H' /\\ (rank' < rank \\/ t not helpful "
+               f"/\\ rank' = rank /\\ h' = h) for every {GROUP_TEXT[g]} transition t "
+               f"({fair}no step increases it)")
+    total = sum(p.time_s for p in parts)
+    labels = [t.label for t in ts]
+    failed = [(lab, p) for lab, p in zip(labels, parts, strict=True) if p.verdict == FAILED]
+    unknown = [(lab, p) for lab, p in zip(labels, parts, strict=True) if p.verdict == UNKNOWN]
+    if failed:
+        lab, p = failed[0]
+        return Outcome(name, formula, FAILED, total,
+                       f"the rank is not a ranking function for {lab}: {p.detail}", p.cti,
+                       parts=parts)
+    if unknown:
+        return Outcome(name, formula, UNKNOWN, total,
+                       f"not proved for {', '.join(x for x, _ in unknown)}", parts=parts)
+    live = [lab for lab in labels if lab not in disabled]
+    detail = (f"z3: unsat for each of the {len(labels)} transitions"
+              + (f"; cannot occur while H: {', '.join(disabled)}" if disabled else "")
+              + (f"; can occur: {', '.join(live)}" if live else ""))
+    if not labels:
+        detail = "the group has no transitions"
+    return Outcome(name, formula, PROVED, total, detail, parts=parts)
+

@@ -1,0 +1,239 @@
+"""Discharging one proof obligation with Z3, soundly, over an unbounded channel.
+
+An obligation is ``hypotheses => goal``. Z3 refutes ``hypotheses /\\ ~goal``; ``unsat`` means
+the obligation holds for every value of every variable (every percent, channel length and
+content, call count). Hypotheses are ground formulas (the transition relation, quantifier-free
+lemmas, ranking conditions) plus *element lemmas* ``forall i < Len(chan): body(i)`` over a
+state's channel.
+
+Z3's sequence theory does not do quantifier instantiation through ``SubSeq``/``Concat`` well
+(measured: every pop/push step of "every queued element is valid" returns ``unknown`` after
+5 s), so element lemmas are instantiated explicitly: a negated element goal introduces a
+fresh index ``k``; every element hypothesis is instantiated at ``k-1, k, k+1``, ``0``, ``1``,
+``Len-1`` and ``Len-2``. Instances of a universally quantified hypothesis are consequences of
+it, so ``unsat`` is a proof. On ``sat`` the model is checked against the *full* element
+lemmas on the concrete channel it assigns; an index where a hypothesis fails is added as one
+more instance and Z3 runs again (model-based instantiation by hand). A model that satisfies
+every hypothesis in full is a genuine counterexample to the obligation (a CTI); a timeout or
+running out of rounds is reported as ``unknown`` - never as proved.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import z3
+
+from autoconverge.spec import State, Transition
+
+from .encoding import Encoding, fmt_state, state_dict
+from .z3_lemmas import Lemma
+
+DEFAULT_TIMEOUT_MS = 5_000
+MAX_ROUNDS = 8
+
+PROVED = "proved"
+FAILED = "failed"
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Outcome:
+    """The verdict on one obligation."""
+
+    name: str
+    formula: str
+    verdict: str
+    time_s: float
+    detail: str = ""
+    cti: dict[str, Any] | None = None
+    query: Query | None = field(default=None, repr=False)
+    """The Z3 query (kept for the vacuity check of its hypotheses)."""
+    enc: Encoding | None = field(default=None, repr=False)
+    parts: list[Outcome] = field(default_factory=list, repr=False)
+    """Per-transition sub-obligations of a combined obligation."""
+    may_be_vacuous: bool = False
+    """Unsatisfiable hypotheses are expected (e.g. a step that cannot occur while H)."""
+
+    @property
+    def holds(self) -> bool:
+        return self.verdict == PROVED
+
+    def leaves(self) -> list[Outcome]:
+        """This obligation's individual Z3 queries."""
+        if self.parts:
+            return [x for p in self.parts for x in p.leaves()]
+        return [self] if self.query is not None else []
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name, "formula": self.formula, "holds": self.holds,
+            "verdict": self.verdict, "time_s": round(self.time_s, 4), "detail": self.detail,
+        }
+        if self.cti is not None:
+            d["cti"] = self.cti
+        return d
+
+
+@dataclass
+class Step:
+    """A step ``pre -> post`` in a query (to name the transition of a counterexample)."""
+
+    pre: State
+    post: State
+    params: dict[str, z3.ArithRef]
+    transitions: tuple[Transition, ...] | None = None
+
+
+@dataclass
+class Query:
+    """``ground /\\ facts => goal`` (``goal`` None: just check the hypotheses)."""
+
+    ground: list[z3.BoolRef] = field(default_factory=list)
+    facts: list[tuple[Lemma, State]] = field(default_factory=list)
+    goal: z3.BoolRef | tuple[Lemma, State] | None = None
+    step: Step | None = None
+    states: dict[str, State] = field(default_factory=dict)
+
+
+class _Instantiator:
+    """Adds instances of element-lemma hypotheses to a solver."""
+
+    def __init__(self, solver: z3.Solver, facts: list[tuple[Lemma, State]]) -> None:
+        self.solver = solver
+        self.facts = [(lem, s) for lem, s in facts if lem.quantified]
+        self.done: set[tuple[str, str, str]] = set()
+
+    def add(self, lem: Lemma, s: State, i: z3.ArithRef) -> bool:
+        key = (lem.name, str(s.chan), z3.simplify(i).sexpr())
+        if key in self.done:
+            return False
+        self.done.add(key)
+        self.solver.add(lem.instance(s, i))
+        return True
+
+    def seed(self, skolems: list[z3.ArithRef]) -> None:
+        """Instances at a negated element goal's index and its neighbours (a pop shifts the
+        channel by one), else at both ends of each channel; refinement adds the rest."""
+        for lem, s in self.facts:
+            if skolems:
+                for k in skolems:
+                    for d in (-1, 0, 1):
+                        self.add(lem, s, k + d)
+            else:
+                n = z3.Length(s.chan)
+                for i in (z3.IntVal(0), z3.IntVal(1), n - 1, n - 2):
+                    self.add(lem, s, i)
+
+    def refine(self, enc: Encoding, model: z3.ModelRef) -> bool:
+        """Instantiate where the model breaks a hypothesis; False if it breaks none."""
+        added = False
+        for lem, s in self.facts:
+            cs = enc.concrete(model, s)
+            for j in lem.violations(cs)[:4]:
+                added = self.add(lem, s, z3.IntVal(j)) or added
+        return added
+
+
+def _setup(enc: Encoding, q: Query, timeout_ms: int) -> tuple[z3.Solver, _Instantiator]:
+    solver = z3.Solver()
+    solver.set("timeout", timeout_ms)
+    for g in q.ground:
+        solver.add(g)
+    for lem, s in q.facts:
+        if not lem.quantified:
+            solver.add(lem.z3(s))
+    skolems: list[z3.ArithRef] = []
+    if isinstance(q.goal, tuple):
+        lem, s = q.goal
+        if lem.quantified:
+            assert lem.each is not None
+            k = z3.Int(enc.fresh("k"))
+            skolems.append(k)
+            solver.add(k >= 0, k < z3.Length(s.chan),
+                       z3.Not(lem.instance(s, k)))
+        else:
+            solver.add(z3.Not(lem.z3(s)))
+    elif q.goal is not None:
+        solver.add(z3.Not(q.goal))
+    inst = _Instantiator(solver, q.facts)
+    inst.seed(skolems)
+    return solver, inst
+
+
+def _solve(enc: Encoding, q: Query, timeout_ms: int) -> tuple[str, z3.ModelRef | None, str]:
+    solver, inst = _setup(enc, q, timeout_ms)
+    for rnd in range(MAX_ROUNDS):
+        r = solver.check()
+        if r == z3.unsat:
+            return "unsat", None, ""
+        if r == z3.unknown:
+            return "unknown", None, f"z3: {solver.reason_unknown()} (round {rnd + 1})"
+        model = solver.model()
+        try:
+            refined = inst.refine(enc, model)
+        except (ValueError, AttributeError) as exc:  # a model value we cannot read back
+            return "unknown", None, f"unreadable model: {exc}"
+        if not refined:
+            return "sat", model, ""
+    return "unknown", None, f"no verdict after {MAX_ROUNDS} instantiation rounds"
+
+
+def describe_model(enc: Encoding, q: Query, model: z3.ModelRef) -> dict[str, Any]:
+    """A counterexample to an obligation as JSON-ready data plus a readable line."""
+    out: dict[str, Any] = {}
+    if q.step is not None:
+        pre = enc.concrete(model, q.step.pre)
+        post = enc.concrete(model, q.step.post)
+        t = enc.which(model, q.step.pre, q.step.post, q.step.params, q.step.transitions)
+        out["pre"] = state_dict(pre)
+        out["post"] = state_dict(post)
+        if t is not None:
+            out["transition"] = t.label
+            out["actor"] = t.actor
+            out["params"] = enc.param_values(model, t, q.step.params)
+        label = out.get("transition", "?")
+        params = ", ".join(f"{k}={v}" for k, v in out.get("params", {}).items())
+        out["text"] = (f"pre:  {fmt_state(pre)}\n  step: {label}({params})\n"
+                       f"  post: {fmt_state(post, pre)}")
+    else:
+        states = q.states or {}
+        lines: list[str] = []
+        for name, s in states.items():
+            cs = enc.concrete(model, s)
+            out[name] = state_dict(cs)
+            lines.append(f"{name}: {fmt_state(cs)}")
+        out["text"] = "\n  ".join(lines)
+    return out
+
+
+def discharge(enc: Encoding, name: str, formula: str, q: Query,
+              timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Outcome:
+    """Prove ``hypotheses => goal`` or report why not (CTI or unknown)."""
+    t0 = time.perf_counter()
+    verdict, model, why = _solve(enc, q, timeout_ms)
+    dt = time.perf_counter() - t0
+    if verdict == "unsat":
+        return Outcome(name, formula, PROVED, dt, "z3: unsat (no counterexample exists)",
+                       query=q, enc=enc)
+    if verdict == "unknown":
+        return Outcome(name, formula, UNKNOWN, dt, f"not proved: {why}", query=q, enc=enc)
+    assert model is not None
+    cti = describe_model(enc, q, model)
+    return Outcome(name, formula, FAILED, dt,
+                   "counterexample to the obligation:\n  " + cti["text"], cti, query=q, enc=enc)
+
+
+def satisfiable(enc: Encoding, q: Query,
+                timeout_ms: int = DEFAULT_TIMEOUT_MS) -> tuple[bool | None, dict[str, Any] | None]:
+    """Are the hypotheses of ``q`` (its goal ignored) satisfiable? With a witness if so."""
+    hyp = Query(ground=q.ground, facts=q.facts, goal=None, step=q.step, states=q.states)
+    verdict, model, _ = _solve(enc, hyp, timeout_ms)
+    if verdict == "sat":
+        assert model is not None
+        return True, describe_model(enc, hyp, model)
+    if verdict == "unsat":
+        return False, None
+    return None, None

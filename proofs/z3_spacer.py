@@ -1,0 +1,140 @@
+"""Spacer (``SolverFor('HORN')``): let Z3 find the inductive invariant itself.
+
+The property is posed as constrained Horn clauses over an unknown predicate ``Inv`` on the
+whole state record (the same transition relation as the induction proofs, from
+:class:`Encoding`)::
+
+    Init(s)                       => Inv(s)
+    Inv(s) /\\ T_t(s, s')          => Inv(s')          for every declared transition t
+    Inv(s)                        => P(s)             (invariant), or
+    Inv(s) /\\ T_t(s, s') /\\ ~P(s, t, s') => false     (step property)
+
+``sat`` means an inductive invariant exists: Spacer returns one, which is printed readably
+and then re-checked independently by the ordinary solver (``Init => I``, ``I /\\ T_t => I'``,
+``I => P``), so the verdict does not rest on Spacer alone. ``unsat`` means a counterexample
+exists (the property is violated); ``unknown`` (a timeout) proves nothing. Spacer handles the
+properties whose invariant is quantifier-free; for "every queued element is valid" it needs a
+quantified invariant over the sequence and times out, so those use the hand-written lemmas.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import z3
+
+from autoconverge.spec import Spec
+from autoconverge.spec.lifecycle import VARIABLES
+
+from .encoding import Encoding, as_bool, fmt_clause
+from .z3_obligations import PROVED, UNKNOWN, Outcome, Query, Step, discharge
+
+SPACER_TIMEOUT_MS = 5_000
+
+
+def _vars(s: Any) -> list[z3.ExprRef]:
+    return [getattr(s, n) for n in VARIABLES]
+
+
+def spacer(spec: Spec, name: str, timeout_ms: int = SPACER_TIMEOUT_MS,
+           enc: Encoding | None = None) -> dict[str, Any]:
+    """Ask Spacer for an inductive invariant proving the safety property ``name``."""
+    t0 = time.perf_counter()
+    enc = enc or Encoding(spec)
+    prop = spec.property(name)
+    s, s2 = enc.state("hs"), enc.state("hs'")
+    ps = enc.params("hstep")
+    inv = z3.Function(f"Inv_{name}", *[v.sort() for v in _vars(s)], z3.BoolSort())
+    pre, post = inv(*_vars(s)), inv(*_vars(s2))
+    allv = _vars(s) + _vars(s2) + list(ps.values())
+    solver = z3.SolverFor("HORN")
+    solver.set("timeout", timeout_ms)
+    solver.add(z3.ForAll(_vars(s), z3.Implies(enc.init(s), pre)))
+    for t in enc.relation:
+        solver.add(z3.ForAll(allv, z3.Implies(z3.And(pre, enc.step(t, s, s2, ps)), post)))
+    if prop.kind == "invariant":
+        assert prop.invariant is not None
+        solver.add(z3.ForAll(_vars(s), z3.Implies(pre, as_bool(prop.invariant(s)))))
+    elif prop.kind == "step":
+        assert prop.step is not None
+        for t in enc.relation:
+            bad = z3.And(pre, enc.step(t, s, s2, ps), z3.Not(as_bool(prop.step(s, t, s2))))
+            solver.add(z3.ForAll(allv, z3.Implies(bad, z3.BoolVal(False))))
+    else:
+        raise ValueError(f"Spacer is used for invariants and step properties, not {prop.kind}")
+    r = solver.check()
+    out: dict[str, Any] = {"name": name, "engine": "spacer (SolverFor('HORN'))",
+                           "time_s": 0.0}
+    if r == z3.unsat:
+        out.update(verdict="violated", holds=False,
+                   detail="Spacer: unsat - no inductive invariant exists: a counterexample "
+                          "is reachable from Init")
+    elif r == z3.unknown:
+        out.update(verdict=UNKNOWN, holds=False,
+                   detail=f"Spacer: unknown ({solver.reason_unknown()}) - proves nothing")
+    else:
+        found = _interpretation(solver.model(), inv, _vars(s))
+        conjuncts = [found.arg(i) for i in range(found.num_args())] if z3.is_and(found) \
+            else [found]
+        out["invariant"] = [fmt_clause(c) for c in conjuncts]
+        out["invariant_text"] = "\n".join(f"  /\\ {fmt_clause(c)}" for c in conjuncts)
+        checks = _recheck(enc, name, found)
+        out["obligations"] = [o.as_dict() for o in checks]
+        ok = all(o.holds for o in checks)
+        out.update(verdict=PROVED if ok else UNKNOWN, holds=ok,
+                   detail="Spacer: sat - invariant found and re-checked by the plain solver"
+                   if ok else "Spacer's invariant failed the independent re-check")
+    out["time_s"] = round(time.perf_counter() - t0, 4)
+    return out
+
+
+def _interpretation(model: z3.ModelRef, inv: z3.FuncDeclRef,
+                    args: list[z3.ExprRef]) -> z3.BoolRef:
+    """Spacer's interpretation of ``Inv`` applied to the state variables ``args``."""
+    interp = model[inv]
+    if isinstance(interp, z3.FuncInterp) and interp.num_entries() == 0:
+        body = z3.substitute_vars(interp.else_value(), *args)
+    else:
+        body = model.eval(inv(*args), model_completion=False)
+    return z3.simplify(body)
+
+
+def _recheck(enc: Encoding, name: str, found: z3.BoolRef) -> list[Outcome]:
+    """Independently verify Spacer's invariant ``I``: initiation, consecution, sufficiency."""
+    prop = enc.spec.property(name)
+    s, s2 = enc.state("rs"), enc.state("rs'")
+    ps = enc.params("rstep")
+    hs = enc.state("hs")
+    subst = list(zip(_vars(hs), _vars(s), strict=True))
+    subst2 = list(zip(_vars(hs), _vars(s2), strict=True))
+    i_s, i_s2 = z3.substitute(found, *subst), z3.substitute(found, *subst2)
+    out = [discharge(enc, "spacer: Init => I", "Init => I",
+                     Query(ground=[enc.init(s)], goal=i_s, states={"s": s}))]
+    parts = []
+    for t in enc.relation:
+        parts.append(discharge(enc, f"spacer: I /\\ T[{t.label}] => I'", "",
+                               Query(ground=[i_s, enc.step(t, s, s2, ps)], goal=i_s2,
+                                     step=Step(s, s2, ps, (t,)))))
+    ok = all(p.holds for p in parts)
+    out.append(Outcome("spacer: I /\\ Next => I'", "I /\\ Next => I'",
+                       PROVED if ok else UNKNOWN, sum(p.time_s for p in parts),
+                       f"{len(parts)} transitions" + ("" if ok else ": failed for " + ", ".join(
+                           p.name for p in parts if not p.holds))))
+    if prop.kind == "invariant":
+        assert prop.invariant is not None
+        out.append(discharge(enc, "spacer: I => P", "I => P",
+                             Query(ground=[i_s], goal=as_bool(prop.invariant(s)),
+                                   states={"s": s})))
+    else:
+        assert prop.step is not None
+        parts = [discharge(enc, f"spacer: I /\\ T[{t.label}] => P", "",
+                           Query(ground=[i_s, enc.step(t, s, s2, ps)],
+                                 goal=as_bool(prop.step(s, t, s2)),
+                                 step=Step(s, s2, ps, (t,))))
+                 for t in enc.relation]
+        ok = all(p.holds for p in parts)
+        out.append(Outcome("spacer: I /\\ T_t => P(s, t, s')", "I /\\ T_t => P",
+                           PROVED if ok else UNKNOWN, sum(p.time_s for p in parts),
+                           f"{len(parts)} transitions"))
+    return out
