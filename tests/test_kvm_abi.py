@@ -132,7 +132,7 @@ def test_layouts_and_numbers_match_the_compiled_header(tmp_path: Path) -> None:
                 f"{c_name}.{field}"
     exit_base = abi.KvmRun.exit.offset
     for member, fields in EXIT_MEMBERS.items():
-        inner = dict(abi.KvmRunExit._fields_)[member]
+        inner = {f[0]: f[1] for f in abi.KvmRunExit._fields_}[member]
         for field in fields:
             ours = exit_base + getattr(abi.KvmRunExit, member).offset + getattr(inner, field).offset
             assert int(facts[f"offset kvm_run.{member}.{field}"]) == ours, f"{member}.{field}"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_ioctl_errors_carry_errno_and_the_ioctl_name() -> None:
         assert info.value.errno == errno.EINVAL
         assert info.value.op == "KVM_SET_USER_MEMORY_REGION"
         with pytest.raises(TypeError, match="KvmUserspaceMemoryRegion"):
-            vm.set_user_memory_region(abi.KvmRegs())  # type: ignore[arg-type]
+            vm.set_user_memory_region(cast(Any, abi.KvmRegs()))
     with pytest.raises(KvmError) as closed:
         kvm.check_extension(abi.CAP_USER_MEMORY)
     assert closed.value.errno == errno.EBADF

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import numpy as np
 import pytest
@@ -38,7 +40,7 @@ def eventually(condition: Callable[[], bool], what: str) -> None:
 
 
 def vcpu_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("vcpu")]
+    return [t for t in threading.enumerate() if re.fullmatch(r"vcpu\d+", t.name)]
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ def test_bad_sizes_and_counts_are_rejected_before_kvm_is_touched(
 @pytest.mark.parametrize("bad", [True, 1.5, "2", None])
 def test_non_integer_shapes_are_type_errors(bad: object) -> None:
     with pytest.raises(TypeError, match="vcpus must be an int"):
-        GuestVm(4 * MIB, bad)  # type: ignore[arg-type]
+        GuestVm(4 * MIB, cast(int, bad))
 
 
 def test_a_working_set_larger_than_the_vcpus_region_is_rejected() -> None:
@@ -116,9 +118,14 @@ def test_dirty_log_sees_exactly_the_working_set(vm: GuestVm) -> None:
     assert bitmap.dtype == np.uint8 and bitmap.size * 8 >= vm.page_count
     dirty = set(vm.dirty_pages(bitmap).tolist())
     working = {p for i in range(vm.vcpu_count) for p in vm.working_set(i)}
-    assert len(working) == 2 * pages
+    data = set(range(vm.layout.data_start // guest.PAGE_SIZE, vm.page_count))
+    assert len(working) == 2 * pages and working <= data
     assert working <= dirty
-    assert dirty <= working | set(vm.control_pages())
+    # nothing else of the data area; below it the log may over-report (seen here: the code
+    # page, about once in 200 fetches under host load - a KVM/PVM artefact; a superset is
+    # all the dirty log promises, and costs migration one extra page)
+    assert dirty & data == working
+    assert set(vm.control_pages()) <= dirty
 
     vm.set_workload(guest.idle())
     # a write the loop had already decided on lands within its next outer pass
@@ -131,7 +138,8 @@ def test_dirty_log_sees_exactly_the_working_set(vm: GuestVm) -> None:
     eventually(lambda: all(b > a for a, b in zip(progress, vm.progress(), strict=True)),
                "the idle guest still counts")
     idle = set(vm.dirty_pages(vm.fetch_dirty_bitmap()).tolist())
-    assert idle == set(vm.control_pages())  # only the counters' pages
+    assert set(vm.control_pages()) <= idle  # the counters' pages
+    assert not idle & data  # and no data page
 
     vm.stop_dirty_log()
     assert not vm.dirty_log_enabled
@@ -259,13 +267,15 @@ def test_the_guest_survives_a_migration_to_a_second_vm() -> None:
             assert src.progress() == progress  # the source stays paused
 
 
-def test_close_leaves_no_thread_behind_even_when_paused() -> None:
+def test_close_leaves_no_thread_or_fd_behind_even_when_paused() -> None:
     assert not vcpu_threads()
+    fds = len(os.listdir("/proc/self/fd"))
     vm = GuestVm(4 * MIB, 3)
     assert len(vcpu_threads()) == 3
     vm.pause()
     vm.close()
     assert not vcpu_threads()
+    assert len(os.listdir("/proc/self/fd")) == fds
     vm.close()  # idempotent
     with pytest.raises(VcpuError, match="closed"):
         vm.pause()

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+
 from autoconverge.impl.migration import wire
 from autoconverge.impl.migration.fakes import (
     TEST_KEY,
@@ -22,6 +23,7 @@ from autoconverge.impl.migration.fakes import (
     FakeRun,
     FakeThrottle,
     FakeVm,
+    VirtualLink,
     run_fake_migration,
 )
 from autoconverge.impl.migration.policy import make_policy
@@ -216,7 +218,7 @@ def scripted(behaviour: Callable[[wire.Channel, socket.socket], None], policy: s
         return throttles[-1]
 
     src = MigrationSource(vm, wire.client_handshake(stream, TEST_KEY), make_policy(policy),
-                          mk, config or cfg(), clock=clock, readable=stream.readable,
+                          mk, config or cfg(), clock=clock, link=VirtualLink(stream),
                           cancel_event=ev)
     src.run()
     stream.close()
@@ -319,3 +321,20 @@ def test_source_dying_mid_stream_discards_the_destination_vm() -> None:
     assert res.status == "failed" and res.error_type == "TransportError"
     assert "closed the connection" in (res.error or "")
     assert created and created[0].closed and not created[0].started
+
+
+def test_peer_vanishing_after_commit_leaves_the_source_paused() -> None:
+    """After COMMIT the guest may run at the destination: never resume it here too."""
+    def vanish_after_commit(ch: wire.Channel, sock: socket.socket) -> None:
+        _ready(ch)
+        while ch.recv().type is not MsgType.DONE:
+            pass
+        ch.send(MsgType.PREPARED)
+        ch.expect(MsgType.COMMIT)
+        sock.shutdown(socket.SHUT_RDWR)
+
+    src, vm, th = scripted(vanish_after_commit, rate=0.0)
+    r = src.result
+    assert r.status == "failed" and "after COMMIT" in (r.error or "")
+    assert vm.paused and r.source_running is False
+    assert not vm.logging and th[0].handed

@@ -9,6 +9,9 @@ discard its VM unless the guest was started.
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
 from autoconverge.impl.migration import wire
 from autoconverge.impl.migration.errors import MigrationError
 from autoconverge.impl.migration.scripted import (
@@ -20,8 +23,6 @@ from autoconverge.impl.migration.scripted import (
     valid_migration_frames,
 )
 from autoconverge.impl.migration.wire import MsgType
-from hypothesis import given
-from hypothesis import strategies as st
 
 PEER_ERRORS = {"ProtocolError", "AuthenticationError", "TransportError", "PeerError",
                "VmSetupError"}

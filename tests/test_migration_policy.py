@@ -6,6 +6,9 @@ import itertools
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from autoconverge.impl.migration.policy import (
     ChPolicy,
     NoThrottle,
@@ -14,8 +17,6 @@ from autoconverge.impl.migration.policy import (
     QemuPolicy,
     make_policy,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 MIB = 1024 * 1024
 

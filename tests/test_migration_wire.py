@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from autoconverge.impl.migration import wire
 from autoconverge.impl.migration.errors import (
     AuthenticationError,

@@ -1,1 +1,1 @@
-"""autoconverge.impl.kvm: thin KVM bindings (Kvm, Vm, Vcpu) and a guest whose vCPUs the throttler pauses."""
+"""autoconverge.impl.kvm: KVM bindings (Kvm, Vm, Vcpu) and GuestVm, whose vCPUs are throttled."""

@@ -1,0 +1,483 @@
+"""Benchmarks of the KVM backend (``autoconverge bench-kvm``), printed as one JSON object.
+
+Everything is measured side by side in one run, on the same host and under the same load:
+
+- ``pause_resume``: ``GuestVm.pause()``/``resume()`` latency p50/p99 for N = 1, 2 and the
+  number of cores, next to the *floor*: a bare kick-and-wake round trip (set immediate_exit,
+  signal, wait for the thread to leave KVM_RUN and post a lock; post a lock, wait for the
+  thread to post back, then release all) on a second VM with the same guest and the
+  minimum of code; ``one_step_floor`` is the same without the final release (each thread
+  re-enters KVM_RUN right after it answered). They alternate in blocks; the idle ones stay
+  parked.
+- ``duty_cycle``: achieved vCPU time share (time parked outside KVM_RUN over all vCPU time)
+  of the project's :class:`~autoconverge.impl.throttler.Throttler` at 10/50/90/99 % for a
+  100 ms timeslice and the smallest supported one, next to a naive throttler that sleeps a
+  fixed p % / (100 - p) % of the slice without compensating for pause/resume cost; plus the
+  CPU time the throttle thread used per second of throttling.
+- ``api_latency``: return latency p50/p99 of ``set_throttle_percent`` (async), abort
+  (``set_throttle_percent(0)``, returns once the vCPUs run) and ``shutdown``.
+- ``dirty_log``: fetch (GET + CLEAR) cost and the dirty rate of a worst-case dirtier.
+
+Timing numbers are what this host gave during this run (``host.loadavg`` says how busy it
+was); nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import platform
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoconverge.spec import timing
+
+from . import abi, guest
+from .bindings import Kvm, Vcpu
+from .vm import MAP_NORESERVE, GuestVm, VcpuTimes, ensure_kick_handler, paused_share
+
+NS_PER_MS = 1_000_000
+PERCENTS = (10, 50, 90, 99)
+
+
+def percentiles_us(samples_ns: Sequence[int]) -> dict[str, float]:
+    a = np.asarray(samples_ns, dtype=np.float64) / 1e3
+    if a.size == 0:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan"), "n": 0}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 1),
+        "p99": round(float(np.percentile(a, 99)), 1),
+        "max": round(float(a.max()), 1),
+        "n": int(a.size),
+    }
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sched_policy": {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO",
+                         os.SCHED_RR: "SCHED_RR"}.get(os.sched_getscheduler(0), "other"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the floor: a bare kick-and-wake round trip
+
+
+class _FloorThread:
+    def __init__(self, vcpu: Vcpu, release: threading.Event | None) -> None:
+        self.vcpu = vcpu
+        self.run_page = vcpu.kvm_run
+        self.release = release
+        self.flag = False
+        self.stop = False
+        self.ack = threading.Lock()
+        self.ack.acquire()
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.thread = threading.Thread(target=self._main, name=f"floor{vcpu.index}",
+                                       daemon=True)
+
+    def _main(self) -> None:
+        run_page = self.run_page
+        vcpu_run = self.vcpu.run
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        while True:
+            run_page.immediate_exit = 0
+            if self.flag:
+                if self.stop:
+                    return
+                self.ack.release()
+                self.wake.acquire()
+                if self.stop:
+                    return
+                self.ack.release()
+                if self.release is not None:
+                    self.go.acquire()
+                continue
+            vcpu_run()
+
+
+class FloorVm:
+    """The same guest on N vCPU threads with the least code around the kick-and-wake.
+
+    ``two_step=True`` is the protocol GuestVm uses (woken threads wait for a release that
+    comes after every thread answered); ``False`` lets each thread re-enter KVM_RUN right
+    after it answered.
+    """
+
+    def __init__(self, vcpus: int, *, two_step: bool, memory_size: int = 16 << 20) -> None:
+        ensure_kick_handler()
+        self.two_step = two_step
+        self.kvm = Kvm()
+        self.vm = self.kvm.create_vm()
+        self.layout = guest.GuestLayout(memory_size, vcpus)
+        self.mem = mmap.mmap(-1, memory_size,
+                             flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
+        self.anchor = ctypes.c_char.from_buffer(self.mem)
+        with memoryview(self.mem) as view:
+            guest.write_image(view, self.layout)
+            for i in range(vcpus):
+                guest.write_workload(view, self.layout, i, guest.idle())
+        self.vm.set_user_memory_region(abi.KvmUserspaceMemoryRegion(
+            slot=0, flags=0, guest_phys_addr=0, memory_size=memory_size,
+            userspace_addr=ctypes.addressof(self.anchor)))
+        self.threads: list[_FloorThread] = []
+        marker = threading.Event() if two_step else None
+        for i in range(vcpus):
+            vcpu = self.vm.create_vcpu(i)
+            vcpu.set_sregs(guest.initial_sregs(self.layout))
+            vcpu.set_regs(guest.initial_regs(self.layout, i))
+            self.threads.append(_FloorThread(vcpu, marker))
+        for t in self.threads:
+            t.thread.start()
+
+    def pause(self) -> None:
+        for t in self.threads:
+            t.flag = True
+            t.run_page.immediate_exit = 1
+            signal.pthread_kill(t.thread.ident or 0, signal.SIGUSR1)
+        for t in self.threads:
+            t.ack.acquire()
+
+    def resume(self) -> None:
+        for t in self.threads:
+            t.flag = False
+            t.wake.release()
+        for t in self.threads:
+            t.ack.acquire()
+        if self.two_step:
+            for t in self.threads:
+                t.go.release()
+
+    def close(self) -> None:
+        for t in self.threads:
+            t.stop = True
+            t.flag = True
+            t.run_page.immediate_exit = 1
+            if t.thread.is_alive():
+                signal.pthread_kill(t.thread.ident or 0, signal.SIGUSR1)
+            with suppress(RuntimeError):
+                t.wake.release()
+        for t in self.threads:
+            t.thread.join(5)
+            t.run_page = None  # type: ignore[assignment]
+            t.vcpu.close()
+        self.vm.close()
+        self.kvm.close()
+        del self.anchor
+        self.mem.close()
+
+
+# --------------------------------------------------------------------------------------------
+# pause / resume latency
+
+
+def _measure(target: GuestVm | FloorVm, count: int, gap_s: float,
+             pauses: list[int], resumes: list[int]) -> None:
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        time.sleep(gap_s)  # let the vCPUs run in the guest before each kick
+        t0 = clock()
+        target.pause()
+        t1 = clock()
+        target.resume()
+        t2 = clock()
+        pauses.append(t1 - t0)
+        resumes.append(t2 - t1)
+
+
+def bench_pause_resume(vcpus: int, iterations: int, *, block: int = 25,
+                       gap_s: float = 0.002) -> dict[str, Any]:
+    """GuestVm next to the two floors, alternating blocks; the idle ones stay paused."""
+    samples: dict[str, tuple[list[int], list[int]]] = {
+        name: ([], []) for name in ("impl", "floor", "one_step")}
+    targets: dict[str, GuestVm | FloorVm] = {}
+    try:
+        targets["impl"] = GuestVm(16 << 20, vcpus, paused=True)
+        targets["floor"] = FloorVm(vcpus, two_step=True)
+        targets["floor"].pause()
+        targets["one_step"] = FloorVm(vcpus, two_step=False)
+        targets["one_step"].pause()
+        done = 0
+        while done < iterations:
+            k = min(block, iterations - done)
+            for name, target in targets.items():
+                target.resume()
+                _measure(target, k, gap_s, *samples[name])
+                target.pause()
+            done += k
+    finally:
+        for target in targets.values():
+            target.resume()
+            target.close()
+    out: dict[str, Any] = {
+        "vcpus": vcpus,
+        "pause_us": percentiles_us(samples["impl"][0]),
+        "resume_us": percentiles_us(samples["impl"][1]),
+        "floor_pause_us": percentiles_us(samples["floor"][0]),
+        "floor_resume_us": percentiles_us(samples["floor"][1]),
+        "one_step_floor_pause_us": percentiles_us(samples["one_step"][0]),
+        "one_step_floor_resume_us": percentiles_us(samples["one_step"][1]),
+    }
+    for what in ("pause", "resume"):
+        floor_p99 = out[f"floor_{what}_us"]["p99"]
+        out[f"{what}_p99_over_floor"] = round(out[f"{what}_us"]["p99"] / floor_p99, 2) \
+            if floor_p99 > 0 else None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# duty cycle
+
+
+def _thread_cpu_ns(ident: int) -> int:
+    return time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+
+
+class NaiveThrottler:
+    """What the benchmark compares against: fixed sleeps, no cost compensation."""
+
+    def __init__(self, vm: GuestVm, percent: int, timeslice_ns: int) -> None:
+        self.vm = vm
+        self.pause_s = timeslice_ns * percent / 100 / 1e9
+        self.run_s = timeslice_ns * (100 - percent) / 100 / 1e9
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="naive-throttle", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            self.vm.pause()
+            time.sleep(self.pause_s)
+            self.vm.resume()
+            if self.stopping.wait(self.run_s):
+                break
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.vm.resume()
+
+
+@dataclass
+class DutyResult:
+    time_share_percent: float
+    progress_per_s: float
+    thread_cpu_ms_per_s: float | None
+
+
+def _window(vm: GuestVm, seconds: float,
+            ident: int | None) -> tuple[list[VcpuTimes], list[VcpuTimes], int, float, int]:
+    cpu0 = _thread_cpu_ns(ident) if ident else 0
+    before = vm.vcpu_times()
+    p0 = sum(vm.progress())
+    time.sleep(seconds)
+    after = vm.vcpu_times()
+    progress = sum(vm.progress()) - p0
+    cpu = (_thread_cpu_ns(ident) - cpu0) if ident else 0
+    wall_s = (after[0].at_ns - before[0].at_ns) / 1e9
+    return before, after, progress, wall_s, cpu
+
+
+def run_throttled(vm: GuestVm, percent: int, timeslice_ns: int, seconds: float, *,
+                  naive: bool = False, rt: bool = False) -> DutyResult:
+    """Throttle ``vm`` at ``percent`` and measure over ``seconds`` after one settling slice."""
+    from autoconverge.impl.realtime import RealRuntime
+    from autoconverge.impl.throttler import Throttler
+
+    settle_s = 2 * timeslice_ns / 1e9
+    if naive:
+        nt = NaiveThrottler(vm, percent, timeslice_ns)
+        try:
+            time.sleep(settle_s)
+            before, after, progress, wall_s, cpu = _window(vm, seconds, nt.thread.ident)
+        finally:
+            nt.shutdown()
+    else:
+        name = f"bench-throttle-{percent}-{timeslice_ns}"
+        with Throttler(vm, runtime=RealRuntime(sched_other=not rt),
+                       timeslice_ns=timeslice_ns, name=name) as t:
+            t.set_throttle_percent(percent)
+            worker = next(th for th in threading.enumerate() if th.name == name)
+            time.sleep(settle_s)
+            before, after, progress, wall_s, cpu = _window(vm, seconds, worker.ident)
+    return DutyResult(
+        round(100 * paused_share(before, after), 3),
+        progress / wall_s,
+        round(cpu / 1e6 / wall_s, 3),
+    )
+
+
+def _unthrottled_rate(vm: GuestVm, seconds: float) -> float:
+    p0, t0 = sum(vm.progress()), time.monotonic()
+    time.sleep(seconds)
+    return (sum(vm.progress()) - p0) / (time.monotonic() - t0)
+
+
+def bench_duty_cycle(vcpus: int, seconds: float, percents: Sequence[int],
+                     timeslices_ns: Sequence[int], rt: bool) -> list[dict[str, Any]]:
+    """Per point: unthrottled, throttler, naive, unthrottled (the reference for progress is
+    the mean of the two unthrottled windows around it, so load drift mostly cancels)."""
+    rows: list[dict[str, Any]] = []
+    with GuestVm(16 << 20, vcpus) as vm:
+        time.sleep(0.1)
+        for ts in timeslices_ns:
+            for p in percents:
+                base = _unthrottled_rate(vm, seconds / 4)
+                thr = run_throttled(vm, p, ts, seconds, rt=rt)
+                naive = run_throttled(vm, p, ts, seconds, naive=True)
+                base = (base + _unthrottled_rate(vm, seconds / 4)) / 2
+                rows.append({
+                    "percent": p,
+                    "timeslice_ms": ts / NS_PER_MS,
+                    "time_share_percent": thr.time_share_percent,
+                    "error_pp": round(thr.time_share_percent - p, 3),
+                    "naive_time_share_percent": naive.time_share_percent,
+                    "naive_error_pp": round(naive.time_share_percent - p, 3),
+                    "progress_throttle_percent":
+                        round(100 * (1 - thr.progress_per_s / base), 2),
+                    "naive_progress_throttle_percent":
+                        round(100 * (1 - naive.progress_per_s / base), 2),
+                    "throttle_thread_cpu_ms_per_s": thr.thread_cpu_ms_per_s,
+                    "naive_thread_cpu_ms_per_s": naive.thread_cpu_ms_per_s,
+                })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# API return latency
+
+
+def bench_api_latency(vcpus: int, trials: int, rt: bool, seed: int = 1) -> dict[str, Any]:
+    from autoconverge.impl.realtime import RealRuntime
+    from autoconverge.impl.throttler import Throttler
+
+    rng = random.Random(seed)
+    ts = timing.DEFAULT_TIMESLICE_NS
+    set_ns: list[int] = []
+    abort_ns: list[int] = []
+    shutdown_ns: list[int] = []
+    clock = time.perf_counter_ns
+
+    def lap(fn: Callable[[], None], into: list[int]) -> None:
+        t0 = clock()
+        fn()
+        into.append(clock() - t0)
+
+    with GuestVm(16 << 20, vcpus) as vm:
+        runtime = RealRuntime(sched_other=not rt)
+        with Throttler(vm, runtime=runtime, timeslice_ns=ts, name="bench-api") as t:
+            for _ in range(trials):
+                t.set_throttle_percent(50)
+                time.sleep(rng.uniform(0, ts / 1e9))
+                lap(lambda: t.set_throttle_percent(60), set_ns)
+                time.sleep(rng.uniform(0, ts / 1e9))
+                lap(lambda: t.set_throttle_percent(0), abort_ns)
+                if vm.is_paused():
+                    raise AssertionError("abort returned with the vCPUs paused")
+        for _ in range(trials):
+            th = Throttler(vm, runtime=runtime, timeslice_ns=ts, name="bench-api-shutdown")
+            th.set_throttle_percent(50)
+            time.sleep(rng.uniform(0, ts / 1e9))
+            lap(th.shutdown, shutdown_ns)
+            if vm.is_paused():
+                raise AssertionError("shutdown returned with the vCPUs paused")
+    return {
+        "timeslice_ms": ts / NS_PER_MS,
+        "set_throttle_percent_us": percentiles_us(set_ns),
+        "abort_us": percentiles_us(abort_ns),
+        "shutdown_us": percentiles_us(shutdown_ns),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# dirty log
+
+
+def bench_dirty_log(memory_mib: int, vcpus: int, seconds: float,
+                    interval_s: float = 0.1) -> dict[str, Any]:
+    """A worst-case dirtier over each vCPU's whole region: fetch cost and dirty rate."""
+    with GuestVm(memory_mib << 20, vcpus) as vm:
+        vm.set_workload(guest.worst_case(vm.layout.region_pages))
+        vm.start_dirty_log()
+        fetch_ns: list[int] = []
+        dirty = 0
+        t0 = time.monotonic()
+        vm.fetch_dirty_bitmap()
+        while time.monotonic() - t0 < seconds:
+            time.sleep(interval_s)
+            t = time.perf_counter_ns()
+            bitmap = vm.fetch_dirty_bitmap()
+            fetch_ns.append(time.perf_counter_ns() - t)
+            dirty += int(np.unpackbits(bitmap).sum())
+        elapsed = time.monotonic() - t0
+        vm.stop_dirty_log()
+    return {
+        "memory_mib": memory_mib,
+        "vcpus": vcpus,
+        "working_set_pages": vm.layout.region_pages * vcpus,
+        "fetch_us": percentiles_us(fetch_ns),
+        "manual_protect": vm.manual_protect,
+        "dirty_pages_per_s": round(dirty / elapsed),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def realtime_priority(enabled: bool) -> Iterator[None]:
+    """Run the calling thread SCHED_FIFO (priority 1) inside the block, if ``enabled``."""
+    if not enabled:
+        yield
+        return
+    old = os.sched_getscheduler(0)
+    old_param = os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, old, old_param)
+
+
+def run(*, iterations: int = 200, duty_seconds: float = 2.0, api_trials: int = 30,
+        vcpus: Sequence[int] | None = None, duty_vcpus: int | None = None,
+        percents: Sequence[int] = PERCENTS, timeslices_ms: Sequence[int] | None = None,
+        rt: bool = False, dirty_log_mib: Sequence[int] = (64, 256)) -> dict[str, Any]:
+    nproc = len(os.sched_getaffinity(0))
+    ns = sorted(set(vcpus or (1, 2, nproc)))
+    dv = duty_vcpus or min(2, nproc)
+    slices = [ms * NS_PER_MS for ms in (timeslices_ms or
+              (timing.DEFAULT_TIMESLICE_NS // NS_PER_MS, timing.MIN_TIMESLICE_NS // NS_PER_MS))]
+    started = time.monotonic()
+    report: dict[str, Any] = {"host": host_info(), "controller_rt": rt}
+    with realtime_priority(rt):
+        report["pause_resume"] = [bench_pause_resume(n, iterations) for n in ns]
+        report["duty_cycle"] = {
+            "vcpus": dv,
+            "seconds_per_point": duty_seconds,
+            "rows": bench_duty_cycle(dv, duty_seconds, percents, slices, rt),
+        }
+        report["api_latency"] = bench_api_latency(dv, api_trials, rt)
+        dl_seconds = min(duty_seconds, 1.0)
+        report["dirty_log"] = [bench_dirty_log(mib, 1, dl_seconds) for mib in dirty_log_mib]
+    report["host"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["seconds"] = round(time.monotonic() - started, 1)
+    return report

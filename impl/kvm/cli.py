@@ -1,0 +1,263 @@
+"""CLI subcommands of the KVM backend: ``throttle`` and ``bench-kvm``.
+
+``autoconverge throttle --percent P --seconds S --vcpus N`` runs the guest, measures its
+unthrottled progress (S/2 before and S/2 after the throttled part, so drift cancels), then
+throttles it for S seconds with the project's throttler and reports the achieved throttle
+both as vCPU time share (time parked outside KVM_RUN over all vCPU time) and as the drop of
+guest progress relative to the unthrottled rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from autoconverge.impl.cli import EXIT_OK, EXIT_VIOLATED, UsageError
+from autoconverge.impl.vcpus import VcpuError
+from autoconverge.spec import timing
+
+from . import guest
+from .bindings import DEV_KVM, KvmError
+from .vm import VCPU_LIMIT, GuestVm, paused_share
+
+MAX_SECONDS = 3600.0
+DEFAULT_MEMORY_MIB = 64
+
+
+def _percent(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer percent: {text!r}") from None
+    if not 0 <= value <= 99:
+        raise argparse.ArgumentTypeError(f"percent must be in 0..99, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"seconds must be in (0, {MAX_SECONDS:g}], got {text}")
+    return value
+
+
+def _vcpus(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer vCPU count: {text!r}") from None
+    if not 1 <= value <= VCPU_LIMIT:
+        raise argparse.ArgumentTypeError(f"vCPUs must be in 1..{VCPU_LIMIT}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lo, hi = timing.MIN_TIMESLICE_NS // 1_000_000, timing.MAX_TIMESLICE_NS // 1_000_000
+    p = sub.add_parser(
+        "throttle",
+        help="run a KVM guest, throttle it and report the achieved throttle",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument("--percent", type=_percent, required=True,
+                   help="throttle percent, 0..99 (0: no throttling)")
+    p.add_argument("--seconds", type=_seconds, required=True,
+                   help="length of the throttled run (the unthrottled reference is as long)")
+    p.add_argument("--vcpus", type=_vcpus, required=True, help=f"vCPUs, 1..{VCPU_LIMIT}")
+    p.add_argument("--timeslice-ms", type=int, default=timing.DEFAULT_TIMESLICE_NS // 1_000_000,
+                   help=f"throttle timeslice in ms, {lo}..{hi} (default %(default)s)")
+    p.add_argument("--memory-mib", type=int, default=DEFAULT_MEMORY_MIB,
+                   help="guest memory in MiB (default %(default)s)")
+    p.add_argument("--workload", choices=guest.PRESETS, default="idle",
+                   help="what each vCPU does besides counting (default %(default)s)")
+    p.add_argument("--working-set-pages", type=_positive_int, default=256,
+                   help="pages each vCPU writes for moderate/worst (default %(default)s)")
+    p.add_argument("--rt", action="store_true",
+                   help="run the controller and throttle thread SCHED_FIFO (vCPUs stay "
+                        "SCHED_OTHER); needs CAP_SYS_NICE")
+    p.add_argument("--kvm-device", default=DEV_KVM, help="KVM device (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_throttle)
+
+    b = sub.add_parser(
+        "bench-kvm",
+        help="benchmark pause/resume, duty cycle and throttler API latency on KVM (JSON)",
+    )
+    b.add_argument("--iterations", type=int, default=200,
+                   help="pause/resume samples per vCPU count (default %(default)s)")
+    b.add_argument("--duty-seconds", type=_seconds, default=2.0,
+                   help="measurement window per duty-cycle point (default %(default)s)")
+    b.add_argument("--api-trials", type=int, default=30,
+                   help="samples of set/abort/shutdown latency (default %(default)s)")
+    b.add_argument("--vcpus", type=_vcpus, action="append",
+                   help="vCPU counts for pause/resume (repeatable; default 1, 2, nproc)")
+    b.add_argument("--percents", type=_percent, nargs="+", default=None,
+                   help="duty-cycle setpoints (default 10 50 90 99)")
+    b.add_argument("--timeslices-ms", type=int, nargs="+", default=None,
+                   help=f"duty-cycle timeslices (default 100 and {lo})")
+    b.add_argument("--rt", action="store_true",
+                   help="run the controller and throttle thread SCHED_FIFO (needs "
+                        "CAP_SYS_NICE)")
+    b.add_argument("--quick", action="store_true",
+                   help="a few samples only (a smoke run, numbers not meaningful)")
+    b.set_defaults(func=cmd_bench)
+
+
+def _check_timeslice(ms: int) -> int:
+    ns = ms * 1_000_000
+    if not timing.valid_timeslice(ns):
+        raise UsageError(
+            f"--timeslice-ms must be in {timing.MIN_TIMESLICE_NS // 1_000_000}.."
+            f"{timing.MAX_TIMESLICE_NS // 1_000_000}, got {ms}"
+        )
+    return ns
+
+
+def _check_rt(rt: bool) -> None:
+    if not rt:
+        return
+    try:
+        param = os.sched_getparam(0)
+        policy = os.sched_getscheduler(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, policy, param)
+    except PermissionError:
+        raise UsageError("--rt needs permission to use SCHED_FIFO (CAP_SYS_NICE)") from None
+
+
+def _open_vm(memory_mib: int, vcpus: int, workload: guest.Workload, device: str) -> GuestVm:
+    if not 1 <= memory_mib <= 64 * 1024:
+        raise UsageError(f"--memory-mib must be in 1..65536, got {memory_mib}")
+    try:
+        return GuestVm(memory_mib << 20, vcpus, workload=workload, kvm_path=device)
+    except (KvmError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def measure_throttle(vm: GuestVm, percent: int, seconds: float, timeslice_ns: int,
+                     *, rt: bool = False) -> dict[str, Any]:
+    """Unthrottled halves around a throttled run; see the module docstring."""
+    from autoconverge.impl.realtime import RealRuntime
+    from autoconverge.impl.throttler import Throttler
+
+    def unthrottled(length: float) -> tuple[int, float]:
+        p0, t0 = sum(vm.progress()), time.monotonic()
+        time.sleep(length)
+        return sum(vm.progress()) - p0, time.monotonic() - t0
+
+    time.sleep(0.05)  # let the vCPUs get going
+    base1 = unthrottled(seconds / 2)
+    name = "throttle-cli"
+    with Throttler(vm, runtime=RealRuntime(sched_other=not rt), timeslice_ns=timeslice_ns,
+                   name=name) as t:
+        before = vm.vcpu_times()
+        p0 = sum(vm.progress())
+        worker = next(th for th in threading.enumerate() if th.name == name)
+        cpu0 = time.clock_gettime_ns(time.pthread_getcpuclockid(worker.ident or 0))
+        t.set_throttle_percent(percent)
+        time.sleep(seconds)
+        after = vm.vcpu_times()
+        throttled = sum(vm.progress()) - p0
+        cpu = time.clock_gettime_ns(time.pthread_getcpuclockid(worker.ident or 0)) - cpu0
+        cycles = t.worker.cycles
+        pause_cost = t.worker.pause_cost_ns
+        resume_cost = t.worker.resume_cost_ns
+        if percent:
+            t.set_throttle_percent(0)
+    base2 = unthrottled(seconds / 2)
+    wall = (after[0].at_ns - before[0].at_ns) / 1e9
+    base_rate = (base1[0] + base2[0]) / (base1[1] + base2[1])
+    thr_rate = throttled / wall
+    relative = thr_rate / base_rate if base_rate > 0 else 0.0
+    return {
+        "requested_percent": percent,
+        "achieved_time_share_percent": round(100 * paused_share(before, after), 3),
+        "achieved_progress_percent": round(100 * (1 - relative), 3),
+        "relative_progress_percent": round(100 * relative, 3),
+        "seconds": seconds,
+        "vcpus": vm.vcpu_count,
+        "timeslice_ms": timeslice_ns / 1e6,
+        "cycles": cycles,
+        "last_pause_cost_us": round(pause_cost / 1e3, 1),
+        "last_resume_cost_us": round(resume_cost / 1e3, 1),
+        "throttle_thread_cpu_ms_per_s": round(cpu / 1e6 / wall, 3),
+        "unthrottled_progress_per_s": round(base_rate),
+        "throttled_progress_per_s": round(thr_rate),
+    }
+
+
+def cmd_throttle(args: argparse.Namespace) -> int:
+    timeslice_ns = _check_timeslice(args.timeslice_ms)
+    _check_rt(args.rt)
+    try:
+        workload = guest.preset(args.workload, args.working_set_pages)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    from .bench import realtime_priority
+
+    with realtime_priority(args.rt):
+        vm = _open_vm(args.memory_mib, args.vcpus, workload, args.kvm_device)
+        try:
+            with vm:
+                result = measure_throttle(vm, args.percent, args.seconds, timeslice_ns,
+                                          rt=args.rt)
+        except ValueError as exc:  # e.g. the working set does not fit
+            raise UsageError(str(exc)) from None
+        except VcpuError as exc:
+            print(f"autoconverge: throttle failed: {exc}", file=sys.stderr)
+            return int(EXIT_VIOLATED)
+    result["workload"] = args.workload
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"requested {result['requested_percent']} %: vCPU time share "
+              f"{result['achieved_time_share_percent']:.2f} %, guest progress reduced by "
+              f"{result['achieved_progress_percent']:.2f} % "
+              f"({result['vcpus']} vCPUs, {result['seconds']:g} s, "
+              f"timeslice {result['timeslice_ms']:g} ms, {result['cycles']} cycles)")
+    return int(EXIT_OK)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.iterations < 1 or args.api_trials < 1:
+        raise UsageError("--iterations and --api-trials must be >= 1")
+    for ms in args.timeslices_ms or ():
+        _check_timeslice(ms)
+    _check_rt(args.rt)
+    kwargs: dict[str, Any] = {
+        "iterations": args.iterations, "duty_seconds": args.duty_seconds,
+        "api_trials": args.api_trials, "vcpus": args.vcpus, "rt": args.rt,
+        "timeslices_ms": args.timeslices_ms,
+    }
+    if args.percents:
+        kwargs["percents"] = args.percents
+    if args.quick:
+        kwargs.update(iterations=10, duty_seconds=0.3, api_trials=3,
+                      percents=args.percents or [50], dirty_log_mib=[16])
+    try:
+        report = bench.run(**kwargs)
+    except KvmError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(report, indent=2))
+    return int(EXIT_OK)

@@ -1,0 +1,505 @@
+"""Commands ``receive``, ``migrate``, ``demo`` and ``bench-migration``.
+
+- ``autoconverge receive --listen HOST:PORT``: wait for one authenticated source, receive
+  its guest, resume it, report (``--json``).
+- ``autoconverge migrate --to HOST:PORT``: start the built-in busy guest here and migrate it.
+- ``autoconverge demo``: both, as two local processes (the receiver is a child process).
+- ``autoconverge bench-migration``: the policies side by side on a guest that dirties faster
+  than the link, plus cross-process copy throughput (JSON).
+
+The pre-shared key comes from ``--key-file`` or the environment variable
+``AUTOCONVERGE_KEY`` (at least 16 bytes; the same on both sides). Arguments are validated
+up front: a bad size, rate, percentage or address is a usage error (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATED, UsageError
+from .backends import BACKENDS, WORKLOADS, GuestSpec, dest_factory, make_source_guest
+from .errors import MigrationError
+from .policy import MAX_PERCENT, POLICY_NAMES, make_policy
+from .progress import PLOT_MISSING, ProgressPrinter, plot_available, summary, write_plot
+from .source import MigrationConfig, MigrationResult
+from .wire import MAX_VCPUS, MIN_KEY_BYTES, Limits, parse_hostport
+
+KEY_ENV = "AUTOCONVERGE_KEY"
+DEFAULT_PORT = 4444
+DEFAULT_MAX_BANDWIDTH = 128 * 1024 * 1024  # QEMU's max-bandwidth default, bytes/s
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+# ------------------------------------------------------------------------------ validation
+def parse_size(text: str, what: str = "size") -> int:
+    """``4096``, ``64K``, ``256M``, ``1G``, ``2GiB`` (binary units) -> bytes."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise UsageError(f"bad {what} {text!r}: expected a number with an optional unit "
+                         f"K, M, G or T (powers of 1024), e.g. 256M")
+    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
+    if value != int(value):
+        raise UsageError(f"bad {what} {text!r}: not a whole number of bytes")
+    return int(value)
+
+
+def parse_rate(text: str, what: str = "rate") -> int:
+    """``128M``, ``128M/s``, ``1G/s``; ``0`` means unlimited -> bytes per second."""
+    t = text.strip()
+    if t.lower().endswith("/s"):
+        t = t[:-2]
+    return parse_size(t, what)
+
+
+def _check_range(v: float, lo: float, hi: float, what: str, unit: str = "") -> None:
+    if not lo <= v <= hi:
+        raise UsageError(f"{what} must be within {lo:g}..{hi:g}{unit}, got {v:g}{unit}")
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: expected a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise UsageError(f"bad {what} {text!r}")
+    return v
+
+
+def _address(text: str, what: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def load_key(key_file: str | None) -> bytes:
+    if key_file:
+        try:
+            st = os.stat(key_file)
+            with open(key_file, "rb") as f:
+                key = f.read().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read key file {key_file}: {exc.strerror}") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            print(f"autoconverge: warning: key file {key_file} is accessible by others "
+                  f"(chmod 600 it)", file=sys.stderr)
+    elif os.environ.get(KEY_ENV):
+        key = os.environ[KEY_ENV].encode()
+    else:
+        raise UsageError(f"no key: pass --key-file FILE or set {KEY_ENV} (the same secret "
+                         f"of at least {MIN_KEY_BYTES} bytes on both sides)")
+    if len(key) < MIN_KEY_BYTES:
+        raise UsageError(f"the key must have at least {MIN_KEY_BYTES} bytes, got {len(key)}")
+    return key
+
+
+def guest_spec(args: argparse.Namespace) -> GuestSpec:
+    mem = parse_size(args.memory, "--memory")
+    if mem % 4096 or not 4 * 1024 * 1024 <= mem <= 64 * 1024 ** 3:
+        raise UsageError(f"--memory must be a multiple of 4 KiB within 4M..64G, got {mem}")
+    ws = parse_size(args.working_set, "--working-set")
+    if not 4096 <= ws <= mem // 2:
+        raise UsageError(f"--working-set must be within 4K..half of --memory "
+                         f"({mem // 2} bytes), got {ws}")
+    _check_range(args.vcpus, 1, min(MAX_VCPUS, 64), "--vcpus")
+    return GuestSpec(mem, args.vcpus, args.workload, ws)
+
+
+def migration_config(args: argparse.Namespace) -> MigrationConfig:
+    bw = parse_rate(args.max_bandwidth, "--max-bandwidth")
+    if bw != 0 and bw < 64 * 1024:
+        raise UsageError(f"--max-bandwidth must be 0 (unlimited) or at least 64K/s, got {bw}")
+    downtime = _float(args.downtime_limit, "--downtime-limit")
+    _check_range(downtime, 1, 60_000, "--downtime-limit", " ms")
+    timeout = _float(args.timeout, "--timeout")
+    _check_range(timeout, 0.1, 7 * 86400, "--timeout", " s")
+    return MigrationConfig(downtime_limit_s=downtime / 1e3,
+                           max_bandwidth_bps=float(bw) if bw else None,
+                           timeout_s=timeout, timeout_strategy=args.timeout_strategy,
+                           verify=not args.no_verify)
+
+
+def policy_of(args: argparse.Namespace) -> Any:
+    _check_range(args.max_cpu_throttle, 1, MAX_PERCENT, "--max-cpu-throttle", " %")
+    if args.cpu_throttle_tailslow and args.policy != "qemu":
+        raise UsageError("--cpu-throttle-tailslow only applies to --policy qemu")
+    return make_policy(args.policy, tailslow=args.cpu_throttle_tailslow,
+                       max_cpu_throttle=args.max_cpu_throttle)
+
+
+def _io_timeout(args: argparse.Namespace) -> float:
+    v = _float(args.io_timeout, "--io-timeout")
+    _check_range(v, 0.5, 3600, "--io-timeout", " s")
+    return v
+
+
+# ------------------------------------------------------------------------------ options
+def _add_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", metavar="FILE",
+                   help=f"file holding the pre-shared key (default: ${KEY_ENV})")
+
+
+def _add_guest(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("guest")
+    g.add_argument("--backend", choices=BACKENDS, default="kvm",
+                   help="kvm: a real KVM guest (default); sim: simulated guest, no KVM needed")
+    g.add_argument("--memory", default="256M", metavar="SIZE", help="guest memory (256M)")
+    g.add_argument("--vcpus", type=int, default=1, metavar="N", help="vCPUs (1)")
+    g.add_argument("--workload", choices=WORKLOADS, default="worst",
+                   help="how fast the guest dirties memory (worst)")
+    g.add_argument("--working-set", default="64M", metavar="SIZE",
+                   help="memory the guest keeps writing (64M)")
+    g.add_argument("--warmup", default="0.3", metavar="S",
+                   help="seconds the guest runs before migrating (0.3)")
+
+
+def _add_migration(p: argparse.ArgumentParser, default_policy: str,
+                   default_timeout: str) -> None:
+    g = p.add_argument_group("migration")
+    g.add_argument("--policy", choices=POLICY_NAMES, default=default_policy,
+                   help=f"throttle policy ({default_policy})")
+    g.add_argument("--max-bandwidth", default=f"{DEFAULT_MAX_BANDWIDTH // 1024 ** 2}M",
+                   metavar="RATE", help="cap in bytes/s, e.g. 128M or 1G/s; 0 = unlimited "
+                   "(128M, QEMU's default)")
+    g.add_argument("--downtime-limit", default="300", metavar="MS",
+                   help="switch over when the rest fits this downtime (300 ms)")
+    g.add_argument("--timeout", default=default_timeout, metavar="S",
+                   help=f"give up converging after S seconds ({default_timeout})")
+    g.add_argument("--timeout-strategy", choices=("cancel", "ignore"), default="cancel",
+                   help="on timeout: cancel (guest keeps running here) or ignore")
+    g.add_argument("--max-cpu-throttle", type=int, default=MAX_PERCENT, metavar="PCT",
+                   help="highest throttle any policy may set (99)")
+    g.add_argument("--cpu-throttle-tailslow", action="store_true",
+                   help="qemu policy: smaller last steps")
+    g.add_argument("--no-verify", action="store_true",
+                   help="skip the memory-hash comparison after the switch-over")
+    g.add_argument("--io-timeout", default="30", metavar="S",
+                   help="give up when the peer is silent this long (30)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw remaining dirty memory and throttle %% over time (matplotlib)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("receive", help="receive one migrating guest (destination side)",
+                       description="Listen, authenticate the source, receive its guest and "
+                       "resume it here.")
+    p.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
+                   help=f"address to listen on (127.0.0.1:{DEFAULT_PORT}; port 0 = any)")
+    _add_key(p)
+    p.add_argument("--backend", choices=BACKENDS, default="kvm")
+    p.add_argument("--max-memory", default="16G", metavar="SIZE",
+                   help="largest guest accepted (16G)")
+    p.add_argument("--max-vcpus", type=int, default=64, metavar="N",
+                   help="most vCPUs accepted (64)")
+    p.add_argument("--run-after", default="0.5", metavar="S",
+                   help="let the guest run S seconds before reporting and exiting (0.5)")
+    p.add_argument("--accept-timeout", default="600", metavar="S",
+                   help="give up when no authenticated source connects in S seconds")
+    p.add_argument("--io-timeout", default="30", metavar="S")
+    p.add_argument("--no-verify", action="store_true", help="skip the memory hash")
+    p.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.set_defaults(func=cmd_receive)
+
+    p = sub.add_parser("migrate", help="start the built-in guest and migrate it (source side)",
+                       description="Start the built-in busy guest and migrate it to a "
+                       "receiver with pre-copy and a throttle policy.")
+    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the receiver's address")
+    _add_key(p)
+    _add_guest(p)
+    _add_migration(p, "predictive", "3600")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("demo", help="migrate a busy guest between two local processes",
+                       description="Run a receiver process and migrate the built-in busy "
+                       "guest to it over loopback, with a fresh random key.")
+    _add_guest(p)
+    _add_migration(p, "predictive", "60")
+    p.set_defaults(func=cmd_demo)
+
+    from .bench import register_bench
+
+    register_bench(sub)
+
+
+# ------------------------------------------------------------------------------ receive
+def cmd_receive(args: argparse.Namespace) -> int:
+    host, port = _address(args.listen, "--listen")
+    key = load_key(args.key_file)
+    max_mem = parse_size(args.max_memory, "--max-memory")
+    _check_range(max_mem, 4096, 1 << 46, "--max-memory")
+    _check_range(args.max_vcpus, 1, MAX_VCPUS, "--max-vcpus")
+    run_after = _float(args.run_after, "--run-after")
+    _check_range(run_after, 0, 3600, "--run-after", " s")
+    accept_timeout = _float(args.accept_timeout, "--accept-timeout")
+    _check_range(accept_timeout, 0.1, 7 * 86400, "--accept-timeout", " s")
+    io_timeout = _io_timeout(args)
+    from .runner import serve_one
+    from .transport import listen
+
+    factory, kinds = dest_factory(args.backend)
+    limits = Limits(max_memory_size=max_mem, max_vcpus=args.max_vcpus, guest_kinds=kinds)
+    try:
+        sock = listen(host, port)
+    except MigrationError as exc:
+        raise UsageError(str(exc)) from None
+    bound = sock.getsockname()[1]
+    log = _logger("receive")
+    log(f"listening on {host}:{bound}")
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{bound}\n")
+        os.replace(tmp, args.port_file)
+    ev = threading.Event()
+    with _sigint_sets(ev):
+        try:
+            res = serve_one(sock, key, factory, limits, run_after_s=run_after,
+                            verify=not args.no_verify, io_timeout_s=io_timeout,
+                            accept_timeout_s=accept_timeout, log=log, cancel_event=ev)
+        finally:
+            sock.close()
+    if res.vm is not None:
+        res.vm.close()
+    if res.status == "completed":
+        log(f"guest resumed here after {res.iterations} delta iterations, "
+            f"{res.pages_received} pages; counters {res.counters_at_resume} -> "
+            f"{res.counters_after}" + (f" ({res.error})" if res.error else ""))
+    else:
+        log(f"migration {res.status}: {res.error}; the VM was discarded")
+    if args.json:
+        out = {"status": res.status, "error": res.error, "iterations": res.iterations,
+               "pages_received": res.pages_received, "bytes_received": res.bytes_received,
+               "memory_hash": res.memory_hash, "counters_at_resume": res.counters_at_resume,
+               "counters_after": res.counters_after, "prepare_ms": res.prepare_ms}
+        print(json.dumps(out))
+    return EXIT_OK if res.status == "completed" else EXIT_VIOLATED
+
+
+def _logger(name: str) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        print(f"autoconverge {name}: {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+@contextmanager
+def _sigint_sets(ev: threading.Event, extra: Callable[[], None] | None = None) -> Iterator[None]:
+    """While inside: Ctrl-C (and SIGTERM) requests a clean cancel instead of an exception."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        ev.set()
+        if extra is not None:
+            extra()
+
+    old_int = signal.signal(signal.SIGINT, handler)
+    old_term = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+# ------------------------------------------------------------------------------ migrate
+def _prepare_migration(args: argparse.Namespace) -> tuple[GuestSpec, MigrationConfig, Any,
+                                                           float, float]:
+    spec = guest_spec(args)
+    cfg = migration_config(args)
+    policy = policy_of(args)
+    io_timeout = _io_timeout(args)
+    warmup = _float(args.warmup, "--warmup")
+    _check_range(warmup, 0, 600, "--warmup", " s")
+    if args.plot:
+        if not args.plot.lower().endswith(".png"):
+            raise UsageError("--plot needs a file name ending in .png")
+        if not plot_available():
+            raise UsageError(PLOT_MISSING)
+        d = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(d):
+            raise UsageError(f"--plot: directory {d} does not exist")
+    return spec, cfg, policy, io_timeout, warmup
+
+
+def _run_source(args: argparse.Namespace, host: str, port: int, key: bytes, spec: GuestSpec,
+                cfg: MigrationConfig, policy: Any, io_timeout: float,
+                warmup: float) -> MigrationResult:
+    from .runner import migrate_to
+
+    try:
+        guest = make_source_guest(args.backend, spec)
+    except Exception as exc:
+        raise UsageError(f"cannot start the {args.backend} guest: {exc}") from None
+    try:
+        if warmup:
+            time.sleep(warmup)
+        printer = ProgressPrinter(page_size=guest.vm.page_size)
+        ev = threading.Event()
+        with _sigint_sets(ev):
+            result = migrate_to(host, port, key, guest.vm, policy, guest.throttle_factory,
+                                cfg, io_timeout_s=io_timeout, on_progress=printer,
+                                cancel_event=ev)
+        printer.finish()
+    finally:
+        guest.close()
+    return result
+
+
+def _finish(args: argparse.Namespace, result: MigrationResult,
+            extra: dict[str, Any] | None = None) -> int:
+    print(summary(result), file=sys.stderr)
+    if args.plot:
+        try:
+            write_plot([result], args.plot)
+            print(f"plot written to {args.plot}", file=sys.stderr)
+        except Exception as exc:
+            print(f"autoconverge: plot failed: {exc}", file=sys.stderr)
+    if args.json:
+        d = result.to_dict()
+        d.update(extra or {})
+        print(json.dumps(d))
+    ok = result.converged and result.memory_hash_match is not False
+    return EXIT_OK if ok else EXIT_VIOLATED
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    host, port = _address(args.to, "--to")
+    if port == 0:
+        raise UsageError("--to: port 0 is not a receiver's port")
+    key = load_key(args.key_file)
+    spec, cfg, policy, io_timeout, warmup = _prepare_migration(args)
+    result = _run_source(args, host, port, key, spec, cfg, policy, io_timeout, warmup)
+    return _finish(args, result)
+
+
+# ------------------------------------------------------------------------------ demo
+def spawn_receiver(backend: str, key: bytes, *, run_after: float = 0.5,
+                   accept_timeout: float = 120.0, io_timeout: float = 30.0,
+                   verify: bool = True, max_memory: int = 64 * 1024 ** 3,
+                   ) -> tuple[subprocess.Popen[str], int, str]:
+    """Start ``autoconverge receive`` as a child process on 127.0.0.1:0; returns its port."""
+    tmpdir = tempfile.mkdtemp(prefix="autoconverge-")
+    port_file = os.path.join(tmpdir, "port")
+    cmd = [sys.executable, "-m", "autoconverge.impl.cli", "receive", "--listen",
+           "127.0.0.1:0", "--port-file", port_file, "--backend", backend, "--json",
+           "--run-after", str(run_after), "--accept-timeout", str(accept_timeout),
+           "--io-timeout", str(io_timeout), "--max-memory", str(max_memory)]
+    if not verify:
+        cmd.append("--no-verify")
+    env = dict(os.environ)
+    env[KEY_ENV] = key.decode()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with open(port_file) as f:
+                text = f.read().strip()
+            if text:
+                port = int(text)
+                break
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            raise MigrationError(f"the receiver process did not start: {err.strip()}")
+        time.sleep(0.02)
+    os.unlink(port_file)
+    os.rmdir(tmpdir)
+    return proc, port, " ".join(cmd)
+
+
+def collect_receiver(proc: subprocess.Popen[str], timeout_s: float = 60.0
+                     ) -> tuple[dict[str, Any] | None, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return None, err + "\n(receiver killed: no exit within the timeout)"
+    data = None
+    for line in out.splitlines()[::-1]:
+        try:
+            data = json.loads(line)
+            break
+        except ValueError:
+            continue
+    return data, err
+
+
+def run_demo_once(args: argparse.Namespace, spec: GuestSpec, cfg: MigrationConfig,
+                  policy: Any, io_timeout: float, warmup: float,
+                  quiet: bool = False) -> tuple[MigrationResult, dict[str, Any]]:
+    key = secrets.token_hex(32).encode()
+    proc, port, _ = spawn_receiver(args.backend, key, verify=cfg.verify,
+                                   io_timeout=io_timeout)
+    try:
+        result = _run_source_quiet(args, port, key, spec, cfg, policy, io_timeout, warmup,
+                                   quiet)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    dest, err = collect_receiver(proc, timeout_s=max(30.0, io_timeout + 5))
+    extra: dict[str, Any] = {"receiver_exit_code": proc.returncode,
+                             "receiver": dest}
+    if dest is None:
+        extra["receiver_stderr"] = err.strip()[-2000:]
+    return result, extra
+
+
+def _run_source_quiet(args: argparse.Namespace, port: int, key: bytes, spec: GuestSpec,
+                      cfg: MigrationConfig, policy: Any, io_timeout: float, warmup: float,
+                      quiet: bool) -> MigrationResult:
+    if not quiet:
+        return _run_source(args, "127.0.0.1", port, key, spec, cfg, policy, io_timeout, warmup)
+    from .runner import migrate_to
+
+    guest = make_source_guest(args.backend, spec)
+    try:
+        if warmup:
+            time.sleep(warmup)
+        return migrate_to("127.0.0.1", port, key, guest.vm, policy, guest.throttle_factory,
+                          cfg, io_timeout_s=io_timeout)
+    finally:
+        guest.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    spec, cfg, policy, io_timeout, warmup = _prepare_migration(args)
+    print(f"autoconverge demo: {args.backend} guest, {spec.memory_bytes // 2 ** 20} MiB, "
+          f"{spec.vcpus} vCPU(s), workload {spec.workload} over "
+          f"{spec.working_set_bytes // 2 ** 20} MiB; policy {policy.name}, max-bandwidth "
+          f"{'unlimited' if cfg.max_bandwidth_bps is None else args.max_bandwidth}, "
+          f"downtime-limit {cfg.downtime_limit_s * 1e3:.0f} ms", file=sys.stderr)
+    try:
+        result, extra = run_demo_once(args, spec, cfg, policy, io_timeout, warmup)
+    except MigrationError as exc:
+        print(f"autoconverge demo: {exc}", file=sys.stderr)
+        return EXIT_VIOLATED
+    return _finish(args, result, extra)
+
+
+__all__ = ["EXIT_USAGE", "parse_rate", "parse_size", "register"]

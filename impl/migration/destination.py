@@ -1,0 +1,187 @@
+"""The migration destination: receive layout, pages and vCPU state; resume only on COMMIT.
+
+The destination creates its VM only after the peer authenticated (the channel comes from
+the handshake) and announced a layout this receiver accepts. Each message is decoded and
+validated in full (see :mod:`.wire`) before anything is written into the VM; message order
+is enforced (LAYOUT, then PAGES / ITERATION_END, then VCPU_STATE, then DONE). After DONE
+it takes a snapshot of guest memory for the integrity hash, loads the vCPU state and
+answers PREPARED; it starts the guest only when COMMIT arrives, answers RESUMED, lets the
+guest run ``run_after_s`` and sends REPORT (memory hash at the stop, counters at resume and
+after). On any failure before COMMIT it sends ERROR (when the stream allows) and discards
+the VM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .errors import (
+    AuthenticationError,
+    MigrationCancelled,
+    MigrationError,
+    PeerError,
+    ProtocolError,
+    TransportError,
+    VmSetupError,
+)
+from .transport import Clock, RealClock
+from .vmapi import DestinationVm, VmFactory
+from .wire import (
+    Channel,
+    ErrorCode,
+    Layout,
+    Limits,
+    MsgType,
+    Report,
+    apply_pages,
+    decode_done,
+    decode_iteration_end,
+    decode_layout,
+    decode_pages,
+    decode_vcpu_state,
+    encode_ready,
+    encode_report,
+    expect_empty,
+)
+
+
+@dataclass
+class DestinationResult:
+    status: Literal["completed", "failed", "cancelled"]
+    error: str | None = None
+    error_type: str | None = None
+    """Class name of the exception that ended the migration (MigrationError subclasses for
+    anything the peer caused)."""
+    layout: Layout | None = None
+    iterations: int = 0
+    pages_received: int = 0
+    bytes_received: int = 0
+    memory_hash: str | None = None
+    counters_at_resume: list[int] = field(default_factory=list)
+    counters_after: list[int] = field(default_factory=list)
+    prepare_ms: float = 0.0
+    vm: DestinationVm | None = None
+    """The running VM after a completed migration (the caller owns it); None otherwise."""
+
+
+class MigrationDestination:
+    def __init__(self, channel: Channel, vm_factory: VmFactory, limits: Limits | None = None,
+                 clock: Clock | None = None, run_after_s: float = 0.2, verify: bool = True,
+                 cancel_event: threading.Event | None = None) -> None:
+        if not 0 <= run_after_s <= 3600:
+            raise ValueError("run_after_s must be in 0..3600")
+        self.ch = channel
+        self.factory = vm_factory
+        self.limits = limits or Limits()
+        self.clock: Clock = clock or RealClock()
+        self.run_after_s = run_after_s
+        self.verify = verify
+        self._cancel = cancel_event if cancel_event is not None else threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def run(self) -> DestinationResult:
+        res = DestinationResult(status="failed")
+        vm: DestinationVm | None = None
+        started = False
+        try:
+            lay = decode_layout(self.ch.expect(MsgType.LAYOUT).payload, self.limits)
+            res.layout = lay
+            try:
+                vm = self.factory(lay)
+                mem = vm.memory()
+            except Exception as exc:
+                raise VmSetupError(f"cannot create a VM for {lay.memory_size} bytes, "
+                                   f"{lay.vcpu_count} vCPUs: {exc}") from exc
+            if len(mem) != lay.memory_size:
+                raise VmSetupError(f"the new VM has {len(mem)} bytes of memory, "
+                                   f"{lay.memory_size} announced")
+            # the integrity hash is taken after the guest resumed, over a mirror of guest memory
+            # that receives every batch too (no copy during the downtime); fault it in now
+            mirror = np.empty(lay.memory_size, dtype=np.uint8) if self.verify else None
+            if mirror is not None:
+                mirror.fill(0)
+            self.ch.send(MsgType.READY, encode_ready(self.ch.max_pages_payload))
+            states: list[bytes] | None = None
+            touched = np.zeros(lay.page_count, dtype=np.bool_)  # new guest memory is zero
+            while True:
+                f = self.ch.expect(MsgType.PAGES, MsgType.ITERATION_END, MsgType.VCPU_STATE,
+                                   MsgType.DONE)
+                if f.type is MsgType.PAGES:
+                    if states is not None:
+                        raise ProtocolError("PAGES after VCPU_STATE")
+                    batch = decode_pages(f.payload, lay)
+                    apply_pages(mem, batch, lay.page_size, touched)
+                    if mirror is not None:
+                        apply_pages(mirror.data, batch, lay.page_size)
+                    res.pages_received += batch.pages
+                elif f.type is MsgType.ITERATION_END:
+                    res.iterations = decode_iteration_end(f.payload).iteration
+                elif f.type is MsgType.VCPU_STATE:
+                    if states is not None:
+                        raise ProtocolError("duplicate VCPU_STATE")
+                    states = decode_vcpu_state(f.payload, lay)
+                else:
+                    if states is None:
+                        raise ProtocolError("DONE before VCPU_STATE")
+                    decode_done(f.payload)
+                    break
+            t = self.clock.now()
+            vm.load_vcpu_state(states)
+            res.counters_at_resume = list(vm.progress())
+            prepare_ns = int((self.clock.now() - t) * 1e9)
+            res.prepare_ms = prepare_ns / 1e6
+            self.ch.send(MsgType.PREPARED)
+            expect_empty(self.ch.expect(MsgType.COMMIT))
+            started = True  # from here on the guest lives here, whatever happens
+            vm.start()
+            self.ch.send(MsgType.RESUMED)
+            res.status = "completed"
+            res.vm = vm
+            self.clock.wait(self._cancel, self.run_after_s)
+            res.counters_after = list(vm.progress())
+            if mirror is not None:
+                res.memory_hash = hashlib.sha256(mirror.data).hexdigest()
+            self.ch.send(MsgType.REPORT, encode_report(Report(
+                bytes.fromhex(res.memory_hash) if res.memory_hash else None,
+                tuple(res.counters_at_resume), tuple(res.counters_after),
+                int(self.run_after_s * 1e9), prepare_ns)))
+        except MigrationError as exc:
+            self._fail(res, exc, started)
+        except Exception as exc:
+            self._fail(res, exc, started)
+        finally:
+            res.bytes_received = self.ch.bytes_received
+            if vm is not None and not started:
+                try:
+                    vm.close()
+                except Exception as exc:
+                    res.error = f"{res.error}; discarding the VM failed: {exc}"
+        return res
+
+    def _fail(self, res: DestinationResult, exc: BaseException, started: bool) -> None:
+        text = str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+        res.error_type = type(exc).__name__
+        if started:  # guest already runs here; only the report is missing
+            res.error = f"guest resumed, but: {text}"
+            return
+        res.status = "cancelled" if isinstance(exc, MigrationCancelled) else "failed"
+        res.error = text
+        if isinstance(exc, PeerError | TransportError) or self.ch.broken:
+            return
+        code = (ErrorCode.AUTHENTICATION if isinstance(exc, AuthenticationError) else
+                ErrorCode.PROTOCOL if isinstance(exc, ProtocolError) else
+                ErrorCode.VM_SETUP if isinstance(exc, VmSetupError) else
+                ErrorCode.CANCELLED if isinstance(exc, MigrationCancelled) else
+                ErrorCode.INTERNAL)
+        self._cancel.clear()
+        stream = self.ch.stream
+        if hasattr(stream, "io_timeout_s"):
+            stream.io_timeout_s = min(stream.io_timeout_s, 1.0)
+        self.ch.send_error(code, f"destination aborted the migration: {text}")

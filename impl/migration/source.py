@@ -1,0 +1,562 @@
+"""The migration source: the pre-copy loop, convergence check, switch-over and clean abort.
+
+Sequence: LAYOUT -> READY; start the dirty log; pass 0 sends every page; then delta passes
+send the pages the dirty log reported, until the remaining dirty bytes at the measured
+bandwidth fit the downtime limit. Between frames, at least every ``tick_s``, the loop
+syncs the dirty log into a pending set, measures dirty rate and bandwidth, and asks the
+policy for a throttle percentage (applied through the throttler). Switch-over:
+``throttle.handover()`` leaves the vCPUs paused; the last dirty pages, the vCPU states and
+DONE go out; the destination answers PREPARED; COMMIT; it resumes the guest and answers
+RESUMED, then REPORT (its memory hash and counters).
+
+Any failure before COMMIT (cancel, timeout with strategy ``cancel``, a dead or misbehaving
+peer, a VM or throttler error): throttling stops, the source guest runs on unthrottled (it is
+resumed if the switch-over had paused it), the dirty log is stopped, the peer gets an ERROR
+(best effort) and discards its VM. After COMMIT the guest belongs to the destination: the
+source stays paused whatever happens next (resuming it could run the guest twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from .errors import (
+    MigrationCancelled,
+    MigrationError,
+    PeerError,
+    ProtocolError,
+    TransportError,
+)
+from .pages import FrameBuilder, bitmap_to_bool
+from .policy import Observation, Policy
+from .throttling import ThrottleControl, ThrottleFactory
+from .transport import Clock, RealClock
+from .vmapi import MigratableVm, layout_of
+from .wire import (
+    Channel,
+    ErrorCode,
+    IterationEnd,
+    MsgType,
+    Report,
+    decode_error,
+    decode_ready,
+    decode_report,
+    encode_done,
+    encode_iteration_end,
+    encode_layout,
+    encode_vcpu_state,
+    expect_empty,
+)
+
+TimeoutStrategy = Literal["cancel", "ignore"]
+Status = Literal["completed", "cancelled", "timeout", "failed"]
+MIN_BANDWIDTH_BYTES = 256 * 1024
+MIN_BANDWIDTH_WINDOW_S = 0.02
+MIN_RATE_WINDOW_S = 0.05
+
+
+class LinkProbe(Protocol):
+    """What the source asks the connection (``CancellableSocket`` implements it)."""
+
+    def readable(self) -> bool:
+        """Data or EOF from the peer is waiting."""
+        ...
+
+    def unsent_bytes(self) -> int:
+        """Bytes handed to the connection that the peer has not acknowledged yet."""
+        ...
+
+
+class MigrationTimeout(MigrationCancelled):
+    """The timeout passed and the strategy is ``cancel``."""
+
+
+@dataclass(frozen=True)
+class MigrationConfig:
+    downtime_limit_s: float = 0.3
+    max_bandwidth_bps: float | None = None
+    """Cap on wire bytes per second (None: as fast as the link goes)."""
+    timeout_s: float = 3600.0
+    timeout_strategy: TimeoutStrategy = "cancel"
+    tick_s: float = 0.25
+    """Policy re-evaluation interval during a pass (<= 1 s)."""
+    sync_s: float = 0.05
+    """Dirty-log sync interval during a pass (short, so the dirty rate is not saturated)."""
+    rate_window_s: float = 0.25
+    """The dirty rate is averaged over the syncs of at least this window."""
+    frame_bytes: int = 4 * 1024 * 1024
+    zero_page_detection: bool = True
+    verify: bool = True
+    """Compare a hash of guest memory at both ends after the switch-over."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.downtime_limit_s <= 3600:
+            raise ValueError(f"downtime limit must be in (0, 3600] s, got "
+                             f"{self.downtime_limit_s}")
+        if self.max_bandwidth_bps is not None and not self.max_bandwidth_bps >= 4096:
+            raise ValueError(f"max bandwidth must be at least 4096 bytes/s, got "
+                             f"{self.max_bandwidth_bps}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout_s}")
+        if self.timeout_strategy not in ("cancel", "ignore"):
+            raise ValueError(f"timeout strategy must be cancel or ignore, got "
+                             f"{self.timeout_strategy!r}")
+        if not 0 < self.tick_s <= 1.0:
+            raise ValueError(f"tick must be in (0, 1] s, got {self.tick_s}")
+        if not 0 < self.sync_s <= self.tick_s or not 0 < self.rate_window_s <= 10:
+            raise ValueError("sync interval must be in (0, tick]; rate window in (0, 10] s")
+        if not 4096 <= self.frame_bytes <= 64 * 1024 * 1024:
+            raise ValueError(f"frame size must be 4 KiB..64 MiB, got {self.frame_bytes}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One point of the progress timeline (also what the progress display shows)."""
+
+    time_s: float
+    kind: str
+    iteration: int
+    remaining_bytes: int
+    throttle_percent: int
+    bandwidth_bps: float
+    dirty_rate_bps: float
+    est_downtime_s: float | None
+    bytes_sent: int
+
+
+@dataclass
+class MigrationResult:
+    status: Status
+    policy: str
+    error: str | None = None
+    total_time_s: float = 0.0
+    iterations: int = 0
+    """Delta iterations (passes after the first full one)."""
+    downtime_ms: float | None = None
+    est_downtime_ms: float | None = None
+    downtime_limit_ms: float = 300.0
+    bytes_sent: int = 0
+    pages_sent: int = 0
+    zero_pages_sent: int = 0
+    memory_bytes: int = 0
+    guest_cpu_stolen_s: float = 0.0
+    max_throttle_percent: int = 0
+    final_throttle_percent: int = 0
+    bandwidth_bps: float = 0.0
+    first_pass_s: float | None = None
+    timeout_exceeded: bool = False
+    source_hash: str | None = None
+    dest_hash: str | None = None
+    memory_hash_match: bool | None = None
+    counters_at_stop: list[int] = field(default_factory=list)
+    dest_counters_at_resume: list[int] = field(default_factory=list)
+    dest_counters_after: list[int] = field(default_factory=list)
+    guest_continued: bool | None = None
+    source_running: bool | None = None
+    """After the run: True if the source guest runs (aborted), False if paused (moved)."""
+    dirty_log_stopped: bool = False
+    timeline: list[Sample] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        return self.status == "completed"
+
+    def to_dict(self, timeline: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        d["converged"] = self.converged
+        if not timeline:
+            d.pop("timeline")
+        return d
+
+
+def memory_hash(mem: memoryview) -> str:
+    return hashlib.sha256(mem).hexdigest()
+
+
+class MigrationSource:
+    """Runs one migration of ``vm`` over an authenticated ``channel``; ``cancel()`` anytime."""
+
+    def __init__(self, vm: MigratableVm, channel: Channel, policy: Policy,
+                 throttle_factory: ThrottleFactory, config: MigrationConfig | None = None,
+                 clock: Clock | None = None,
+                 on_progress: Callable[[Sample], None] | None = None,
+                 link: LinkProbe | None = None,
+                 cancel_event: threading.Event | None = None) -> None:
+        self.vm = vm
+        self.ch = channel
+        self.policy = policy
+        self.throttle_factory = throttle_factory
+        self.cfg = config or MigrationConfig()
+        self.clock: Clock = clock or RealClock()
+        self.on_progress = on_progress
+        self._link = link
+        self._cancel = cancel_event if cancel_event is not None else threading.Event()
+        self._cancel_reason = "migration cancelled"
+        self._committed = False
+        self._ps = vm.page_size
+        self._pages = vm.memory_size // vm.page_size
+        self._pending = np.zeros(self._pages, dtype=np.bool_)
+        self._throttle: ThrottleControl | None = None
+        self._percent = 0
+        self._t0 = 0.0
+        self.result = MigrationResult(status="failed", policy=policy.name,
+                                      downtime_limit_ms=self.cfg.downtime_limit_s * 1e3,
+                                      memory_bytes=vm.memory_size)
+        # measurements
+        self._last_sync = 0.0
+        self._syncs: deque[tuple[float, int, float]] = deque()
+        """(time, pages the sync reported, stolen vCPU-seconds so far) of recent syncs."""
+        self._rate_percent = 0
+        self._rate_run_share: float | None = None
+        self._pass_idx: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._pass_pos = 0
+        self._link_accounted = 0
+        self._dirty_rate = 0.0
+        self._bw = 0.0
+        self._bw_mark_t = 0.0
+        self._bw_mark_bytes = 0
+        self._obs_t = 0.0
+        self._obs_sent = 0
+        self._obs_dirty_new = 0
+        self._last_tick = 0.0
+        self._link_free_at = 0.0
+
+    # ------------------------------------------------------------------------------ control
+    @property
+    def cancel_event(self) -> threading.Event:
+        return self._cancel
+
+    def cancel(self, reason: str = "migration cancelled") -> None:
+        """Thread-safe; takes effect at the next frame or I/O slice (ignored after COMMIT)."""
+        if not self._committed:
+            self._cancel_reason = reason
+            self._cancel.set()
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set() and not self._committed:
+            raise MigrationCancelled(self._cancel_reason)
+
+    def _now(self) -> float:
+        return self.clock.now() - self._t0
+
+    # ------------------------------------------------------------------------------ main
+    def run(self) -> MigrationResult:
+        r = self.result
+        self._t0 = self.clock.now()
+        dirty_logging = False
+        err: BaseException | None = None
+        try:
+            self._check_cancel()
+            self.ch.send(MsgType.LAYOUT, encode_layout(layout_of(self.vm)))
+            limit = decode_ready(self.ch.expect(MsgType.READY).payload)
+            frame_pages = FrameBuilder.frame_pages_for(limit, self._ps, self._frame_bytes())
+            self._builder = FrameBuilder(self.vm.memory(), self._ps, frame_pages,
+                                         self.cfg.zero_page_detection)
+            self.vm.start_dirty_log()
+            dirty_logging = True
+            self._throttle = self.throttle_factory(self.vm)
+            self._last_sync = self._bw_mark_t = self._obs_t = self._last_tick = self._now()
+            self._syncs.append((self._last_sync, 0, 0.0))
+            self._link_free_at = self.clock.now()
+
+            it = 0
+            t_pass = self.clock.now()
+            self._send_pass(np.arange(self._pages, dtype=np.int64), it, ticks=True)
+            r.first_pass_s = self.clock.now() - t_pass
+            self._end_pass(it)
+            while True:
+                remaining = int(np.count_nonzero(self._pending)) * self._ps
+                est = self._estimate(remaining)
+                self._sample("check", it, remaining, est)
+                if remaining == 0 or (est is not None and est <= self.cfg.downtime_limit_s):
+                    r.est_downtime_ms = (est or 0.0) * 1e3
+                    break
+                self._check_timeout()
+                it += 1
+                r.iterations = it
+                idx = np.flatnonzero(self._pending)
+                self._send_pass(idx, it, ticks=True)
+                self._end_pass(it)
+            r.iterations = it
+
+            # ---- switch-over
+            self._check_cancel()
+            t_stop = self.clock.now()
+            assert self._throttle is not None
+            self._throttle.handover()
+            r.guest_cpu_stolen_s = self._throttle.stolen_vcpu_seconds()
+            self._sync()
+            self._send_pass(np.flatnonzero(self._pending), it + 1, ticks=False)
+            self.ch.send(MsgType.VCPU_STATE, *encode_vcpu_state(self.vm.save_vcpu_state()))
+            r.counters_at_stop = list(self.vm.progress())
+            self.ch.send(MsgType.DONE, encode_done(r.pages_sent, it))
+            expect_empty(self.ch.expect(MsgType.PREPARED))
+            self._check_cancel()
+            self._committed = True
+            self.ch.send(MsgType.COMMIT)
+            expect_empty(self.ch.expect(MsgType.RESUMED))
+            r.downtime_ms = (self.clock.now() - t_stop) * 1e3
+            r.status = "completed"
+            self.vm.stop_dirty_log()
+            dirty_logging = False
+            if self.cfg.verify:
+                r.source_hash = memory_hash(self.vm.memory())
+            try:
+                rep = decode_report(self.ch.expect(MsgType.REPORT).payload, layout_of(self.vm))
+                self._use_report(rep)
+            except MigrationError as exc:
+                r.error = f"migration completed, but the destination's report failed: {exc}"
+        except MigrationTimeout as exc:
+            err = exc
+            r.status, r.error = "timeout", str(exc)
+        except MigrationCancelled as exc:
+            err = exc
+            r.status, r.error = "cancelled", str(exc)
+        except MigrationError as exc:
+            err = exc
+            r.status, r.error = "failed", str(exc)
+        except Exception as exc:
+            err = exc
+            r.status, r.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            self._cleanup(err, dirty_logging)
+        return r
+
+    def _frame_bytes(self) -> int:
+        want = self.cfg.frame_bytes
+        if self.cfg.max_bandwidth_bps is not None:
+            # keep each frame's share of the link short so ticks and cancel stay prompt
+            want = min(want, max(64 * 1024, int(self.cfg.max_bandwidth_bps * 0.05)))
+        return want
+
+    # ------------------------------------------------------------------------------ cleanup
+    def _cleanup(self, err: BaseException | None, dirty_logging: bool) -> None:
+        r = self.result
+        r.total_time_s = self._now()
+        if err is not None and self._committed:
+            r.error = (f"after COMMIT: {r.error}; the source guest stays paused (the "
+                       f"destination may be running it; resuming here could run it twice)")
+        problems: list[str] = []
+        if self._throttle is not None:
+            if r.guest_cpu_stolen_s == 0.0:
+                try:
+                    r.guest_cpu_stolen_s = self._throttle.stolen_vcpu_seconds()
+                except Exception as exc:
+                    problems.append(f"stolen-time query failed: {exc}")
+            try:
+                self._throttle.shutdown()
+            except Exception as exc:
+                problems.append(f"throttler shutdown failed: {exc}")
+        if not self._committed:
+            if err is not None:
+                self._tell_peer(err)
+            try:
+                if self.vm.is_paused():
+                    self.vm.resume()
+            except Exception as exc:
+                problems.append(f"resuming the source guest failed: {exc}")
+        if dirty_logging:
+            try:
+                self.vm.stop_dirty_log()
+            except Exception as exc:
+                problems.append(f"stopping the dirty log failed: {exc}")
+            else:
+                dirty_logging = False
+        r.dirty_log_stopped = not dirty_logging
+        try:
+            r.source_running = not self.vm.is_paused()
+        except Exception:
+            r.source_running = None
+        if problems:
+            r.error = "; ".join(([r.error] if r.error else []) + problems)
+
+    def _tell_peer(self, err: BaseException) -> None:
+        """Send ERROR if the stream is intact (not mid-frame, not broken); short deadline."""
+        if isinstance(err, PeerError | TransportError) or self.ch.broken:
+            return
+        code = (ErrorCode.TIMEOUT if isinstance(err, MigrationTimeout) else
+                ErrorCode.CANCELLED if isinstance(err, MigrationCancelled) else
+                ErrorCode.PROTOCOL if isinstance(err, ProtocolError) else
+                ErrorCode.INTERNAL)
+        self._cancel.clear()  # the stream shares this event: let the ERROR frame out
+        stream = self.ch.stream
+        if hasattr(stream, "io_timeout_s"):
+            stream.io_timeout_s = min(stream.io_timeout_s, 1.0)
+        self.ch.send_error(code, f"source aborted the migration: {err}")
+
+    # ------------------------------------------------------------------------------ passes
+    def _send_pass(self, idx: np.ndarray, it: int, *, ticks: bool) -> None:
+        fp = self._builder.frame_pages
+        total = len(idx)
+        for start in range(0, total, fp):
+            self._check_cancel()
+            chunk = idx[start:start + fp]
+            # copied now: content at least as new as every write the log reported so far
+            self._pending[chunk] = False
+            frame = self._builder.build(chunk)
+            self.ch.send(MsgType.PAGES, frame.head, frame.data)
+            r = self.result
+            r.pages_sent += frame.pages
+            r.zero_pages_sent += frame.zero_pages
+            r.bytes_sent = self.ch.bytes_sent
+            self._pass_idx, self._pass_pos = idx, start + len(chunk)
+            self._limit_link()
+            if ticks:
+                now = self._now()
+                if now - self._last_tick >= self.cfg.tick_s:
+                    self._tick(it)
+                elif now - self._last_sync >= self.cfg.sync_s:
+                    self._sync()
+        self._pass_idx, self._pass_pos = idx[:0], 0
+
+    def _limit_link(self) -> None:
+        cap = self.cfg.max_bandwidth_bps
+        if cap is None:
+            return
+        sent = self.ch.bytes_sent
+        delta = sent - self._link_accounted
+        self._link_accounted = sent
+        now = self.clock.now()
+        self._link_free_at = max(self._link_free_at, now - 0.01) + delta / cap
+        wait = self._link_free_at - now
+        if wait > 0 and self.clock.wait(self._cancel, wait):
+            self._check_cancel()
+
+    def _end_pass(self, it: int) -> None:
+        self._measure_bandwidth(force=True)
+        self._sync()
+        dirty = int(np.count_nonzero(self._pending))
+        self.ch.send(MsgType.ITERATION_END, encode_iteration_end(IterationEnd(
+            it, self._percent, dirty, self.result.pages_sent)))
+        self._observe("iteration", it, dirty * self._ps)
+        self._check_timeout()
+
+    # ------------------------------------------------------------------------------ measuring
+    def _sync(self) -> None:
+        """Fetch-and-clear the dirty log into the pending set; measure the dirty rate."""
+        bits = bitmap_to_bool(self.vm.fetch_dirty_bitmap(), self._pages)
+        raw = int(np.count_nonzero(bits))
+        new = int(np.count_nonzero(bits & ~self._pending))
+        self._pending |= bits
+        now = self._now()
+        self._last_sync = now
+        syncs = self._syncs
+        syncs.append((now, raw, self._stolen()))
+        while len(syncs) >= 3 and syncs[1][0] <= now - self.cfg.rate_window_s:
+            syncs.popleft()
+        dt = now - syncs[0][0]
+        if dt >= MIN_RATE_WINDOW_S:
+            self._dirty_rate = sum(e[1] for e in list(syncs)[1:]) * self._ps / dt
+            self._rate_percent = self._percent
+            # the guest's measured share of vCPU time in the window (the throttle's real effect)
+            paused = (syncs[-1][2] - syncs[0][2]) / self.vm.vcpu_count
+            self._rate_run_share = min(max(1.0 - paused / dt, 0.0), 1.0)
+        self._obs_dirty_new += new * self._ps
+
+    def _stolen(self) -> float:
+        t = self._throttle
+        return t.stolen_vcpu_seconds() if t is not None else 0.0
+
+    def _unsent(self) -> int:
+        return self._link.unsent_bytes() if self._link is not None else 0
+
+    def _measure_bandwidth(self, force: bool = False) -> None:
+        """Rate of bytes that left this host (not merely entered the socket buffer)."""
+        now = self._now()
+        sent = self.ch.bytes_sent - self._unsent()
+        db, dt = sent - self._bw_mark_bytes, now - self._bw_mark_t
+        if dt >= MIN_BANDWIDTH_WINDOW_S and (db >= MIN_BANDWIDTH_BYTES or
+                                             (force and self._bw == 0.0 and db > 0)):
+            self._bw = db / dt
+        if force or dt >= MIN_BANDWIDTH_WINDOW_S:
+            self._bw_mark_t, self._bw_mark_bytes = now, sent
+        self.result.bandwidth_bps = self._bw
+
+    def _estimate(self, remaining: int) -> float | None:
+        if remaining == 0:
+            return 0.0
+        # what still sits in the socket buffer goes out before the last pages do
+        return (remaining + self._unsent()) / self._bw if self._bw > 0 else None
+
+    def _tick(self, it: int) -> None:
+        self._last_tick = self._now()
+        self._measure_bandwidth()
+        self._sync()
+        self._poll_peer()
+        rest = self._pass_idx[self._pass_pos:]
+        # pages still to send in this pass, plus pending ones not among them
+        pending = int(np.count_nonzero(self._pending)) - int(np.count_nonzero(
+            self._pending[rest]))
+        remaining = (len(rest) + pending) * self._ps
+        self._observe("tick", it, remaining)
+        self._check_timeout()
+
+    def _observe(self, kind: Literal["iteration", "tick"], it: int, remaining: int) -> None:
+        now = self._now()
+        obs = Observation(
+            kind=kind, time_s=now, iteration=it, throttle_percent=self._percent,
+            period_s=now - self._obs_t, dirty_bytes_period=self._obs_dirty_new,
+            dirty_rate_bps=self._dirty_rate, rate_throttle_percent=self._rate_percent,
+            rate_run_share=self._rate_run_share,
+            sent_bytes_period=self.ch.bytes_sent - self._obs_sent,
+            bandwidth_bps=self._bw, remaining_bytes=remaining,
+            downtime_limit_s=self.cfg.downtime_limit_s)
+        self._obs_t, self._obs_sent, self._obs_dirty_new = now, self.ch.bytes_sent, 0
+        want = int(self.policy.observe(obs))
+        if not 0 <= want <= 99:
+            raise MigrationError(f"policy {self.policy.name} asked for {want} %")
+        if want != self._percent and self._throttle is not None:
+            self._throttle.set_throttle_percent(want)
+            self._percent = want
+            # the dirty rate is measured afresh at the new throttle
+            self._syncs.clear()
+            self._syncs.append((now, 0, self._stolen()))
+            self.result.max_throttle_percent = max(self.result.max_throttle_percent, want)
+        self.result.final_throttle_percent = self._percent
+        self._sample(kind, it, remaining, self._estimate(remaining))
+
+    def _sample(self, kind: str, it: int, remaining: int, est: float | None) -> None:
+        s = Sample(self._now(), kind, it, remaining, self._percent, self._bw, self._dirty_rate,
+                   est, self.ch.bytes_sent)
+        self.result.timeline.append(s)
+        if self.on_progress is not None:
+            self.on_progress(s)
+
+    def _check_timeout(self) -> None:
+        if self._now() <= self.cfg.timeout_s:
+            return
+        if self.cfg.timeout_strategy == "cancel":
+            raise MigrationTimeout(f"no convergence within the timeout of "
+                                   f"{self.cfg.timeout_s:g} s (strategy cancel)")
+        self.result.timeout_exceeded = True
+
+    def _poll_peer(self) -> None:
+        """The destination only talks during pre-copy to report an error: look for it."""
+        if self._link is None or not self._link.readable():
+            return
+        frame = self.ch.recv()
+        if frame.type is MsgType.ERROR:
+            raise PeerError(*decode_error(frame.payload))
+        raise ProtocolError(f"unexpected {frame.type.name} from the destination during "
+                            f"pre-copy")
+
+    def _use_report(self, rep: Report) -> None:
+        r = self.result
+        r.dest_counters_at_resume = list(rep.counters_at_resume)
+        r.dest_counters_after = list(rep.counters_after)
+        if rep.memory_hash is not None:
+            r.dest_hash = rep.memory_hash.hex()
+        if r.source_hash is not None and r.dest_hash is not None:
+            r.memory_hash_match = r.source_hash == r.dest_hash
+        if r.counters_at_stop and r.dest_counters_after:
+            r.guest_continued = all(
+                a >= s for a, s in zip(r.dest_counters_at_resume, r.counters_at_stop,
+                                       strict=True)) and sum(r.dest_counters_after) > sum(
+                r.counters_at_stop)

@@ -1,0 +1,126 @@
+"""How the migration source drives vCPU throttling, and how stolen guest CPU is measured.
+
+The source talks to a :class:`ThrottleControl` (set a percentage, hand the paused vCPUs over
+at switch-over, shut down). :class:`RealThrottle` is the production one: the threaded
+:class:`autoconverge.impl.throttler.Throttler` on the real runtime, fed with a
+:class:`PauseAccounting` wrapper around the VM so the vCPU time the throttle takes from the
+guest is *measured* (wall time between each pause() and the following resume(), times the
+vCPU count), not inferred from the setpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .vmapi import MigratableVm
+
+DEFAULT_TIMESLICE_NS = 100_000_000
+
+
+class ThrottleControl(Protocol):
+    def set_throttle_percent(self, percent: int) -> None:
+        """0..99; 0 stops throttling (vCPUs running when it returns)."""
+        ...
+
+    def handover(self) -> None:
+        """Stop throttling, leave every vCPU paused; the caller owns them afterwards."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop throttling, vCPUs running; idempotent, also after handover."""
+        ...
+
+    def stolen_vcpu_seconds(self) -> float:
+        """vCPU time taken from the guest by throttling so far (not the switch-over)."""
+        ...
+
+
+ThrottleFactory = Callable[[MigratableVm], ThrottleControl]
+
+
+class PauseAccounting:
+    """A two-method vCPU object (pause/resume) that forwards to the VM and times the pauses."""
+
+    def __init__(self, vm: MigratableVm, now: Callable[[], float] = time.monotonic) -> None:
+        self._vm = vm
+        self._now = now
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._total = 0.0
+        self._frozen = False
+        self.pauses = 0
+
+    def pause(self) -> None:
+        self._vm.pause()
+        with self._lock:
+            if not self._frozen and self._since is None:
+                self._since = self._now()
+                self.pauses += 1
+
+    def resume(self) -> None:
+        with self._lock:
+            if self._since is not None:
+                self._total += self._now() - self._since
+                self._since = None
+        self._vm.resume()
+
+    def freeze(self) -> None:
+        """Stop counting (switch-over pauses are downtime, not throttling)."""
+        with self._lock:
+            if self._since is not None:
+                self._total += self._now() - self._since
+                self._since = None
+            self._frozen = True
+
+    def paused_seconds(self) -> float:
+        with self._lock:
+            extra = self._now() - self._since if self._since is not None else 0.0
+            return self._total + extra
+
+    def stolen_vcpu_seconds(self) -> float:
+        return self.paused_seconds() * self._vm.vcpu_count
+
+
+class RealThrottle:
+    """The lead's threaded Throttler on the real runtime, with measured pause accounting."""
+
+    def __init__(self, vm: MigratableVm, timeslice_ns: int = DEFAULT_TIMESLICE_NS) -> None:
+        from ..realtime import RealRuntime
+        from ..throttler import Throttler
+
+        self._acct = PauseAccounting(vm)
+        self._throttler = Throttler(self._acct, runtime=RealRuntime(), timeslice_ns=timeslice_ns)
+        self._closed = False
+
+    def set_throttle_percent(self, percent: int) -> None:
+        self._throttler.set_throttle_percent(percent)
+
+    def handover(self) -> None:
+        self._acct.freeze()
+        self._closed = True
+        try:
+            self._throttler.handover()
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: do not leave the worker
+                self._throttler.shutdown()
+            raise
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._throttler.shutdown()
+
+    def stolen_vcpu_seconds(self) -> float:
+        return self._acct.stolen_vcpu_seconds()
+
+
+def real_throttle_factory(timeslice_ns: int = DEFAULT_TIMESLICE_NS) -> ThrottleFactory:
+    def make(vm: MigratableVm) -> ThrottleControl:
+        return RealThrottle(vm, timeslice_ns)
+
+    return make

@@ -1,0 +1,138 @@
+"""Clock and socket plumbing for migration: cancellable, bounded socket I/O; listen/connect.
+
+:class:`CancellableSocket` is the byte stream under the wire protocol's channel. Every
+blocking call waits in short slices (``poll_s``) so that a ``cancel()`` from another thread
+takes effect within one slice, and an I/O deadline (``io_timeout_s`` without any progress)
+turns a dead or stalled peer into a :class:`TransportError` instead of a hang.
+
+:class:`Clock` is what the pre-copy loop measures time with and sleeps on (bandwidth cap);
+tests inject a virtual clock so no unit test sleeps on the wall clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import socket
+import sys
+import termios
+import threading
+import time
+from typing import Protocol
+
+from .errors import MigrationCancelled, TransportError
+from .wire import tune_socket
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        """Sleep up to ``timeout_s`` unless ``event`` is set; returns ``event.is_set()``."""
+        ...
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        if timeout_s <= 0:
+            return event.is_set()
+        return event.wait(timeout_s)
+
+
+class CancellableSocket:
+    """A connected socket whose sendall/recv_into honour a cancel event and an I/O deadline."""
+
+    def __init__(self, sock: socket.socket, cancel: threading.Event,
+                 io_timeout_s: float = 30.0, poll_s: float = 0.1) -> None:
+        if io_timeout_s <= 0 or poll_s <= 0:
+            raise ValueError("timeouts must be positive")
+        self.sock = sock
+        self.cancel = cancel
+        self.io_timeout_s = io_timeout_s
+        self.poll_s = poll_s
+        self.cancel_reason = "migration cancelled"
+        tune_socket(sock, poll_s)
+
+    def _check(self) -> None:
+        if self.cancel.is_set():
+            raise MigrationCancelled(self.cancel_reason)
+
+    def sendall(self, data: bytes | bytearray | memoryview, /) -> None:
+        view = memoryview(data).cast("B")
+        off, n = 0, len(view)
+        deadline = time.monotonic() + self.io_timeout_s
+        while off < n:
+            self._check()
+            try:
+                off += self.sock.send(view[off:])
+                deadline = time.monotonic() + self.io_timeout_s
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TransportError(f"the peer stopped reading for {self.io_timeout_s:g} s"
+                                         ) from None
+            except OSError as exc:
+                raise TransportError(f"connection to the peer broke while sending: {exc}"
+                                     ) from exc
+
+    def recv_into(self, buffer: memoryview, nbytes: int = 0, /) -> int:
+        deadline = time.monotonic() + self.io_timeout_s
+        while True:
+            self._check()
+            try:
+                return self.sock.recv_into(buffer, nbytes)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TransportError(f"no data from the peer for {self.io_timeout_s:g} s"
+                                         ) from None
+            except OSError as exc:
+                raise TransportError(f"connection to the peer broke: {exc}") from exc
+
+    def readable(self) -> bool:
+        """True if data (or EOF) is waiting, without blocking."""
+        import select
+
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(r)
+
+    def unsent_bytes(self) -> int:
+        """Bytes in the send queue not yet acknowledged by the peer (Linux SIOCOUTQ)."""
+        try:
+            buf = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return 0
+        return max(int.from_bytes(buf, sys.byteorder, signed=True), 0)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def connect(host: str, port: int, timeout_s: float = 10.0) -> socket.socket:
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except TimeoutError as exc:
+        raise TransportError(f"connecting to {host}:{port} timed out") from exc
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(4)
+    return sock
