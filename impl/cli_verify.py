@@ -45,6 +45,8 @@ def register(sub: Any) -> None:
     r.add_argument("--cross-check", action="store_true", help="include SPIN and TLC")
     r.add_argument("--traceability", action="store_true",
                    help="print only the README's traceability table")
+    r.add_argument("--readme", metavar="FILE",
+                   help="refresh the generated blocks (diagrams, traceability) of a README")
     r.add_argument("--quiet", action="store_true", help="no progress on stderr")
     r.set_defaults(func=cmd_report)
 
@@ -217,6 +219,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autoconverge.proofs.report import proof_report, traceability_table
 
     spec, name, probes = _selected_spec(args)
+    if args.readme:
+        from pathlib import Path
+
+        from autoconverge.proofs.report import sync_readme
+
+        stale = sync_readme(spec, Path(args.readme), write=True)
+        print(f"{args.readme}: refreshed {', '.join(stale) or 'nothing (up to date)'}",
+              file=sys.stderr)
+        return EXIT_OK
     if args.traceability:
         text = traceability_table(spec) + "\n"
     else:

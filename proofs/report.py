@@ -187,3 +187,39 @@ def linked_files(table: str) -> Iterable[str]:
     import re
 
     return sorted(set(re.findall(r"\]\(([^)]+)\)", table)))
+
+
+def readme_blocks(spec: Spec, tests_dir: Path | None = None) -> dict[str, str]:
+    """The README's generated blocks: the two state diagrams and the traceability table."""
+    from autoconverge.impl.cli_verify import diagram
+
+    blocks = {}
+    for machine in ("worker", "controller"):
+        text = str(diagram(spec, machine, "mermaid"))
+        lines = text[text.index("stateDiagram"):].splitlines()
+        keep = [ln for ln in lines if ln.strip() and not ln.strip().startswith(("classDef",
+                                                                               "Class "))]
+        blocks[f"diagram:{machine}"] = "```mermaid\n" + "\n".join(keep) + "\n```"
+    blocks["traceability"] = traceability_table(spec, tests_dir)
+    return blocks
+
+
+def sync_readme(spec: Spec, readme: Path, *, write: bool) -> list[str]:
+    """Fill the README's generated blocks; return the names of blocks that were stale."""
+    import re
+
+    text = readme.read_text()
+    stale = []
+    for name, block in readme_blocks(spec).items():
+        pattern = re.compile(rf"(<!-- {re.escape(name)}:start -->\n)(.*?)(<!-- "
+                             rf"{re.escape(name)}:end -->)", re.S)
+        m = pattern.search(text)
+        if m is None:
+            stale.append(f"{name} (markers missing)")
+            continue
+        if m.group(2) != block + "\n":
+            stale.append(name)
+            text = text[:m.start(2)] + block + "\n" + text[m.end(2):]
+    if write:
+        readme.write_text(text)
+    return stale
