@@ -17,45 +17,25 @@ Each check is ``{"name", "holds", "detail"}``.
 from __future__ import annotations
 
 import itertools
-from functools import cache
 from typing import Any
 
 import z3
 
-from autoconverge.spec import CONTROLLER_STATES, WORKER_STATES, Spec, State, Transition
+from autoconverge.spec import CONTROLLER_STATES, SPEC, WORKER_STATES, Spec, State, Transition
+from autoconverge.spec import lifecycle as L
 
 from .config import ExplorerConfig
 from .graph import build_graph
 
-WORKER_FINAL = "exit"
-CONTROLLER_FINAL = "done"
-
-
-@cache
-def _sorts() -> tuple[z3.DatatypeSortRef, z3.DatatypeSortRef]:
-    wsort, _ = z3.EnumSort("WorkerState", list(WORKER_STATES))
-    csort, _ = z3.EnumSort("ControllerState", list(CONTROLLER_STATES))
-    return wsort, csort
+WORKER_FINAL = L.EXIT
+CONTROLLER_FINAL = L.DONE
 
 
 def z3_state(prefix: str = "") -> State:
-    """A state record of Z3 constants (usable with the spec's guards and effects)."""
-    wsort, csort = _sorts()
-    n = prefix
-    return State(
-        w=z3.Const(f"{n}w", wsort),
-        c=z3.Const(f"{n}c", csort),
-        percent=z3.Int(f"{n}percent"),
-        applied=z3.Int(f"{n}applied"),
-        paused=z3.Bool(f"{n}paused"),
-        handed=z3.Bool(f"{n}handed"),
-        failed=z3.Bool(f"{n}failed"),
-        expired=z3.Bool(f"{n}expired"),
-        polled=z3.Bool(f"{n}polled"),
-        requested=z3.Int(f"{n}requested"),
-        chan=z3.Const(f"{n}chan", z3.SeqSort(z3.IntSort())),
-        resp=z3.Bool(f"{n}resp"),
-    )
+    """A state record of Z3 constants: the proofs' encoding (one Z3 encoding of the spec)."""
+    from autoconverge.proofs.encoding import state_vars
+
+    return state_vars(SPEC, prefix)
 
 
 def _z3_overlap(t1: Transition, t2: Transition) -> str | None:

@@ -56,7 +56,11 @@ def fmt_chan(chan: Any) -> str:
     return "[" + ", ".join(_CMD_NAMES.get(x, str(x)) for x in chan) + "]"
 
 
-def fmt_state(d: Mapping[str, Any], prev: Mapping[str, Any] | None = None) -> str:
+def fmt_state(s: State | Mapping[str, Any],
+              prev: State | Mapping[str, Any] | None = None) -> str:
+    """One line, fields changed since ``prev`` marked with ``*``."""
+    d = state_dict(s) if isinstance(s, State) else dict(s)
+    prev = None if prev is None else (state_dict(prev) if isinstance(prev, State) else prev)
     """One line: machine states first, then flags; fields changed since ``prev`` get a *."""
     parts: list[str] = []
     for k, v in d.items():

@@ -26,6 +26,7 @@ from typing import Any
 
 import z3
 
+from autoconverge.model import trace as _trace
 from autoconverge.spec import CMD_ABORT, CMD_EXIT, CMD_HANDOVER, Spec, State, Transition
 from autoconverge.spec.expr import Value
 from autoconverge.spec.lifecycle import CONTROLLER_STATES, VARIABLES, WORKER_STATES
@@ -255,34 +256,11 @@ def lifted_post(s: State) -> State:
     return State(**{n: lift(n, getattr(s, n)) for n in VARIABLES})
 
 
-# --- readable output ------------------------------------------------------------------------
+# --- readable output: the explorer's (one counterexample format for every checker) ---------
 
-
-def fmt_chan(chan: Sequence[int]) -> str:
-    return "[" + ", ".join(CMD_NAMES.get(x, str(x)) for x in chan) + "]"
-
-
-def state_dict(s: State) -> dict[str, Any]:
-    d: dict[str, Any] = dict(s.as_dict())
-    d["chan"] = list(s.chan)
-    return d
-
-
-def fmt_state(s: State | Mapping[str, Any], prev: State | Mapping[str, Any] | None = None) -> str:
-    """One line, fields changed since ``prev`` marked with ``*``."""
-    d = state_dict(s) if isinstance(s, State) else dict(s)
-    p = None if prev is None else (state_dict(prev) if isinstance(prev, State) else dict(prev))
-    parts: list[str] = []
-    for k, v in d.items():
-        if k == "chan":
-            text = fmt_chan(v)
-        elif isinstance(v, bool):
-            text = "T" if v else "F"
-        else:
-            text = str(v)
-        star = "*" if p is not None and p.get(k) != v else ""
-        parts.append(f"{star}{k}={text}")
-    return " ".join(parts)
+fmt_chan = _trace.fmt_chan
+fmt_state = _trace.fmt_state
+state_dict = _trace.state_dict
 
 
 _OPS = {

@@ -22,6 +22,7 @@ from typing import Any
 
 import z3
 
+from autoconverge.model.trace import format_counterexample
 from autoconverge.spec import State, Transition
 
 from .encoding import (
@@ -29,7 +30,6 @@ from .encoding import (
     GROUP_TEXT,
     Encoding,
     as_bool,
-    fmt_state,
     group_of,
     state_dict,
     states_equal,
@@ -105,24 +105,8 @@ def _step_dict(enc: Encoding, model: z3.ModelRef, t: Transition,
 
 
 def format_trace(cex: dict[str, Any]) -> str:
-    """A counterexample as numbered lines (fields changed by a step marked ``*``)."""
-    lines = [f"{cex['property']} violated ({cex['kind']}): {cex.get('summary', '')}".rstrip()]
-    prev = cex["initial"]
-    lines.append(f"  {0:3}  {'initial':36} {fmt_state(prev)}")
-    cs = cex.get("cycle_start")
-    for i, st in enumerate(cex["steps"], start=1):
-        if cs is not None and i - 1 == cs:
-            lines.append("       -- cycle: the following steps repeat forever --")
-        args = ", ".join(f"{k}={v}" for k, v in st["params"].items())
-        calls = f" [{', '.join(st['calls'])}()]" if st["calls"] else ""
-        what = f"{st['actor']}: {st['trigger']}({args}){calls}"
-        lines.append(f"  {i:3}  {what:36} {fmt_state(st['state'], prev)}")
-        prev = st["state"]
-    if cs is not None and cs == len(cex["steps"]):
-        lines.append("       -- then stutters forever: no fair group can move --")
-    elif cs is not None:
-        lines.append(f"       -- back to the state after step {cs} --")
-    return "\n".join(lines)
+    """A counterexample as numbered lines: the explorer's format, shared by every checker."""
+    return format_counterexample(cex)
 
 
 def reach(enc: Encoding, target: Callable[[Unrolling, int], z3.BoolRef], max_depth: int,
