@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from autoconverge.impl.runtime import ChannelTimeout
 from autoconverge.impl.virtualtime import (
     ReplayDivergence,

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+
 from autoconverge.impl.realtime import RealChannel, RealRuntime
 from autoconverge.impl.runtime import ChannelTimeout, Runtime
 

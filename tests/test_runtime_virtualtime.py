@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+
 from autoconverge.impl.runtime import ChannelTimeout, Runtime
 from autoconverge.impl.virtualtime import (
     ReplayDivergence,
