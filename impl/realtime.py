@@ -6,7 +6,8 @@ daemon threads, so a handle its owner forgot to shut down cannot block interpret
 owners still join them (the throttler's shutdown() does). A thread created by a
 SCHED_FIFO/SCHED_RR (realtime) thread inherits that policy on Linux; with
 ``sched_other=True`` (the default) the spawned thread resets itself to SCHED_OTHER before
-running its target, so a busy helper thread can never starve the system. Errors of that reset (no permission, no such call) are ignored.
+running its target, so a busy helper thread can never starve the system. Errors of that
+reset (no permission, no such call) are ignored.
 """
 
 from __future__ import annotations
