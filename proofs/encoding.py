@@ -225,9 +225,12 @@ class Encoding:
             out.append(z3.Exists(list(ps.values()), en) if ps else en)
         return z3.Or(*out) if out else z3.BoolVal(False)
 
-    def any_enabled(self, s: State) -> z3.BoolRef:
+    def any_enabled(self, s: State, exclude: tuple[str, ...] = ()) -> z3.BoolRef:
+        """Some transition is enabled (triggers in ``exclude`` do not count)."""
         out: list[z3.BoolRef] = []
         for t in self.relation:
+            if t.trigger in exclude:
+                continue
             ps = {p: z3.Int(self.fresh(f"{p}_en")) for p in t.params}
             en = self.enabled(t, s, ps)
             out.append(z3.Exists(list(ps.values()), en) if ps else en)

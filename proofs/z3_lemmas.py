@@ -28,6 +28,7 @@ from autoconverge.spec.expr import (
     Not,
     Or,
     Value,
+    ch_head,
     ch_len,
     in_states,
     is_state,
@@ -40,7 +41,9 @@ from autoconverge.spec.lifecycle import (
     EXIT,
     IDLE,
     PAUSE,
+    THROTTLING,
     WAITING,
+    is_set_command,
     is_valid_command,
 )
 
@@ -200,6 +203,28 @@ LEMMAS: tuple[Lemma, ...] = (
             And(Not(s.handed), Implies(is_state(s.w, EXIT), s.failed)),
         ),
         needs=("QueueShape", "FailedMeansExited"),
+    ),
+    Lemma(
+        "RequestedMeansWork",
+        "Until something fails: with no percent requested the idle controller's worker waits "
+        "on an empty queue; with one requested, or an abort outstanding, the worker throttles "
+        "or a set command heads its queue.",
+        "~failed => (c = awaiting_abort => requested = 0) /\\ "
+        "(c = idle /\\ requested = 0 => w = waiting /\\ Len(chan) = 0) /\\ "
+        "((c = idle /\\ requested # 0 \\/ c = awaiting_abort /\\ ~resp) => "
+        "w \\in Throttling \\/ w = waiting /\\ Len(chan) > 0 /\\ Head(chan) \\in 1..99)",
+        holds=lambda s: Implies(Not(s.failed), And(
+            Implies(is_state(s.c, AWAITING_ABORT), s.requested == 0),
+            Implies(And(is_state(s.c, IDLE), s.requested == 0),
+                    And(is_state(s.w, WAITING), ch_len(s.chan) == 0)),
+            Implies(Or(And(is_state(s.c, IDLE), s.requested != 0),
+                       And(is_state(s.c, AWAITING_ABORT), Not(s.resp))),
+                    Or(in_states(s.w, THROTTLING),
+                       And(is_state(s.w, WAITING), ch_len(s.chan) > 0,
+                           is_set_command(ch_head(s.chan))))),
+        )),
+        needs=("QueueShape", "RespMeansAnswered", "ActiveControllerWorkerAlive",
+               "FailedMeansExited"),
     ),
 )
 

@@ -200,9 +200,9 @@ PROPERTIES: tuple[Property, ...] = (
     ),
     Property(
         "NoDeadlock",
-        "Every state but 'worker exited and controller done' has an enabled transition.",
+        "Every state but 'worker exited and controller done' can move on other than by a fault.",
         "deadlock",
-        "~(w = exit /\\ c = done) => ENABLED Next",
+        "~(w = exit /\\ c = done) => ENABLED (Next without fault)",
     ),
     Property(
         "ShutdownCompletes",

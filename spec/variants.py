@@ -132,7 +132,8 @@ def _resume_after_handover(spec: Spec) -> Spec:
 VARIANTS: tuple[Variant, ...] = (
     Variant("api_accepts_100",
             "The API accepts 100 while the worker only handles 1..99 (the reference code).",
-            ("WorkerAcceptsEveryCommand",), 1, _api_accepts_100, probe_percents=(100,)),
+            ("WorkerAcceptsEveryCommand", "NoDeadlock"), 1, _api_accepts_100,
+            probe_percents=(100,)),
     Variant("sleeps_with_shutdown_queued",
             "The worker starts its next sleep without looking at the queue, so a queued "
             "shutdown can wait forever.",
@@ -145,7 +146,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("no_resume_on_leave",
             "Abort or shutdown during a pause phase leaves without resume(): vCPUs stay paused.",
             ("PausedOnlyInPausePhase", "ReturnsOnlyAfterJoin", "AbortReturnsWithVcpusRunning",
-             "PauseResumeAlternate"), 5, _no_resume_on_leave),
+             "PauseResumeAlternate", "VcpusResumed"), 5, _no_resume_on_leave),
     Variant("two_step_update",
             "State and percent are updated in two steps: Throttling is visible with percent 0.",
             ("PercentInRange",), 2, _two_step_update),

@@ -112,6 +112,14 @@ def test_unrelated_properties_stay_proved(zoo: dict[str, Any]) -> None:
         _spec, results = zoo[v.name]
         unexpected = {n for n, r in results.items()
                       if r["verdict"] == "not proved"} - set(v.violates)
-        # the only known extra: a percent adopted in two steps defeats VcpusResumed's rank
-        allowed = {"VcpusResumed"} if v.name == "two_step_update" else set()
+        # known extras (proof incompleteness, not a verdict: the explorer, SPIN and TLC find
+        # no counterexample at their bound): a percent adopted in two steps defeats
+        # VcpusResumed's rank; NoDeadlock's strengthening rests on lemmas that these variants
+        # break on purpose (an abort that returns before the answer breaks
+        # RequestedMeansWork, a shutdown that returns before the join DoneMeansExited)
+        allowed = {
+            "two_step_update": {"VcpusResumed"},
+            "spinning_handshake": {"NoDeadlock"},
+            "shutdown_without_join": {"NoDeadlock"},
+        }.get(v.name, set())
         assert unexpected <= allowed, (v.name, unexpected)

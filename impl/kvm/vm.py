@@ -52,6 +52,9 @@ from autoconverge.impl.vcpus import VcpuError, VcpuTimeout
 from . import abi, guest
 from .bindings import DEV_KVM, Kvm, KvmError, Vcpu, Vm
 
+_EXP = {"yield": bool(int(os.environ.get("EXP_YIELD", "0"))), "sleep_ns": 0}
+_libc_yield = ctypes.CDLL(None).sched_yield
+_libc_usleep = ctypes.CDLL(None).usleep
 PAGE_SIZE: Final = guest.PAGE_SIZE
 MAX_MEMORY: Final = guest.MAX_MEMORY_GIB * guest.GIB
 VCPU_LIMIT: Final = 64
@@ -304,6 +307,10 @@ class _Runner:
         while resumes.done < resumes.started and not self.want_pause and not self.stop:
             self.wake.acquire()
         self.phase = RUNNING
+        if _EXP["yield"]:
+            _libc_yield()
+        if _EXP["sleep_ns"]:
+            _libc_usleep(_EXP["sleep_ns"] // 1000)
         return not self.stop
 
     def _mmio(self) -> None:

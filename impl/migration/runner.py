@@ -18,7 +18,7 @@ from .errors import AuthenticationError, MigrationError, TransportError
 from .policy import Policy
 from .source import MigrationConfig, MigrationResult, MigrationSource, Sample
 from .throttling import ThrottleFactory
-from .transport import CancellableSocket, connect
+from .transport import CancellableSocket, connect, peer_name
 from .vmapi import MigratableVm, VmFactory
 from .wire import Limits, client_handshake, server_handshake
 
@@ -77,14 +77,14 @@ def serve_one(listener: socket.socket, key: bytes, factory: VmFactory, limits: L
         try:
             ch = server_handshake(stream, key)
         except AuthenticationError as exc:
-            log(f"rejected connection from {addr[0]}:{addr[1]}: {exc}")
+            log(f"rejected connection from {peer_name(addr)}: {exc}")
             stream.close()
             continue
         except MigrationError as exc:
-            log(f"dropped connection from {addr[0]}:{addr[1]}: {exc}")
+            log(f"dropped connection from {peer_name(addr)}: {exc}")
             stream.close()
             continue
-        log(f"authenticated source {addr[0]}:{addr[1]}")
+        log(f"authenticated source {peer_name(addr)}")
         stream.io_timeout_s = io_timeout_s
         try:
             dest = MigrationDestination(ch, factory, limits, run_after_s=run_after_s,

@@ -62,6 +62,7 @@ def client_frames(frames: list[tuple[MsgType, bytes]], key: bytes = KEY) -> byte
     ch.send_key = c2s
     ch.send(MsgType.AUTH, wire._derive(key, b"autoconverge/v1 client", CLIENT_NONCE,
                                        SERVER_NONCE))
+    ch.use_gmac(*wire.gmac_keys(key, CLIENT_NONCE, SERVER_NONCE))
     for t, payload in frames:
         ch.send(t, payload)
     return bytes(rec.out)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import socket
+import stat
 import sys
 import termios
 import threading
@@ -21,7 +23,9 @@ import time
 from typing import Protocol
 
 from .errors import MigrationCancelled, TransportError
-from .wire import tune_socket
+from .wire import UNIX_PREFIX, tune_socket
+
+_IOV_MAX = 512
 
 
 class Clock(Protocol):
@@ -79,6 +83,32 @@ class CancellableSocket:
                 raise TransportError(f"connection to the peer broke while sending: {exc}"
                                      ) from exc
 
+    def sendmsg_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        """Send all ``parts`` by scatter-gather (``sendmsg``): large parts are not copied."""
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        deadline = time.monotonic() + self.io_timeout_s
+        while views:
+            self._check()
+            try:
+                n = self.sock.sendmsg(views[:_IOV_MAX])
+                deadline = time.monotonic() + self.io_timeout_s
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TransportError(f"the peer stopped reading for {self.io_timeout_s:g} s"
+                                         ) from None
+                continue
+            except OSError as exc:
+                raise TransportError(f"connection to the peer broke while sending: {exc}"
+                                     ) from exc
+            while n and views:
+                first = views[0]
+                if n >= len(first):
+                    n -= len(first)
+                    views.pop(0)
+                else:
+                    views[0] = first[n:]
+                    n = 0
+
     def recv_into(self, buffer: memoryview, nbytes: int = 0, /) -> int:
         deadline = time.monotonic() + self.io_timeout_s
         while True:
@@ -116,6 +146,20 @@ class CancellableSocket:
 
 
 def connect(host: str, port: int, timeout_s: float = 10.0) -> socket.socket:
+    """TCP to ``host:port``, or a Unix-domain stream socket if ``host`` is ``unix:PATH``."""
+    if host.startswith(UNIX_PREFIX):
+        path = host[len(UNIX_PREFIX):]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(path)
+        except TimeoutError as exc:
+            sock.close()
+            raise TransportError(f"connecting to {host} timed out") from exc
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot connect to {host}: {exc.strerror or exc}") from exc
+        return sock
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
     except TimeoutError as exc:
@@ -126,6 +170,33 @@ def connect(host: str, port: int, timeout_s: float = 10.0) -> socket.socket:
 
 
 def listen(host: str, port: int) -> socket.socket:
+    """Listen on TCP ``host:port``, or on a Unix-domain socket if ``host`` is ``unix:PATH``.
+
+    A Unix socket file is created with mode 0600; a stale socket file at PATH is replaced,
+    any other existing file is refused. The caller removes it (:func:`unlink_unix`).
+    """
+    if host.startswith(UNIX_PREFIX):
+        path = host[len(UNIX_PREFIX):]
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise TransportError(f"cannot listen on {host}: the path exists and is not a "
+                                     f"socket")
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot listen on {host}: {exc.strerror or exc}") from exc
+        finally:
+            os.umask(old)
+        sock.listen(4)
+        return sock
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -136,3 +207,17 @@ def listen(host: str, port: int) -> socket.socket:
         raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     sock.listen(4)
     return sock
+
+
+def unlink_unix(host: str) -> None:
+    """Remove the socket file of a ``unix:PATH`` listener (no-op for TCP)."""
+    if host.startswith(UNIX_PREFIX):
+        with contextlib.suppress(OSError):
+            os.unlink(host[len(UNIX_PREFIX):])
+
+
+def peer_name(addr: object) -> str:
+    """``host:port`` of a TCP peer, ``unix socket peer`` for a Unix-domain one."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"{addr[0]}:{addr[1]}"
+    return "unix socket peer"
