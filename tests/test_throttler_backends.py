@@ -156,3 +156,32 @@ def test_hypothesis_machine(backend: Backend) -> None:
         settings=settings(settings(), max_examples=8, stateful_step_count=12, deadline=None,
                           suppress_health_check=list(HealthCheck)),
     )
+
+
+@pytest.mark.kvm
+@pytest.mark.covers("ShutdownCompletes", "HandoverCompletes", "ReturnsOnlyAfterJoin")
+def test_two_hundred_lifetimes_on_one_guest() -> None:
+    """The reference hung after 174 migrations: 200 throttler lifetimes on one KVM guest,
+    ending alternately in shutdown and in handover (the caller resumes), each validated."""
+    import threading
+
+    b = _kvm()
+    try:
+        threads_before = threading.active_count()
+        for i in range(200):
+            t = Throttler(b.vcpus, runtime=RealRuntime(), timeslice_ns=SLICE, trace=True,
+                          name=f"throttle-{i}")
+            t.set_throttle_percent(10 + (i * 7) % 89)
+            time.sleep(0.001 * (i % 5))
+            if i % 2:
+                t.handover()
+                assert b.paused()
+                b.vcpus.resume()
+            else:
+                t.shutdown()
+            assert not b.paused()
+            _follows_spec(t)
+        assert threading.active_count() == threads_before
+        assert _advances(b)
+    finally:
+        b.close()
