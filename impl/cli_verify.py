@@ -189,6 +189,13 @@ def _table(report: dict[str, Any]) -> str:
                 lines.append(f"\ncounterexample for {r['name']} ({method}):")
                 lines.append(cex if isinstance(cex, str) else json.dumps(cex, indent=1))
                 break
+    lines.append(
+        "\nscope: explorer/SPIN/TLC are exhaustive up to the bounds of model/explorer.toml; "
+        "Z3 proofs are unbounded;\n       liveness assumes weak fairness per thread "
+        "(worker, clock, a caller blocked in a call), none on user calls;\n       time is "
+        "abstracted by the clock's expire event, the vCPUs are all-or-nothing "
+        "(autoconverge report)."
+    )
     lines.append(f"\n{'ALL PROPERTIES HOLD' if report['ok'] else 'VIOLATIONS FOUND'}"
                  + (f" (variant {report['variant']})" if report.get("variant") else ""))
     return "\n".join(lines)
