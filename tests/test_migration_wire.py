@@ -276,3 +276,108 @@ def test_parse_hostport_ok(text: str, expect: tuple[str, int]) -> None:
 def test_parse_hostport_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         wire.parse_hostport(text)
+
+
+def test_session_frames_use_gmac_and_a_flipped_bit_fails_it() -> None:
+    c, s = _pair()
+    assert isinstance(c, Channel) and isinstance(s, Channel)
+    assert c.mac_name == s.mac_name == "gmac"
+    rec = MemStream()
+    g1, g2 = wire.gmac_keys(KEY, b"C" * 32, b"S" * 32)
+    tx = Channel(rec, b"k" * 32, b"k" * 32)
+    tx.use_gmac(g1, g2)
+    tx.send(MsgType.LAYOUT, wire.encode_layout(LAYOUT))
+    frame = bytes(rec.out)
+    assert len(frame) == wire.HEADER_SIZE + len(wire.encode_layout(LAYOUT)) + wire.GMAC_TAG_SIZE
+    rx = Channel(MemStream(frame), b"k" * 32, b"k" * 32)
+    rx.use_gmac(g2, g1)
+    assert rx.recv().type is MsgType.LAYOUT
+    for pos in (10, 30, len(frame) - 1):  # header (seq), payload, tag
+        bad = bytearray(frame)
+        bad[pos] ^= 1
+        rx = Channel(MemStream(bytes(bad)), b"k" * 32, b"k" * 32)
+        rx.use_gmac(g2, g1)
+        with pytest.raises((AuthenticationError, ProtocolError)):
+            rx.recv()
+    rx = Channel(MemStream(frame), b"k" * 32, b"k" * 32)
+    rx.use_gmac(g1, g2)  # the other direction's key
+    with pytest.raises(AuthenticationError, match="bad MAC"):
+        rx.recv()
+
+
+def test_client_may_ask_for_hmac_for_the_whole_session() -> None:
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    out: list[Channel] = []
+    th = threading.Thread(target=lambda: out.append(wire.server_handshake(b, KEY)))
+    th.start()
+    c = wire.client_handshake(a, KEY, mac="hmac")
+    th.join(10)
+    s = out[0]
+    assert c.mac_name == s.mac_name == "hmac"
+    big = bytes(range(256)) * 1024
+    got: list[bytes] = []
+    t2 = threading.Thread(target=lambda: got.append(bytes(s.recv().payload)))
+    t2.start()
+    c.send(MsgType.PAGES, b"y" * 8, big)
+    t2.join(10)
+    assert got == [b"y" * 8 + big]
+    with pytest.raises(ValueError):
+        wire.client_handshake(a, KEY, mac="none")
+    a.close()
+    b.close()
+
+
+def test_parse_address_unix() -> None:
+    assert wire.parse_address("unix:/tmp/x.sock") == ("unix:/tmp/x.sock", 0)
+    assert wire.parse_address("127.0.0.1:5") == ("127.0.0.1", 5)
+    for bad in ("unix:", "unix:" + "a" * 200):
+        with pytest.raises(ValueError):
+            wire.parse_address(bad)
+
+
+def test_unix_socket_listen_connect_and_refuse_other_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from autoconverge.impl.migration.transport import connect, listen, unlink_unix
+
+    addr = f"unix:{tmp_path}/m.sock"
+    ls = listen(addr, 0)
+    assert (tmp_path / "m.sock").stat().st_mode & 0o077 == 0
+    c = connect(addr, 0)
+    conn, _ = ls.accept()
+    c.sendall(b"ping")
+    assert conn.recv(4) == b"ping"
+    for s in (c, conn, ls):
+        s.close()
+    unlink_unix(addr)
+    assert not (tmp_path / "m.sock").exists()
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(TransportError, match="not a socket"):
+        listen(f"unix:{tmp_path}/file", 0)
+    assert (tmp_path / "file").read_text() == "keep"
+    with pytest.raises(TransportError, match="cannot connect"):
+        connect(f"unix:{tmp_path}/absent.sock", 0)
+
+
+@pytest.mark.parametrize("scattered", [False, True])
+def test_frame_builder_round_trips_mixed_zero_and_data_pages(scattered: bool) -> None:
+    from autoconverge.impl.migration.pages import FrameBuilder
+
+    rng = np.random.default_rng(5)
+    pages, ps = 256, 4096
+    mem = np.zeros(pages * ps, dtype=np.uint8)
+    for p in rng.choice(pages, 150, replace=False):
+        mem[p * ps + int(rng.integers(ps))] = 1 + int(rng.integers(255))  # any byte
+    mem[7 * ps:9 * ps] = 3  # nonzero first word
+    fb = FrameBuilder(memoryview(mem), ps, 64)
+    idx = np.sort(rng.choice(pages, 100, replace=False)) if scattered else np.arange(pages)
+    lay = wire.Layout(pages * ps, ps, 1, 64, "fake")
+    dest = np.full(pages * ps, 0xEE, dtype=np.uint8)  # zero runs must overwrite this
+    for start in range(0, len(idx), 64):
+        f = fb.build(idx[start:start + 64])
+        payload = memoryview(f.head + bytes(f.data))
+        batch = wire.decode_pages(payload, lay)
+        wire.apply_pages(memoryview(dest), batch, ps)
+        assert f.zero_pages + f.data_pages == f.pages
+    got = dest.reshape(pages, ps)[idx]
+    assert np.array_equal(got, mem.reshape(pages, ps)[idx])

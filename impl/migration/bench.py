@@ -4,7 +4,10 @@ One run per policy, same guest workload (a guest dirtying faster than the capped
 each a real two-process migration over loopback: converged, total time, delta iterations,
 downtime, guest CPU stolen. Then the cross-process copy throughput of the transport in
 pages/s for the first full pass, with random page contents (every page carries data) and
-with zero pages (sent as runs without data).
+with zero pages (sent as runs without data), over loopback TCP and over a Unix-domain
+socket, with the session MAC (AES-GMAC) and with the HMAC-SHA256 baseline; and, in the same
+run, the floors: raw TCP / Unix-socket streaming between two Python processes with no
+protocol at all, and one core's HMAC-SHA256 and AES-GMAC speed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--throughput-memory", default="512M", metavar="SIZE",
                    help="guest size for the copy-throughput runs (512M)")
     p.add_argument("--no-throughput", action="store_true")
+    p.add_argument("--throughput-only", action="store_true",
+                   help="skip the policy runs; only the transport measurements")
+    p.add_argument("--throughput-repeat", type=int, default=3, metavar="N",
+                   help="runs per transport measurement, reported as median and best (3)")
     p.add_argument("--plot", metavar="FILE.png")
     p.set_defaults(func=cmd_bench)
 
@@ -77,7 +84,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cfg.downtime_limit_s * 1e3, "timeout_s": cfg.timeout_s, "policies": [],
     }
     results = []
-    for name in policies:
+    for name in [] if args.throughput_only else policies:
         print(f"bench-migration: policy {name} ...", file=sys.stderr, flush=True)
         r, extra = run_demo_once(args, spec, cfg, make_policy(name), 30.0, 0.3, quiet=True)
         results.append(r)
@@ -93,16 +100,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                   / max(by["ch"]["guest_cpu_stolen_s"], 1e-9), 3),
         }
     if not args.no_throughput:
-        out["throughput"] = [measure_throughput(args, fill) for fill in ("random", "zero")]
-        out["throughput_context"] = {
-            "raw_tcp_loopback_pages_per_s": raw_tcp_pages_per_s(),
-            "hmac_sha256_pages_per_s": hmac_pages_per_s(),
-            "note": "raw: one process sends 4 MiB buffers over loopback TCP to another that "
-                    "only receives them (no framing, no MAC, no copy into guest memory): the "
-                    "ceiling for any transport in Python on this machine. hmac: one core "
-                    "computing HMAC-SHA256 over 4 MiB frames; both ends must do it for every "
-                    "page that carries data.",
-        }
+        if not 1 <= args.throughput_repeat <= 20:
+            raise UsageError("--throughput-repeat must be within 1..20")
+        out.update(throughput_section(args))
     if args.plot:
         write_plot(results, args.plot)
     print(json.dumps(out, indent=2))
@@ -110,58 +110,137 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_VIOLATED
 
 
-def raw_tcp_pages_per_s(total: int = 512 << 20, chunk: int = 4 << 20) -> int:
-    """Loopback TCP between two processes, no protocol at all: pages of 4 KiB per second."""
-    import multiprocessing
-    import socket
+TARGET_PAGES_PER_S = 1_500_000
+THROUGHPUT_RUNS = (  # (transport, mac, content)
+    ("unix", "gmac", "random"), ("unix", "hmac", "random"), ("unix", "gmac", "zero"),
+    ("tcp", "gmac", "random"), ("tcp", "hmac", "random"), ("tcp", "gmac", "zero"),
+)
 
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(1)
-    port = ls.getsockname()[1]
-    ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=_raw_sender, args=(port, total, chunk))
-    child.start()
-    conn, _ = ls.accept()
-    buf = memoryview(bytearray(chunk))
-    got = 0
-    t = time.perf_counter()
-    while got < total:
-        n = conn.recv_into(buf)
-        if not n:
-            break
-        got += n
-    dt = time.perf_counter() - t
-    conn.close()
-    ls.close()
-    child.join(30)
+
+def throughput_section(args: argparse.Namespace) -> dict[str, Any]:
+    """All transport measurements of one run, floors included (same machine state).
+
+    Each is repeated (``--throughput-repeat``, interleaved so that a burst of load from
+    elsewhere hits all alike) and reported as the median and the best run.
+    """
+    n = getattr(args, "throughput_repeat", 3)
+    samples: dict[tuple[str, str, str], list[dict[str, Any]]] = {k: [] for k in THROUGHPUT_RUNS}
+    floors: dict[str, list[int]] = {"raw_tcp_loopback_pages_per_s": [],
+                                    "raw_unix_socket_pages_per_s": [],
+                                    "hmac_sha256_pages_per_s": [], "aes_gmac_pages_per_s": []}
+    for _ in range(n):
+        for tr, mac, fill in THROUGHPUT_RUNS:
+            samples[(tr, mac, fill)].append(
+                measure_throughput(args, fill, unix=tr == "unix", mac=mac))
+        floors["raw_tcp_loopback_pages_per_s"].append(raw_stream_pages_per_s(unix=False))
+        floors["raw_unix_socket_pages_per_s"].append(raw_stream_pages_per_s(unix=True))
+        floors["hmac_sha256_pages_per_s"].append(mac_pages_per_s("hmac"))
+        floors["aes_gmac_pages_per_s"].append(mac_pages_per_s("gmac"))
+    runs = []
+    for runs_of_one in samples.values():
+        rates = sorted(r["pages_per_s"] or 0 for r in runs_of_one)
+        row = dict(runs_of_one[-1])
+        row.pop("first_pass_s")
+        row.pop("wall_s")
+        row["status"] = ",".join(sorted({r["status"] for r in runs_of_one}))
+        row["pages_per_s"] = rates[len(rates) // 2]
+        row["bytes_per_s"] = row["pages_per_s"] * 4096
+        row["best_pages_per_s"] = rates[-1]
+        row["runs_pages_per_s"] = [r["pages_per_s"] for r in runs_of_one]
+        runs.append(row)
+    best = max((r["best_pages_per_s"] for r in runs if r["content"] == "random"), default=0)
+    median = max((r["pages_per_s"] for r in runs if r["content"] == "random"), default=0)
+    context: dict[str, Any] = {}
+    for name, vals in floors.items():
+        context[name] = sorted(vals)[len(vals) // 2]
+        context[name.replace("_pages_per_s", "_best_pages_per_s")] = max(vals)
+    context["note"] = (
+        "raw: one process sends 1 MiB buffers to another that only receives them (no "
+        "framing, no MAC, no copy into guest memory): the floor for any transport in "
+        "Python on this machine. hmac/gmac: one core computing the MAC over 1 MiB frames; "
+        "both ends do it for every page that carries data. Medians of "
+        f"{n} interleaved runs.")
+    return {
+        "throughput": runs,
+        "throughput_target": {
+            "pages_per_s": TARGET_PAGES_PER_S, "best_median_random_pages_per_s": median,
+            "best_single_random_pages_per_s": best, "met": median >= TARGET_PAGES_PER_S},
+        "throughput_context": context,
+    }
+
+
+def raw_stream_pages_per_s(unix: bool, total: int = 1 << 30, chunk: int = 1 << 20) -> int:
+    """Loopback TCP or a Unix socket between two processes, no protocol: 4 KiB pages/s."""
+    import multiprocessing
+    import os
+    import socket
+    import tempfile
+
+    tmpdir = tempfile.mkdtemp(prefix="autoconverge-raw-") if unix else None
+    if tmpdir:
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        addr: Any = os.path.join(tmpdir, "raw.sock")
+        ls.bind(addr)
+    else:
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        addr = ls.getsockname()
+    try:
+        ls.listen(1)
+        ctx = multiprocessing.get_context("spawn")
+        child = ctx.Process(target=_raw_sender, args=(addr, total, chunk))
+        child.start()
+        conn, _ = ls.accept()
+        buf = memoryview(bytearray(chunk))
+        got = 0
+        t = time.perf_counter()
+        while got < total:
+            n = conn.recv_into(buf)
+            if not n:
+                break
+            got += n
+        dt = time.perf_counter() - t
+        conn.close()
+        child.join(30)
+    finally:
+        ls.close()
+        if tmpdir:
+            import shutil
+
+            shutil.rmtree(tmpdir, ignore_errors=True)
     return round(got / 4096 / dt)
 
 
-def _raw_sender(port: int, total: int, chunk: int) -> None:
+def _raw_sender(addr: Any, total: int, chunk: int) -> None:
     import os
     import socket
 
-    s = socket.create_connection(("127.0.0.1", port))
+    fam = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.connect(addr)
     data = memoryview(os.urandom(chunk))
     for _ in range(total // chunk):
         s.sendall(data)
     s.close()
 
 
-def hmac_pages_per_s(frame: int = 4 << 20, rounds: int = 16) -> int:
-    import hashlib
-    import hmac
+def mac_pages_per_s(mac: str, frame: int = 1 << 20, rounds: int = 64) -> int:
+    """One core MAC'ing 1 MiB frames with the channel's own MAC code: pages/s."""
     import os
 
-    data = os.urandom(frame)
+    from .wire import _Gmac, _Mac
+
+    data = memoryview(os.urandom(frame))
+    m = _Gmac(b"k" * 32) if mac == "gmac" else _Mac(b"k" * 32)
+    header = bytes(24)
     t = time.perf_counter()
-    for _ in range(rounds):
-        hmac.new(b"k" * 32, data, hashlib.sha256).digest()
+    for seq in range(rounds):
+        m.tag(header, seq, (data,))
     return round(frame * rounds / 4096 / (time.perf_counter() - t))
 
 
-def measure_throughput(args: argparse.Namespace, fill: str) -> dict[str, Any]:
+def measure_throughput(args: argparse.Namespace, fill: str, *, unix: bool = False,
+                       mac: str = "gmac") -> dict[str, Any]:
     """Cross-process copy of an idle sim guest, no cap: pages/s of the first full pass."""
     from .cli import parse_size, run_demo_once
 
@@ -169,15 +248,17 @@ def measure_throughput(args: argparse.Namespace, fill: str) -> dict[str, Any]:
     if mem % 4096 or not 4 * 1024 * 1024 <= mem <= 8 * 1024 ** 3:
         raise UsageError("--throughput-memory must be a multiple of 4K within 4M..8G")
     spec = GuestSpec(mem, 1, "idle", 4096, fill="random" if fill == "random" else "zero")
-    cfg = MigrationConfig(max_bandwidth_bps=None, timeout_s=60, verify=False)
+    cfg = MigrationConfig(max_bandwidth_bps=None, timeout_s=60, verify=False, mac=mac)
     ns = argparse.Namespace(**vars(args))
     ns.backend = "sim"
     t = time.perf_counter()
-    r, _ = run_demo_once(ns, spec, cfg, make_policy("none"), 30.0, 0.0, quiet=True)
+    r, _ = run_demo_once(ns, spec, cfg, make_policy("none"), 30.0, 0.0, quiet=True,
+                         unix=unix)
     wall = time.perf_counter() - t
     first = r.first_pass_s
     pages = mem // 4096
     return {
+        "transport": "unix" if unix else "tcp", "mac": mac, "frame_bytes": cfg.frame_bytes,
         "content": fill, "memory_bytes": mem, "pages": pages, "status": r.status,
         "first_pass_s": None if first is None else round(first, 4),
         "pages_per_s": None if not first else round(pages / first),

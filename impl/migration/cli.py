@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
@@ -36,7 +37,7 @@ from .errors import MigrationError
 from .policy import MAX_PERCENT, POLICY_NAMES, make_policy
 from .progress import PLOT_MISSING, ProgressPrinter, plot_available, summary, write_plot
 from .source import MigrationConfig, MigrationResult
-from .wire import MAX_VCPUS, MIN_KEY_BYTES, Limits, parse_hostport
+from .wire import MAC_NAMES, MAX_VCPUS, MIN_KEY_BYTES, UNIX_PREFIX, Limits, parse_address
 
 KEY_ENV = "AUTOCONVERGE_KEY"
 DEFAULT_PORT = 4444
@@ -84,7 +85,7 @@ def _float(text: str, what: str) -> float:
 
 def _address(text: str, what: str) -> tuple[str, int]:
     try:
-        return parse_hostport(text)
+        return parse_address(text)
     except ValueError as exc:
         raise UsageError(f"{what}: {exc}") from None
 
@@ -133,7 +134,7 @@ def migration_config(args: argparse.Namespace) -> MigrationConfig:
     return MigrationConfig(downtime_limit_s=downtime / 1e3,
                            max_bandwidth_bps=float(bw) if bw else None,
                            timeout_s=timeout, timeout_strategy=args.timeout_strategy,
-                           verify=not args.no_verify)
+                           verify=not args.no_verify, mac=getattr(args, "mac", "gmac"))
 
 
 def policy_of(args: argparse.Namespace) -> Any:
@@ -192,6 +193,9 @@ def _add_migration(p: argparse.ArgumentParser, default_policy: str,
                    help="skip the memory-hash comparison after the switch-over")
     g.add_argument("--io-timeout", default="30", metavar="S",
                    help="give up when the peer is silent this long (30)")
+    g.add_argument("--mac", choices=MAC_NAMES, default="gmac",
+                   help="per-frame MAC after the handshake: gmac (AES-256-GMAC, default) or "
+                   "hmac (HMAC-SHA256, ~10x slower)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw remaining dirty memory and throttle %% over time (matplotlib)")
@@ -202,7 +206,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description="Listen, authenticate the source, receive its guest and "
                        "resume it here.")
     p.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
-                   help=f"address to listen on (127.0.0.1:{DEFAULT_PORT}; port 0 = any)")
+                   help=f"address to listen on (127.0.0.1:{DEFAULT_PORT}; port 0 = any; "
+                   f"unix:PATH = a Unix-domain socket, same host only)")
     _add_key(p)
     p.add_argument("--backend", choices=BACKENDS, default="kvm")
     p.add_argument("--max-memory", default="16G", metavar="SIZE",
@@ -222,7 +227,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("migrate", help="start the built-in guest and migrate it (source side)",
                        description="Start the built-in busy guest and migrate it to a "
                        "receiver with pre-copy and a throttle policy.")
-    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the receiver's address")
+    p.add_argument("--to", required=True, metavar="HOST:PORT",
+                   help="the receiver's address (or unix:PATH for a receiver on this host)")
     _add_key(p)
     _add_guest(p)
     _add_migration(p, "predictive", "3600")
@@ -253,7 +259,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
     _check_range(accept_timeout, 0.1, 7 * 86400, "--accept-timeout", " s")
     io_timeout = _io_timeout(args)
     from .runner import serve_one
-    from .transport import listen
+    from .transport import listen, unlink_unix
 
     factory, kinds = dest_factory(args.backend)
     limits = Limits(max_memory_size=max_mem, max_vcpus=args.max_vcpus, guest_kinds=kinds)
@@ -261,9 +267,10 @@ def cmd_receive(args: argparse.Namespace) -> int:
         sock = listen(host, port)
     except MigrationError as exc:
         raise UsageError(str(exc)) from None
-    bound = sock.getsockname()[1]
+    unix = host.startswith(UNIX_PREFIX)
+    bound = 0 if unix else sock.getsockname()[1]
     log = _logger("receive")
-    log(f"listening on {host}:{bound}")
+    log(f"listening on {host}" if unix else f"listening on {host}:{bound}")
     if args.port_file:
         tmp = args.port_file + ".tmp"
         with open(tmp, "w") as f:
@@ -277,6 +284,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
                             accept_timeout_s=accept_timeout, log=log, cancel_event=ev)
         finally:
             sock.close()
+            unlink_unix(host)
     if res.vm is not None:
         res.vm.close()
     if res.status == "completed":
@@ -385,7 +393,7 @@ def _finish(args: argparse.Namespace, result: MigrationResult,
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     host, port = _address(args.to, "--to")
-    if port == 0:
+    if port == 0 and not host.startswith(UNIX_PREFIX):
         raise UsageError("--to: port 0 is not a receiver's port")
     key = load_key(args.key_file)
     spec, cfg, policy, io_timeout, warmup = _prepare_migration(args)
@@ -397,12 +405,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def spawn_receiver(backend: str, key: bytes, *, run_after: float = 0.5,
                    accept_timeout: float = 120.0, io_timeout: float = 30.0,
                    verify: bool = True, max_memory: int = 64 * 1024 ** 3,
+                   listen: str = "127.0.0.1:0",
                    ) -> tuple[subprocess.Popen[str], int, str]:
-    """Start ``autoconverge receive`` as a child process on 127.0.0.1:0; returns its port."""
+    """Start ``autoconverge receive`` as a child process on ``listen``; returns its port.
+
+    (Port 0 for a ``unix:PATH`` listener: it is ready once the port file exists.)
+    """
     tmpdir = tempfile.mkdtemp(prefix="autoconverge-")
     port_file = os.path.join(tmpdir, "port")
     cmd = [sys.executable, "-m", "autoconverge.impl.cli", "receive", "--listen",
-           "127.0.0.1:0", "--port-file", port_file, "--backend", backend, "--json",
+           listen, "--port-file", port_file, "--backend", backend, "--json",
            "--run-after", str(run_after), "--accept-timeout", str(accept_timeout),
            "--io-timeout", str(io_timeout), "--max-memory", str(max_memory)]
     if not verify:
@@ -451,17 +463,26 @@ def collect_receiver(proc: subprocess.Popen[str], timeout_s: float = 60.0
 
 def run_demo_once(args: argparse.Namespace, spec: GuestSpec, cfg: MigrationConfig,
                   policy: Any, io_timeout: float, warmup: float,
-                  quiet: bool = False) -> tuple[MigrationResult, dict[str, Any]]:
+                  quiet: bool = False, unix: bool = False,
+                  ) -> tuple[MigrationResult, dict[str, Any]]:
+    """Receiver child process + source here; over loopback TCP, or a Unix socket."""
     key = secrets.token_hex(32).encode()
-    proc, port, _ = spawn_receiver(args.backend, key, verify=cfg.verify,
-                                   io_timeout=io_timeout)
+    sock_dir = tempfile.mkdtemp(prefix="autoconverge-sock-") if unix else None
+    host = f"{UNIX_PREFIX}{sock_dir}/migration.sock" if sock_dir else "127.0.0.1"
     try:
-        result = _run_source_quiet(args, port, key, spec, cfg, policy, io_timeout, warmup,
-                                   quiet)
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
+        proc, port, _ = spawn_receiver(args.backend, key, verify=cfg.verify,
+                                       io_timeout=io_timeout,
+                                       listen=host if sock_dir else "127.0.0.1:0")
+        try:
+            result = _run_source_quiet(args, host, port, key, spec, cfg, policy, io_timeout,
+                                       warmup, quiet)
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+    finally:
+        if sock_dir:
+            shutil.rmtree(sock_dir, ignore_errors=True)
     dest, err = collect_receiver(proc, timeout_s=max(30.0, io_timeout + 5))
     extra: dict[str, Any] = {"receiver_exit_code": proc.returncode,
                              "receiver": dest}
@@ -470,18 +491,18 @@ def run_demo_once(args: argparse.Namespace, spec: GuestSpec, cfg: MigrationConfi
     return result, extra
 
 
-def _run_source_quiet(args: argparse.Namespace, port: int, key: bytes, spec: GuestSpec,
-                      cfg: MigrationConfig, policy: Any, io_timeout: float, warmup: float,
-                      quiet: bool) -> MigrationResult:
+def _run_source_quiet(args: argparse.Namespace, host: str, port: int, key: bytes,
+                      spec: GuestSpec, cfg: MigrationConfig, policy: Any, io_timeout: float,
+                      warmup: float, quiet: bool) -> MigrationResult:
     if not quiet:
-        return _run_source(args, "127.0.0.1", port, key, spec, cfg, policy, io_timeout, warmup)
+        return _run_source(args, host, port, key, spec, cfg, policy, io_timeout, warmup)
     from .runner import migrate_to
 
     guest = make_source_guest(args.backend, spec)
     try:
         if warmup:
             time.sleep(warmup)
-        return migrate_to("127.0.0.1", port, key, guest.vm, policy, guest.throttle_factory,
+        return migrate_to(host, port, key, guest.vm, policy, guest.throttle_factory,
                           cfg, io_timeout_s=io_timeout)
     finally:
         guest.close()

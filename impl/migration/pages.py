@@ -60,6 +60,7 @@ class FrameBuilder:
             raise ValueError("frame_pages must be >= 1")
         self.page_size = page_size
         self.mem2d = np.frombuffer(memory, dtype=np.uint8).reshape(-1, page_size)
+        self.mem64 = self.mem2d.view(np.uint64)
         self.frame_pages = frame_pages
         self.zero_detection = zero_detection
         self._buf = np.empty((frame_pages, page_size), dtype=np.uint8)
@@ -74,29 +75,53 @@ class FrameBuilder:
         n = len(idx)
         if not 0 < n <= self.frame_pages:
             raise ValueError(f"frame of {n} pages (max {self.frame_pages})")
-        buf = self._buf[:n]
-        runs = runs_of(idx)
-        if len(runs) * 8 <= n:  # long runs: one memcpy per run beats a per-page gather
-            off = 0
-            for f, c in zip(runs["first"].tolist(), runs["count"].tolist(), strict=True):
-                buf[off:off + c] = self.mem2d[f:f + c]
-                off += c
-        else:
-            np.take(self.mem2d, idx, axis=0, out=buf)
         if self.zero_detection:
-            nonzero = buf.view(np.uint64).any(axis=1)
+            # on guest memory itself, before copying: zero pages are never copied. A page
+            # written after its check was written after the dirty-log sync that cleared it,
+            # so it is sent again; the copy below is what the MAC and the wire carry.
+            nonzero = self._nonzero(idx)
             k = int(np.count_nonzero(nonzero))
         else:
             nonzero, k = None, n
         if k == n:
-            data = buf.reshape(-1).data
+            runs = runs_of(idx)
+            data_idx = idx
         else:
             assert nonzero is not None
             kind = np.where(nonzero, RUN_DATA, RUN_ZERO).astype(np.uint16)
             runs = runs_of(idx, kind)
-            if k:
-                self._buf[:k] = buf[nonzero]
-                data = self._buf[:k].reshape(-1).data
+            data_idx = idx[nonzero]
+        if k == 0:
+            return BuiltFrame(encode_pages_head(runs, 0), memoryview(b""), n, 0, n)
+        buf = self._buf[:k]
+        self._gather(data_idx, buf)
+        return BuiltFrame(encode_pages_head(runs, k), buf.reshape(-1).data, n, k, n - k)
+
+    def _gather(self, idx: np.ndarray, out: np.ndarray) -> None:
+        runs = runs_of(idx)
+        if len(runs) * 8 <= len(idx):  # long runs: one memcpy per run beats a per-page gather
+            off = 0
+            for f, c in zip(runs["first"].tolist(), runs["count"].tolist(), strict=True):
+                out[off:off + c] = self.mem2d[f:f + c]
+                off += c
+        else:
+            np.take(self.mem2d, idx, axis=0, out=out)
+
+    def _nonzero(self, idx: np.ndarray) -> np.ndarray:
+        """Per page of ``idx``: has a nonzero byte (screen on the first word, then scan)."""
+        words = self.mem64
+        nonzero: np.ndarray = words[idx, 0] != 0
+        cand = np.flatnonzero(~nonzero)
+        if len(cand):
+            pages = idx[cand]
+            runs = runs_of(pages)
+            if len(runs) * 8 <= len(pages):  # long runs: scan views, no copy
+                res = np.empty(len(pages), dtype=np.bool_)
+                off = 0
+                for f, c in zip(runs["first"].tolist(), runs["count"].tolist(), strict=True):
+                    res[off:off + c] = words[f:f + c].max(axis=1) != 0
+                    off += c
             else:
-                data = memoryview(b"")
-        return BuiltFrame(encode_pages_head(runs, k), data, n, k, n - k)
+                res = words[pages].max(axis=1) != 0
+            nonzero[cand] = res
+        return nonzero

@@ -201,7 +201,8 @@ class PredictivePolicy:
         budget = self.margin * b * obs.downtime_limit_s
         if r <= budget:  # the switch-over happens at the next check; keep what got us here
             return self._percent
-        allowed_share = budget * b / (d0 * r)
+        # (capped: a vanishing dirty rate makes the quotient overflow to infinity)
+        allowed_share = min(budget * b / (d0 * r), 1.0)
         want = math.ceil(100.0 * (1.0 - allowed_share))
         want = _clamp(want, self.max_cpu_throttle)
         if abs(want - self._percent) >= self.min_percent_step:

@@ -40,7 +40,7 @@ def migrate_to(host: str, port: int, key: bytes, vm: MigratableVm, policy: Polic
     stream = CancellableSocket(sock, ev, io_timeout_s=io_timeout_s)
     try:
         try:
-            ch = client_handshake(stream, key)
+            ch = client_handshake(stream, key, mac=config.mac)
         except MigrationError as exc:
             return MigrationResult(status="failed", policy=policy.name, error=str(exc),
                                    source_running=not vm.is_paused(), dirty_log_stopped=True,

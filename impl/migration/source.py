@@ -40,6 +40,7 @@ from .throttling import ThrottleControl, ThrottleFactory
 from .transport import Clock, RealClock
 from .vmapi import MigratableVm, layout_of
 from .wire import (
+    MAC_NAMES,
     Channel,
     ErrorCode,
     IterationEnd,
@@ -93,6 +94,8 @@ class MigrationConfig:
     """The dirty rate is averaged over the syncs of at least this window."""
     frame_bytes: int = 4 * 1024 * 1024
     zero_page_detection: bool = True
+    mac: str = "gmac"
+    """Session MAC: ``gmac`` (AES-256-GMAC) or ``hmac`` (HMAC-SHA256, slower; a baseline)."""
     verify: bool = True
     """Compare a hash of guest memory at both ends after the switch-over."""
 
@@ -112,6 +115,8 @@ class MigrationConfig:
             raise ValueError(f"tick must be in (0, 1] s, got {self.tick_s}")
         if not 0 < self.sync_s <= self.tick_s or not 0 < self.rate_window_s <= 10:
             raise ValueError("sync interval must be in (0, tick]; rate window in (0, 10] s")
+        if self.mac not in MAC_NAMES:
+            raise ValueError(f"mac must be one of {', '.join(MAC_NAMES)}, got {self.mac!r}")
         if not 4096 <= self.frame_bytes <= 64 * 1024 * 1024:
             raise ValueError(f"frame size must be 4 KiB..64 MiB, got {self.frame_bytes}")
 
