@@ -218,6 +218,13 @@ class _Worker(_SpecModel):
         self._lag_ns: dict[str, float] = {L.PAUSE: 0.0, L.RUN: 0.0}
         super().__init__(spec, runtime, recorder, order)
         self._worker_relation = tuple(t for t in spec.relation() if t.machine == "worker")
+        # the spec's worker transitions by (source state, actor), fault excluded: a step
+        # evaluates only the guards that can hold (enabled() also requires the source state)
+        self._candidates: dict[tuple[str, str], tuple[L.Transition, ...]] = {}
+        for t in self._worker_relation:
+            if t.trigger != L.FAULT:
+                key = (t.source, t.actor)
+                self._candidates[key] = (*self._candidates.get(key, ()), t)
 
     # the spec's view ------------------------------------------------------------------------
     def spec_view(self) -> State:
@@ -257,10 +264,7 @@ class _Worker(_SpecModel):
     def _step(self, *, clock: bool = False) -> None:
         view = self.spec_view()
         actor = "clock" if clock else "worker"
-        enabled = [
-            t for t in self._worker_relation
-            if t.actor == actor and t.trigger != L.FAULT and t.enabled(view)
-        ]
+        enabled = [t for t in self._candidates.get((view.w, actor), ()) if t.enabled(view)]
         if len(enabled) != 1:
             if self._message is not None and not enabled:
                 self._reject(view)

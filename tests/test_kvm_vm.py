@@ -305,6 +305,24 @@ def test_vcpu_threads_of_a_realtime_creator_run_sched_other() -> None:
     assert result["policies"] == [os.SCHED_OTHER, os.SCHED_OTHER]
 
 
+def test_background_vcpus_run_guest_code_sched_idle_and_answer_at_normal_priority() -> None:
+    with GuestVm(4 * MIB, 2, background_vcpus=True) as vm:
+        tids = vm.thread_ids()
+        eventually(lambda: all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids),
+                   "running vCPU threads are SCHED_IDLE")
+        vm.pause()  # the kick raises each thread back before it answers
+        assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_OTHER] * 2
+        progress = vm.progress()
+        vm.resume()
+        eventually(lambda: all(a > b for a, b in zip(vm.progress(), progress, strict=True)),
+                   "the guest runs again after resume")
+    with GuestVm(4 * MIB, 2) as vm:  # the default: plain SCHED_OTHER
+        progress = vm.progress()
+        eventually(lambda: all(a > b for a, b in zip(vm.progress(), progress, strict=True)),
+                   "the guest runs")
+        assert [os.sched_getscheduler(t) for t in vm.thread_ids()] == [os.SCHED_OTHER] * 2
+
+
 def test_the_throttler_pauses_and_resumes_real_vcpus() -> None:
     from autoconverge.impl.realtime import RealRuntime
     from autoconverge.impl.throttler import Throttler

@@ -17,6 +17,8 @@ Everything is measured side by side in one run, on the same host and under the s
 - ``api_latency``: return latency p50/p99 of ``set_throttle_percent`` (async), abort
   (``set_throttle_percent(0)``, returns once the vCPUs run) and ``shutdown``.
 - ``dirty_log``: fetch (GET + CLEAR) cost and the dirty rate of a worst-case dirtier.
+- ``background_vcpus_comparison`` (``--compare``): pause/resume and abort/shutdown latency
+  with GuestVm's ``background_vcpus`` off (the earlier behaviour) and on, alternating.
 
 Timing numbers are what this host gave during this run (``host.loadavg`` says how busy it
 was); nothing here asserts.
@@ -42,6 +44,7 @@ import numpy as np
 from autoconverge.spec import timing
 
 from . import abi, guest
+from . import vm as vm_module
 from .bindings import Kvm, Vcpu
 from .vm import MAP_NORESERVE, GuestVm, VcpuTimes, ensure_kick_handler, paused_share
 
@@ -204,7 +207,8 @@ def _measure(target: GuestVm | FloorVm, count: int, gap_s: float,
 
 
 def bench_pause_resume(vcpus: int, iterations: int, *, block: int = 25,
-                       gap_s: float = 0.002) -> dict[str, Any]:
+                       gap_s: float = 0.002,
+                       raw: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """GuestVm next to the two floors, alternating blocks; the idle ones stay paused."""
     samples: dict[str, tuple[list[int], list[int]]] = {
         name: ([], []) for name in ("impl", "floor", "one_step")}
@@ -227,6 +231,10 @@ def bench_pause_resume(vcpus: int, iterations: int, *, block: int = 25,
         for target in targets.values():
             target.resume()
             target.close()
+    if raw is not None:
+        for name, (pauses, resumes) in samples.items():
+            raw.setdefault(f"{name}_pause", []).extend(pauses)
+            raw.setdefault(f"{name}_resume", []).extend(resumes)
     out: dict[str, Any] = {
         "vcpus": vcpus,
         "pause_us": percentiles_us(samples["impl"][0]),
@@ -365,7 +373,8 @@ def bench_duty_cycle(vcpus: int, seconds: float, percents: Sequence[int],
 # API return latency
 
 
-def bench_api_latency(vcpus: int, trials: int, rt: bool, seed: int = 1) -> dict[str, Any]:
+def bench_api_latency(vcpus: int, trials: int, rt: bool, seed: int = 1,
+                      raw: dict[str, list[int]] | None = None) -> dict[str, Any]:
     from autoconverge.impl.realtime import RealRuntime
     from autoconverge.impl.throttler import Throttler
 
@@ -399,6 +408,9 @@ def bench_api_latency(vcpus: int, trials: int, rt: bool, seed: int = 1) -> dict[
             lap(th.shutdown, shutdown_ns)
             if vm.is_paused():
                 raise AssertionError("shutdown returned with the vCPUs paused")
+    if raw is not None:
+        for key, values in (("set", set_ns), ("abort", abort_ns), ("shutdown", shutdown_ns)):
+            raw.setdefault(key, []).extend(values)
     return {
         "timeslice_ms": ts / NS_PER_MS,
         "set_throttle_percent_us": percentiles_us(set_ns),
@@ -457,10 +469,41 @@ def realtime_priority(enabled: bool) -> Iterator[None]:
         os.sched_setscheduler(0, old, old_param)
 
 
+@contextmanager
+def background_vcpus(enabled: bool) -> Iterator[None]:
+    """GuestVms created inside the block use ``background_vcpus=enabled``."""
+    old = vm_module.BACKGROUND_VCPUS
+    vm_module.BACKGROUND_VCPUS = enabled
+    try:
+        yield
+    finally:
+        vm_module.BACKGROUND_VCPUS = old
+
+
+def compare_background(vcpus: Sequence[int], iterations: int, api_trials: int, rt: bool,
+                       rounds: int = 4) -> dict[str, Any]:
+    """pause/resume and API latency with ``background_vcpus`` off ("foreground", the earlier
+    behaviour) and on, in ``rounds`` rounds alternating the order; samples pooled."""
+    raw: dict[str, dict[int, dict[str, list[int]]]] = {"foreground": {}, "background": {}}
+    for r in range(rounds):
+        order = [("foreground", False), ("background", True)]
+        for name, enabled in order if r % 2 == 0 else order[::-1]:
+            with background_vcpus(enabled):
+                for n in vcpus:
+                    into = raw[name].setdefault(n, {})
+                    bench_pause_resume(n, max(1, iterations // rounds), raw=into)
+                    bench_api_latency(n, max(1, api_trials // rounds), rt, seed=r, raw=into)
+    return {"rounds": rounds, **{
+        name: {f"n{n}": {key: percentiles_us(v) for key, v in sorted(d.items())}
+               for n, d in per_n.items()}
+        for name, per_n in raw.items()}}
+
+
 def run(*, iterations: int = 200, duty_seconds: float = 2.0, api_trials: int = 30,
         vcpus: Sequence[int] | None = None, duty_vcpus: int | None = None,
         percents: Sequence[int] = PERCENTS, timeslices_ms: Sequence[int] | None = None,
-        rt: bool = False, dirty_log_mib: Sequence[int] = (64, 256)) -> dict[str, Any]:
+        rt: bool = False, dirty_log_mib: Sequence[int] = (64, 256),
+        compare: bool = False) -> dict[str, Any]:
     nproc = len(os.sched_getaffinity(0))
     ns = sorted(set(vcpus or (1, 2, nproc)))
     dv = duty_vcpus or min(2, nproc)
@@ -478,6 +521,9 @@ def run(*, iterations: int = 200, duty_seconds: float = 2.0, api_trials: int = 3
         report["api_latency"] = bench_api_latency(dv, api_trials, rt)
         dl_seconds = min(duty_seconds, 1.0)
         report["dirty_log"] = [bench_dirty_log(mib, 1, dl_seconds) for mib in dirty_log_mib]
+        if compare:
+            report["background_vcpus_comparison"] = compare_background(
+                [n for n in ns if n <= nproc], iterations, api_trials, rt)
     report["host"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     report["seconds"] = round(time.monotonic() - started, 1)
     return report

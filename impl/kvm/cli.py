@@ -117,6 +117,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--rt", action="store_true",
                    help="run the controller and throttle thread SCHED_FIFO (needs "
                         "CAP_SYS_NICE)")
+    b.add_argument("--compare", action="store_true",
+                   help="also measure pause/resume and abort/shutdown latency with "
+                        "background vCPUs off and on, alternating")
     b.add_argument("--quick", action="store_true",
                    help="a few samples only (a smoke run, numbers not meaningful)")
     b.set_defaults(func=cmd_bench)
@@ -248,7 +251,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {
         "iterations": args.iterations, "duty_seconds": args.duty_seconds,
         "api_trials": args.api_trials, "vcpus": args.vcpus, "rt": args.rt,
-        "timeslices_ms": args.timeslices_ms,
+        "timeslices_ms": args.timeslices_ms, "compare": args.compare,
     }
     if args.percents:
         kwargs["percents"] = args.percents

@@ -52,9 +52,6 @@ from autoconverge.impl.vcpus import VcpuError, VcpuTimeout
 from . import abi, guest
 from .bindings import DEV_KVM, Kvm, KvmError, Vcpu, Vm
 
-_EXP = {"yield": bool(int(os.environ.get("EXP_YIELD", "0"))), "sleep_ns": 0}
-_libc_yield = ctypes.CDLL(None).sched_yield
-_libc_usleep = ctypes.CDLL(None).usleep
 PAGE_SIZE: Final = guest.PAGE_SIZE
 MAX_MEMORY: Final = guest.MAX_MEMORY_GIB * guest.GIB
 VCPU_LIMIT: Final = 64
@@ -64,6 +61,11 @@ all-vCPU pause/resume grows ~linearly with N once N exceeds the cores (see bench
 beyond 64 on small hosts a single resume would take a large part of a 100 ms timeslice."""
 DEFAULT_MEMORY: Final = 64 << 20
 DEFAULT_TIMEOUT_S: Final = 1.0
+BACKGROUND_VCPUS = False
+"""Default of GuestVm's ``background_vcpus`` (a module variable so benchmarks can compare).
+Off: measured here it cuts abort/shutdown p50 and p90 several-fold but not the p99 below
+1 ms, and it over-throttles (vCPUs re-enter the guest later: +0.5-0.8 pp time share at 10 %
+on a quiet host, up to +4 pp under load), see /work/notes/readme-kvm.md."""
 GUEST_KIND: Final = "autoconverge-kvm-counter-loop/1"
 """Identifies the guest program (migration checks source and destination agree)."""
 VCPU_STATE_SIZE: Final = ctypes.sizeof(abi.KvmRegs) + ctypes.sizeof(abi.KvmSregs)
@@ -96,6 +98,24 @@ def ensure_kick_handler(signum: int = signal.SIGUSR1) -> None:
                        "create the first GuestVm on the main thread: Python installs signal "
                        "handlers only there")
     signal.signal(signum, _kick_handler)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SCHED_IDLE: Final = getattr(os, "SCHED_IDLE", 5)
+
+
+def _sched_yield() -> None:
+    """sched_yield(2) with the GIL released (ctypes), so a thread waiting for the GIL can run."""
+    _libc.sched_yield()
+
+
+def _set_policy(tid: int, policy: int) -> bool:
+    """Set thread ``tid``'s (0: the caller's) policy, priority 0; False if not permitted."""
+    try:
+        os.sched_setscheduler(tid, policy, os.sched_param(0))
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def _release(lock: threading.Lock) -> None:
@@ -188,7 +208,7 @@ class _Runner:
     """One vCPU: its binding, its thread, the flags of the pause protocol, its accounting."""
 
     def __init__(self, index: int, vcpu: Vcpu, resumes: _Resumes, *,
-                 device: Device | None, cpu: int | None) -> None:
+                 device: Device | None, cpu: int | None, background: bool) -> None:
         self.index = index
         self.resumes = resumes
         self.name = str(index)
@@ -196,6 +216,8 @@ class _Runner:
         self.run_page = vcpu.kvm_run
         self.device = device
         self.cpu = cpu
+        self.background = background
+        """Run guest code SCHED_IDLE (see GuestVm's ``background_vcpus``)."""
         # protocol flags (single writer each: controller writes want_pause/stop, vCPU writes
         # phase/started/finished)
         self.want_pause = True  # every thread starts parked
@@ -222,6 +244,7 @@ class _Runner:
         self.sched_reset: bool | None = None
         self.thread = threading.Thread(target=self._main, name=f"vcpu{index}", daemon=True)
         self.ident = 0
+        self.tid = 0
 
     # vCPU thread ------------------------------------------------------------------------------
     def _main(self) -> None:
@@ -237,6 +260,7 @@ class _Runner:
             _release(self.ack)
 
     def _setup_thread(self) -> None:
+        self.tid = threading.get_native_id()
         try:
             policy = os.sched_getscheduler(0)
         except OSError:
@@ -307,10 +331,14 @@ class _Runner:
         while resumes.done < resumes.started and not self.want_pause and not self.stop:
             self.wake.acquire()
         self.phase = RUNNING
-        if _EXP["yield"]:
-            _libc_yield()
-        if _EXP["sleep_ns"]:
-            _libc_usleep(_EXP["sleep_ns"] // 1000)
+        if self.background and not self.want_pause:
+            # back to guest code: as a background thread, and after letting whatever else is
+            # runnable on this CPU (typically the thread that called resume(), or the one it
+            # just woke) go first. Without this the controller often sits in this CPU's run
+            # queue behind the vCPU in guest mode until the next scheduler tick (4 ms at
+            # HZ=250): the kernel does not preempt a freshly woken CPU hog for it.
+            self.background = _set_policy(0, _SCHED_IDLE)
+            _sched_yield()
         return not self.stop
 
     def _mmio(self) -> None:
@@ -350,6 +378,9 @@ class _Runner:
 
     # controller side ------------------------------------------------------------------------
     def kick(self, signum: int) -> None:
+        if self.background and self.tid:
+            # answer at normal priority: a SCHED_IDLE thread can starve behind any busy thread
+            _set_policy(self.tid, os.SCHED_OTHER)
         self.run_page.immediate_exit = 1
         if self.ident and not self.finished:
             with contextlib.suppress(ProcessLookupError):  # it just exited
@@ -415,6 +446,15 @@ class GuestVm:
     at reset (the destination overwrites both). ``device`` handles the guest's MMIO
     writes (see :meth:`ring_doorbell`). ``pin`` pins vCPU ``i`` to the ``i``-th allowed CPU
     (round robin). ``timeout_s`` bounds every wait for a vCPU thread.
+
+    ``background_vcpus`` (default :data:`BACKGROUND_VCPUS`, off): the vCPU threads run guest
+    code as SCHED_IDLE threads, yield the CPU once before re-entering the guest after a
+    resume, and are raised back to SCHED_OTHER by each kick, so they answer pause/resume at
+    normal priority. This keeps the threads that drive the VM (the throttle worker, the
+    caller of an abort) from waiting in a run queue behind a vCPU in guest mode until the
+    next scheduler tick, most of the time; the price is that guest code only gets CPU time
+    no other normal thread wants, and it re-enters the guest later after each resume (the
+    throttle over-shoots). Falls back to plain SCHED_OTHER where the policy cannot be set.
     """
 
     def __init__(
@@ -429,6 +469,7 @@ class GuestVm:
         kick_signal: int = signal.SIGUSR1,
         device: Device | None = None,
         pin: bool = False,
+        background_vcpus: bool | None = None,
         kvm_path: str = DEV_KVM,
     ) -> None:
         self.memory_size, self.vcpu_count = validate_shape(memory_size, vcpus)
@@ -453,14 +494,15 @@ class GuestVm:
         self._vm: Vm | None = None
         self._kvm = Kvm(kvm_path)
         try:
-            self._setup(workload, paused, load_image, device, pin)
+            self._setup(workload, paused, load_image, device, pin,
+                        BACKGROUND_VCPUS if background_vcpus is None else background_vcpus)
         except BaseException:
             self._teardown(self.timeout_s)
             raise
 
     # construction -------------------------------------------------------------------------------
     def _setup(self, workload: guest.Workload | None, paused: bool, load_image: bool,
-               device: Device | None, pin: bool) -> None:
+               device: Device | None, pin: bool, background: bool) -> None:
         kvm = self._kvm
         kvm.require_extension(abi.CAP_USER_MEMORY)
         kvm.require_extension(abi.CAP_IMMEDIATE_EXIT)
@@ -495,7 +537,7 @@ class GuestVm:
             # every thread starts parked; one resume() below releases them together, so
             # starting thread k+1 does not compete with k busy vCPUs for a core
             runner = _Runner(i, vcpu, self._resumes, device=device,
-                             cpu=cpus[i % len(cpus)] if cpus else None)
+                             cpu=cpus[i % len(cpus)] if cpus else None, background=background)
             self._runners.append(runner)
             if load_image:
                 vcpu.set_sregs(guest.initial_sregs(self.layout))
