@@ -49,7 +49,7 @@ def fairness_group(t: Transition) -> int:
 
 
 def is_user_call(t: Transition) -> bool:
-    return bool(t.actor == "controller" and t.trigger.startswith("call_"))
+    return t.user_call
 
 
 @dataclass(frozen=True)

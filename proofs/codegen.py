@@ -208,7 +208,7 @@ def machine_var(t: Transition) -> str:
 
 
 def is_user_call(t: Transition) -> bool:
-    return bool(t.actor == "controller" and t.trigger.startswith("call_"))
+    return t.user_call
 
 
 def fairness_group(t: Transition) -> str | None:

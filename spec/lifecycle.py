@@ -108,6 +108,9 @@ TRIGGERS: tuple[str, ...] = (
     HANDOVER_DONE,
 )
 
+USER_CALL_TRIGGERS: tuple[str, ...] = (CALL_SET, CALL_ABORT, CALL_SHUTDOWN, CALL_HANDOVER)
+"""The controller's steps a user starts (no fairness: a user may stop calling at any time)."""
+
 Actor = Literal["worker", "clock", "controller"]
 Call = Literal["pause", "resume"]
 
@@ -238,6 +241,11 @@ class Transition:
     @property
     def machine(self) -> Literal["worker", "controller"]:
         return "controller" if self.actor == "controller" else "worker"
+
+    @property
+    def user_call(self) -> bool:
+        """Started by a user (an API call), as opposed to a thread's own step."""
+        return self.actor == "controller" and self.trigger in USER_CALL_TRIGGERS
 
     @property
     def label(self) -> str:
