@@ -89,7 +89,21 @@ class _Fd:
             self.close()
 
 
-class Kvm(_Fd):
+class _ChecksExtensions(_Fd):
+    """KVM_CHECK_EXTENSION exists on the system fd and on VM fds; both can require one."""
+
+    def check_extension(self, cap: int) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def require_extension(self, cap: int) -> int:
+        """The capability's value, or KvmError naming it when it is missing."""
+        value = self.check_extension(cap)
+        if value <= 0:
+            raise _missing_cap(cap)
+        return value
+
+
+class Kvm(_ChecksExtensions):
     """``/dev/kvm``: API version, capabilities, VM creation."""
 
     def __init__(self, path: str = DEV_KVM) -> None:
@@ -119,12 +133,6 @@ class Kvm(_Fd):
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 0 if unsupported, else a positive (capability-specific) value."""
         return _call(self.fd, abi.KVM_CHECK_EXTENSION, cap)
-
-    def require_extension(self, cap: int) -> int:
-        value = self.check_extension(cap)
-        if value <= 0:
-            raise _missing_cap(cap)
-        return value
 
     def get_vcpu_mmap_size(self) -> int:
         return _call(self.fd, abi.KVM_GET_VCPU_MMAP_SIZE)
@@ -160,7 +168,7 @@ def _missing_cap(cap: int) -> KvmError:
                     f"{name} is not supported by this kernel's KVM")
 
 
-class Vm(_Fd):
+class Vm(_ChecksExtensions):
     """A VM fd: memory slots, dirty log, capabilities, vCPU creation."""
 
     def __init__(self, kvm: Kvm, fd: int) -> None:
@@ -170,12 +178,6 @@ class Vm(_Fd):
     def check_extension(self, cap: int) -> int:
         """Per-VM KVM_CHECK_EXTENSION (more precise than the system one where they differ)."""
         return _call(self.fd, abi.KVM_CHECK_EXTENSION, cap)
-
-    def require_extension(self, cap: int) -> int:
-        value = self.check_extension(cap)
-        if value <= 0:
-            raise _missing_cap(cap)
-        return value
 
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         if len(args) > 4:

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from autoconverge.impl.cli import EXIT_OK, EXIT_VIOLATED, UsageError
+from autoconverge.impl.throttler import validate_percent
 from autoconverge.impl.vcpus import VcpuError
 from autoconverge.spec import timing
 
@@ -31,13 +32,14 @@ DEFAULT_MEMORY_MIB = 64
 
 
 def _percent(text: str) -> int:
+    """The throttler's own check (the spec's domain), as an argparse type."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer percent: {text!r}") from None
-    if not 0 <= value <= 99:
-        raise argparse.ArgumentTypeError(f"percent must be in 0..99, got {value}")
-    return value
+        return validate_percent(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not an integer percent: {text!r}" if not text.strip().lstrip("-").isdigit()
+            else str(exc)
+        ) from None
 
 
 def _seconds(text: str) -> float:

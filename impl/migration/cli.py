@@ -31,10 +31,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from autoconverge.spec import MAX_PERCENT
+
 from ..cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATED, UsageError
 from .backends import BACKENDS, WORKLOADS, GuestSpec, dest_factory, make_source_guest
 from .errors import MigrationError
-from .policy import MAX_PERCENT, POLICY_NAMES, make_policy
+from .policy import POLICY_NAMES, make_policy
 from .progress import PLOT_MISSING, ProgressPrinter, plot_available, summary, write_plot
 from .source import MigrationConfig, MigrationResult
 from .wire import MAC_NAMES, MAX_VCPUS, MIN_KEY_BYTES, UNIX_PREFIX, Limits, parse_address

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from autoconverge.impl.throttler import validate_percent
+
 from .destination import DestinationResult, MigrationDestination
 from .errors import MigrationError
 from .policy import Policy
@@ -256,8 +258,7 @@ class FakeThrottle:
     def set_throttle_percent(self, percent: int) -> None:
         if self.handed or self.shut:
             raise RuntimeError("throttle already closed")
-        if not 0 <= percent <= 99:
-            raise ValueError(percent)
+        validate_percent(percent)
         self._account()
         self._p = percent
         self.vm.set_throttle(percent / 100.0)

@@ -28,7 +28,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-MAX_PERCENT = 99
+from autoconverge.spec import MAX_PERCENT
+
 ObservationKind = Literal["iteration", "tick"]
 
 
@@ -95,7 +96,7 @@ class ChPolicy:
     def __post_init__(self) -> None:
         self._percent = 0
         _check_percent("max_percent", self.max_percent, 1)
-        if self.start_iteration < 1 or self.every < 1 or not 1 <= self.increment <= 99:
+        if self.start_iteration < 1 or self.every < 1 or not 1 <= self.increment <= MAX_PERCENT:
             raise ValueError("ch policy: start_iteration, every >= 1; increment 1..99")
 
     def observe(self, obs: Observation) -> int:

@@ -27,6 +27,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from autoconverge.impl.throttler import validate_percent
+
 from .errors import (
     MigrationCancelled,
     MigrationError,
@@ -515,8 +517,10 @@ class MigrationSource:
             downtime_limit_s=self.cfg.downtime_limit_s)
         self._obs_t, self._obs_sent, self._obs_dirty_new = now, self.ch.bytes_sent, 0
         want = int(self.policy.observe(obs))
-        if not 0 <= want <= 99:
-            raise MigrationError(f"policy {self.policy.name} asked for {want} %")
+        try:
+            validate_percent(want)
+        except ValueError:
+            raise MigrationError(f"policy {self.policy.name} asked for {want} %") from None
         if want != self._percent and self._throttle is not None:
             self._throttle.set_throttle_percent(want)
             self._percent = want
