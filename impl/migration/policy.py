@@ -96,8 +96,9 @@ class ChPolicy:
     def __post_init__(self) -> None:
         self._percent = 0
         _check_percent("max_percent", self.max_percent, 1)
-        if self.start_iteration < 1 or self.every < 1 or not 1 <= self.increment <= MAX_PERCENT:
-            raise ValueError("ch policy: start_iteration, every >= 1; increment 1..99")
+        _check_percent("increment", self.increment, 1)
+        if self.start_iteration < 1 or self.every < 1:
+            raise ValueError("ch policy: start_iteration and every must be >= 1")
 
     def observe(self, obs: Observation) -> int:
         i = obs.iteration
