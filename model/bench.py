@@ -1,4 +1,4 @@
-"""``autoconverge bench-model``: explorer throughput and verdict time, as JSON.
+"""The explorer benchmark behind ``autoconverge bench-model``: throughput and verdict time.
 
 For each config section (default: ``ci`` and ``large`` of ``model/explorer.toml``) it explores
 the shipped spec and reports distinct states, transitions, depth, exploration time, states/s
@@ -9,8 +9,6 @@ A benchmark, not a test: nothing is asserted on the timings.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from typing import Any
@@ -20,16 +18,6 @@ from autoconverge.spec.variants import VARIANTS
 
 from .config import load_config
 from .explorer import explore
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("bench-model", help="benchmark the explicit-state explorer (JSON)")
-    p.add_argument("--config", metavar="FILE", help="explorer config (default: built-in)")
-    p.add_argument("--sections", default="ci,large",
-                   help="comma-separated config sections (default: ci,large)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per section; best is kept")
-    p.add_argument("--no-variants", action="store_true", help="skip the bug-zoo timing")
-    p.set_defaults(func=cmd_bench_model)
 
 
 def bench(config_path: str | None, sections: list[str], repeat: int = 1,
@@ -72,15 +60,3 @@ def bench(config_path: str | None, sections: list[str], repeat: int = 1,
             "violated": caught,
         }
     return out
-
-
-def cmd_bench_model(args: argparse.Namespace) -> int:
-    from autoconverge.impl.cli import UsageError
-
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    try:
-        result = bench(args.config, sections, args.repeat, not args.no_variants)
-    except (KeyError, ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from None
-    print(json.dumps(result, indent=2))
-    return 0

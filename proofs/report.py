@@ -191,7 +191,7 @@ def linked_files(table: str) -> Iterable[str]:
 
 def readme_blocks(spec: Spec, tests_dir: Path | None = None) -> dict[str, str]:
     """The README's generated blocks: the two state diagrams and the traceability table."""
-    from autoconverge.impl.cli_verify import diagram
+    from autoconverge.spec.diagram import diagram
 
     blocks = {}
     for machine in ("worker", "controller"):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from autoconverge.impl.cli import EXIT_OK, EXIT_USAGE, main
+from autoconverge.cli.errors import EXIT_OK, EXIT_USAGE
+from autoconverge.cli.main import main
 
 pytestmark = pytest.mark.kvm
 

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from autoconverge.impl.cli import UsageError, main
-from autoconverge.impl.migration.cli import KEY_ENV, parse_rate, parse_size
+from autoconverge.cli.errors import UsageError
+from autoconverge.cli.main import main
+from autoconverge.cli.migration import KEY_ENV, parse_rate, parse_size
 from autoconverge.impl.migration.progress import plot_available
 
 
@@ -82,7 +83,7 @@ def test_missing_or_short_key(capsys: pytest.CaptureFixture[str],
 
 def test_plot_without_matplotlib_is_a_usage_error(capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import autoconverge.impl.migration.cli as mcli
+    import autoconverge.cli.migration as mcli
 
     monkeypatch.setattr(mcli, "plot_available", lambda: False)
     code, _, err = run_cli(["demo", "--backend", "sim", "--plot", "x.png"], capsys)
@@ -131,8 +132,8 @@ def test_demo_with_the_simulated_guest(capsys: pytest.CaptureFixture[str],
 
 
 def test_receiver_rejects_a_wrong_key_and_still_takes_the_real_source() -> None:
+    from autoconverge.cli.demo import collect_receiver, spawn_receiver
     from autoconverge.impl.migration.backends import GuestSpec, make_source_guest
-    from autoconverge.impl.migration.cli import collect_receiver, spawn_receiver
     from autoconverge.impl.migration.policy import make_policy
     from autoconverge.impl.migration.runner import migrate_to
     from autoconverge.impl.migration.source import MigrationConfig

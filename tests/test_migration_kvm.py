@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from autoconverge.impl.cli import main
+from autoconverge.cli.demo import collect_receiver, spawn_receiver
+from autoconverge.cli.main import main
 from autoconverge.impl.migration.backends import GuestSpec, make_source_guest
-from autoconverge.impl.migration.cli import collect_receiver, spawn_receiver
 from autoconverge.impl.migration.policy import make_policy
 from autoconverge.impl.migration.runner import migrate_to
 from autoconverge.impl.migration.source import MigrationConfig

@@ -11,7 +11,9 @@ import argparse
 import json
 import sys
 
-from .crosscheck import BENCH_SECTIONS, bench_checkers
+from autoconverge.proofs.crosscheck import BENCH_SECTIONS, bench_checkers
+
+from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,12 +32,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from autoconverge.impl.cli import UsageError
-
     try:
         out = bench_checkers(list(args.bounds), timeout=args.timeout)
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
-    return 0 if all(r["states_match"] for r in out["rows"]) else 1
+    return EXIT_OK if all(r["states_match"] for r in out["rows"]) else EXIT_VIOLATED

@@ -1,11 +1,8 @@
-"""Commands ``receive``, ``migrate``, ``demo`` and ``bench-migration``.
+"""Commands ``receive`` and ``migrate``, and the argument parsing they share with ``demo``.
 
 - ``autoconverge receive --listen HOST:PORT``: wait for one authenticated source, receive
   its guest, resume it, report (``--json``).
 - ``autoconverge migrate --to HOST:PORT``: start the built-in busy guest here and migrate it.
-- ``autoconverge demo``: both, as two local processes (the receiver is a child process).
-- ``autoconverge bench-migration``: the policies side by side on a guest that dirties faster
-  than the link, plus cross-process copy throughput (JSON).
 
 The pre-shared key comes from ``--key-file`` or the environment variable
 ``AUTOCONVERGE_KEY`` (at least 16 bytes; the same on both sides). Arguments are validated
@@ -18,28 +15,43 @@ import argparse
 import json
 import os
 import re
-import secrets
-import shutil
 import signal
 import stat
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from autoconverge.impl.migration.backends import (
+    BACKENDS,
+    WORKLOADS,
+    GuestSpec,
+    dest_factory,
+    make_source_guest,
+)
+from autoconverge.impl.migration.errors import MigrationError
+from autoconverge.impl.migration.policy import POLICY_NAMES, make_policy
+from autoconverge.impl.migration.progress import (
+    PLOT_MISSING,
+    ProgressPrinter,
+    plot_available,
+    summary,
+    write_plot,
+)
+from autoconverge.impl.migration.source import MigrationConfig, MigrationResult
+from autoconverge.impl.migration.wire import (
+    MAC_NAMES,
+    MAX_VCPUS,
+    MIN_KEY_BYTES,
+    UNIX_PREFIX,
+    Limits,
+    parse_address,
+)
 from autoconverge.spec import MAX_PERCENT
 
-from ..cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATED, UsageError
-from .backends import BACKENDS, WORKLOADS, GuestSpec, dest_factory, make_source_guest
-from .errors import MigrationError
-from .policy import POLICY_NAMES, make_policy
-from .progress import PLOT_MISSING, ProgressPrinter, plot_available, summary, write_plot
-from .source import MigrationConfig, MigrationResult
-from .wire import MAC_NAMES, MAX_VCPUS, MIN_KEY_BYTES, UNIX_PREFIX, Limits, parse_address
+from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 KEY_ENV = "AUTOCONVERGE_KEY"
 DEFAULT_PORT = 4444
@@ -159,7 +171,7 @@ def _add_key(p: argparse.ArgumentParser) -> None:
                    help=f"file holding the pre-shared key (default: ${KEY_ENV})")
 
 
-def _add_guest(p: argparse.ArgumentParser) -> None:
+def add_guest_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("guest")
     g.add_argument("--backend", choices=BACKENDS, default="kvm",
                    help="kvm: a real KVM guest (default); sim: simulated guest, no KVM needed")
@@ -173,7 +185,7 @@ def _add_guest(p: argparse.ArgumentParser) -> None:
                    help="seconds the guest runs before migrating (0.3)")
 
 
-def _add_migration(p: argparse.ArgumentParser, default_policy: str,
+def add_migration_arguments(p: argparse.ArgumentParser, default_policy: str,
                    default_timeout: str) -> None:
     g = p.add_argument_group("migration")
     g.add_argument("--policy", choices=POLICY_NAMES, default=default_policy,
@@ -232,20 +244,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--to", required=True, metavar="HOST:PORT",
                    help="the receiver's address (or unix:PATH for a receiver on this host)")
     _add_key(p)
-    _add_guest(p)
-    _add_migration(p, "predictive", "3600")
+    add_guest_arguments(p)
+    add_migration_arguments(p, "predictive", "3600")
     p.set_defaults(func=cmd_migrate)
-
-    p = sub.add_parser("demo", help="migrate a busy guest between two local processes",
-                       description="Run a receiver process and migrate the built-in busy "
-                       "guest to it over loopback, with a fresh random key.")
-    _add_guest(p)
-    _add_migration(p, "predictive", "60")
-    p.set_defaults(func=cmd_demo)
-
-    from .bench import register_bench
-
-    register_bench(sub)
 
 
 # ------------------------------------------------------------------------------ receive
@@ -260,8 +261,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
     accept_timeout = _float(args.accept_timeout, "--accept-timeout")
     _check_range(accept_timeout, 0.1, 7 * 86400, "--accept-timeout", " s")
     io_timeout = _io_timeout(args)
-    from .runner import serve_one
-    from .transport import listen, unlink_unix
+    from autoconverge.impl.migration.runner import serve_one
+    from autoconverge.impl.migration.transport import listen, unlink_unix
 
     factory, kinds = dest_factory(args.backend)
     limits = Limits(max_memory_size=max_mem, max_vcpus=args.max_vcpus, guest_kinds=kinds)
@@ -279,7 +280,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
             f.write(f"{bound}\n")
         os.replace(tmp, args.port_file)
     ev = threading.Event()
-    with _sigint_sets(ev):
+    with sigint_sets(ev):
         try:
             res = serve_one(sock, key, factory, limits, run_after_s=run_after,
                             verify=not args.no_verify, io_timeout_s=io_timeout,
@@ -312,7 +313,7 @@ def _logger(name: str) -> Callable[[str], None]:
 
 
 @contextmanager
-def _sigint_sets(ev: threading.Event, extra: Callable[[], None] | None = None) -> Iterator[None]:
+def sigint_sets(ev: threading.Event, extra: Callable[[], None] | None = None) -> Iterator[None]:
     """While inside: Ctrl-C (and SIGTERM) requests a clean cancel instead of an exception."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -333,7 +334,7 @@ def _sigint_sets(ev: threading.Event, extra: Callable[[], None] | None = None) -
 
 
 # ------------------------------------------------------------------------------ migrate
-def _prepare_migration(args: argparse.Namespace) -> tuple[GuestSpec, MigrationConfig, Any,
+def prepare_migration(args: argparse.Namespace) -> tuple[GuestSpec, MigrationConfig, Any,
                                                            float, float]:
     spec = guest_spec(args)
     cfg = migration_config(args)
@@ -352,10 +353,10 @@ def _prepare_migration(args: argparse.Namespace) -> tuple[GuestSpec, MigrationCo
     return spec, cfg, policy, io_timeout, warmup
 
 
-def _run_source(args: argparse.Namespace, host: str, port: int, key: bytes, spec: GuestSpec,
+def run_source(args: argparse.Namespace, host: str, port: int, key: bytes, spec: GuestSpec,
                 cfg: MigrationConfig, policy: Any, io_timeout: float,
                 warmup: float) -> MigrationResult:
-    from .runner import migrate_to
+    from autoconverge.impl.migration.runner import migrate_to
 
     try:
         guest = make_source_guest(args.backend, spec)
@@ -366,7 +367,7 @@ def _run_source(args: argparse.Namespace, host: str, port: int, key: bytes, spec
             time.sleep(warmup)
         printer = ProgressPrinter(page_size=guest.vm.page_size)
         ev = threading.Event()
-        with _sigint_sets(ev):
+        with sigint_sets(ev):
             result = migrate_to(host, port, key, guest.vm, policy, guest.throttle_factory,
                                 cfg, io_timeout_s=io_timeout, on_progress=printer,
                                 cancel_event=ev)
@@ -376,7 +377,7 @@ def _run_source(args: argparse.Namespace, host: str, port: int, key: bytes, spec
     return result
 
 
-def _finish(args: argparse.Namespace, result: MigrationResult,
+def finish(args: argparse.Namespace, result: MigrationResult,
             extra: dict[str, Any] | None = None) -> int:
     print(summary(result), file=sys.stderr)
     if args.plot:
@@ -398,131 +399,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if port == 0 and not host.startswith(UNIX_PREFIX):
         raise UsageError("--to: port 0 is not a receiver's port")
     key = load_key(args.key_file)
-    spec, cfg, policy, io_timeout, warmup = _prepare_migration(args)
-    result = _run_source(args, host, port, key, spec, cfg, policy, io_timeout, warmup)
-    return _finish(args, result)
-
-
-# ------------------------------------------------------------------------------ demo
-def spawn_receiver(backend: str, key: bytes, *, run_after: float = 0.5,
-                   accept_timeout: float = 120.0, io_timeout: float = 30.0,
-                   verify: bool = True, max_memory: int = 64 * 1024 ** 3,
-                   listen: str = "127.0.0.1:0",
-                   ) -> tuple[subprocess.Popen[str], int, str]:
-    """Start ``autoconverge receive`` as a child process on ``listen``; returns its port.
-
-    (Port 0 for a ``unix:PATH`` listener: it is ready once the port file exists.)
-    """
-    tmpdir = tempfile.mkdtemp(prefix="autoconverge-")
-    port_file = os.path.join(tmpdir, "port")
-    cmd = [sys.executable, "-m", "autoconverge.impl.cli", "receive", "--listen",
-           listen, "--port-file", port_file, "--backend", backend, "--json",
-           "--run-after", str(run_after), "--accept-timeout", str(accept_timeout),
-           "--io-timeout", str(io_timeout), "--max-memory", str(max_memory)]
-    if not verify:
-        cmd.append("--no-verify")
-    env = dict(os.environ)
-    env[KEY_ENV] = key.decode()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with open(port_file) as f:
-                text = f.read().strip()
-            if text:
-                port = int(text)
-                break
-        except (OSError, ValueError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            raise MigrationError(f"the receiver process did not start: {err.strip()}")
-        time.sleep(0.02)
-    os.unlink(port_file)
-    os.rmdir(tmpdir)
-    return proc, port, " ".join(cmd)
-
-
-def collect_receiver(proc: subprocess.Popen[str], timeout_s: float = 60.0
-                     ) -> tuple[dict[str, Any] | None, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        return None, err + "\n(receiver killed: no exit within the timeout)"
-    data = None
-    for line in out.splitlines()[::-1]:
-        try:
-            data = json.loads(line)
-            break
-        except ValueError:
-            continue
-    return data, err
-
-
-def run_demo_once(args: argparse.Namespace, spec: GuestSpec, cfg: MigrationConfig,
-                  policy: Any, io_timeout: float, warmup: float,
-                  quiet: bool = False, unix: bool = False,
-                  ) -> tuple[MigrationResult, dict[str, Any]]:
-    """Receiver child process + source here; over loopback TCP, or a Unix socket."""
-    key = secrets.token_hex(32).encode()
-    sock_dir = tempfile.mkdtemp(prefix="autoconverge-sock-") if unix else None
-    host = f"{UNIX_PREFIX}{sock_dir}/migration.sock" if sock_dir else "127.0.0.1"
-    try:
-        proc, port, _ = spawn_receiver(args.backend, key, verify=cfg.verify,
-                                       io_timeout=io_timeout,
-                                       listen=host if sock_dir else "127.0.0.1:0")
-        try:
-            result = _run_source_quiet(args, host, port, key, spec, cfg, policy, io_timeout,
-                                       warmup, quiet)
-        except BaseException:
-            proc.kill()
-            proc.communicate()
-            raise
-    finally:
-        if sock_dir:
-            shutil.rmtree(sock_dir, ignore_errors=True)
-    dest, err = collect_receiver(proc, timeout_s=max(30.0, io_timeout + 5))
-    extra: dict[str, Any] = {"receiver_exit_code": proc.returncode,
-                             "receiver": dest}
-    if dest is None:
-        extra["receiver_stderr"] = err.strip()[-2000:]
-    return result, extra
-
-
-def _run_source_quiet(args: argparse.Namespace, host: str, port: int, key: bytes,
-                      spec: GuestSpec, cfg: MigrationConfig, policy: Any, io_timeout: float,
-                      warmup: float, quiet: bool) -> MigrationResult:
-    if not quiet:
-        return _run_source(args, host, port, key, spec, cfg, policy, io_timeout, warmup)
-    from .runner import migrate_to
-
-    guest = make_source_guest(args.backend, spec)
-    try:
-        if warmup:
-            time.sleep(warmup)
-        return migrate_to(host, port, key, guest.vm, policy, guest.throttle_factory,
-                          cfg, io_timeout_s=io_timeout)
-    finally:
-        guest.close()
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    spec, cfg, policy, io_timeout, warmup = _prepare_migration(args)
-    print(f"autoconverge demo: {args.backend} guest, {spec.memory_bytes // 2 ** 20} MiB, "
-          f"{spec.vcpus} vCPU(s), workload {spec.workload} over "
-          f"{spec.working_set_bytes // 2 ** 20} MiB; policy {policy.name}, max-bandwidth "
-          f"{'unlimited' if cfg.max_bandwidth_bps is None else args.max_bandwidth}, "
-          f"downtime-limit {cfg.downtime_limit_s * 1e3:.0f} ms", file=sys.stderr)
-    try:
-        result, extra = run_demo_once(args, spec, cfg, policy, io_timeout, warmup)
-    except MigrationError as exc:
-        print(f"autoconverge demo: {exc}", file=sys.stderr)
-        return EXIT_VIOLATED
-    return _finish(args, result, extra)
-
-
-__all__ = ["EXIT_USAGE", "parse_rate", "parse_size", "register"]
+    spec, cfg, policy, io_timeout, warmup = prepare_migration(args)
+    result = run_source(args, host, port, key, spec, cfg, policy, io_timeout, warmup)
+    return finish(args, result)

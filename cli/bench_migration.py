@@ -18,14 +18,17 @@ import sys
 import time
 from typing import Any
 
-from ..cli import EXIT_OK, EXIT_VIOLATED, UsageError
-from .backends import BACKENDS, WORKLOADS, GuestSpec
-from .policy import POLICY_NAMES, make_policy
-from .progress import PLOT_MISSING, plot_available, write_plot
-from .source import MigrationConfig, MigrationResult
+from autoconverge.impl.migration.backends import BACKENDS, WORKLOADS, GuestSpec
+from autoconverge.impl.migration.policy import POLICY_NAMES, make_policy
+from autoconverge.impl.migration.progress import PLOT_MISSING, plot_available, write_plot
+from autoconverge.impl.migration.source import MigrationConfig, MigrationResult
+
+from .demo import run_demo_once
+from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
+from .migration import guest_spec, migration_config, parse_size
 
 
-def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench-migration", help="compare throttle policies; transport speed",
                        description="Migrate the same busy guest once per policy over a capped "
                        "loopback link (two processes each) and measure the transport; JSON.")
@@ -65,8 +68,6 @@ def _policy_row(r: MigrationResult) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .cli import guest_spec, migration_config, run_demo_once
-
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     bad = [p for p in policies if p not in POLICY_NAMES]
     if bad or not policies:
@@ -228,7 +229,7 @@ def mac_pages_per_s(mac: str, frame: int = 1 << 20, rounds: int = 64) -> int:
     """One core MAC'ing 1 MiB frames with the channel's own MAC code: pages/s."""
     import os
 
-    from .wire import _Gmac, _Mac
+    from autoconverge.impl.migration.wire import _Gmac, _Mac
 
     data = memoryview(os.urandom(frame))
     m = _Gmac(b"k" * 32) if mac == "gmac" else _Mac(b"k" * 32)
@@ -242,8 +243,6 @@ def mac_pages_per_s(mac: str, frame: int = 1 << 20, rounds: int = 64) -> int:
 def measure_throughput(args: argparse.Namespace, fill: str, *, unix: bool = False,
                        mac: str = "gmac") -> dict[str, Any]:
     """Cross-process copy of an idle sim guest, no cap: pages/s of the first full pass."""
-    from .cli import parse_size, run_demo_once
-
     mem = parse_size(args.throughput_memory, "--throughput-memory")
     if mem % 4096 or not 4 * 1024 * 1024 <= mem <= 8 * 1024 ** 3:
         raise UsageError("--throughput-memory must be a multiple of 4K within 4M..8G")

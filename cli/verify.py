@@ -20,12 +20,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from autoconverge.spec import SPEC, Spec
+from autoconverge.spec.diagram import DiagramError, diagram
 from autoconverge.spec.variants import VARIANTS, variant
 
-from .cli import EXIT_OK, EXIT_VIOLATED, UsageError
+from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 
 def register(sub: Any) -> None:
@@ -250,46 +251,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def diagram(spec: Spec, machine: str = "worker", fmt: str = "mermaid") -> str | bytes:
-    """The machine's diagram, built by transitions' GraphMachine from the spec relation."""
-    from transitions.extensions import GraphMachine
-
-    from autoconverge.spec.lifecycle import CONTROLLER_STATES, WORKER_STATES
-
-    which = "controller" if machine == "controller" else "worker"
-    states = CONTROLLER_STATES if which == "controller" else WORKER_STATES
-    transitions = [
-        {"trigger": t.trigger + ("" if not t.calls else f" / {', '.join(t.calls)}()"),
-         "source": t.source, "dest": t.dest}
-        for t in spec.relation() if t.machine == which
-    ]
-    engine: Literal["mermaid", "graphviz"] = "mermaid" if fmt == "mermaid" else "graphviz"
-    try:
-        gm = GraphMachine(model=None, states=list(states), transitions=transitions,
-                          initial=states[0], auto_transitions=False, graph_engine=engine,
-                          title=f"{spec.name}: {which}", show_conditions=False)
-    except (ImportError, ModuleNotFoundError) as exc:
-        raise UsageError(
-            "SVG output needs graphviz: pip install 'autoconverge[diagram]' and the "
-            f"'dot' program ({exc})"
-        ) from None
-
-    class _M:
-        pass
-
-    model = _M()
-    gm.add_model(model)
-    graph = model.get_graph()  # type: ignore[attr-defined]
-    if fmt == "mermaid":
-        return str(graph.draw(None))
-    try:
-        return bytes(graph.draw(None, format="svg", prog="dot"))
-    except Exception as exc:
-        raise UsageError(f"SVG rendering failed (is graphviz's 'dot' installed?): {exc}") from None
-
-
 def cmd_diagram(args: argparse.Namespace) -> int:
-    out = diagram(SPEC, args.machine, args.format)
+    try:
+        out = diagram(SPEC, args.machine, args.format)
+    except DiagramError as exc:
+        raise UsageError(str(exc)) from None
     if args.output:
         mode = "wb" if isinstance(out, bytes) else "w"
         with open(args.output, mode) as f:

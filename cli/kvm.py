@@ -18,14 +18,14 @@ import threading
 import time
 from typing import Any
 
-from autoconverge.impl.cli import EXIT_OK, EXIT_VIOLATED, UsageError
+from autoconverge.impl.kvm import guest
+from autoconverge.impl.kvm.bindings import DEV_KVM, KvmError
+from autoconverge.impl.kvm.vm import VCPU_LIMIT, GuestVm, paused_share
 from autoconverge.impl.throttler import validate_percent
 from autoconverge.impl.vcpus import VcpuError
 from autoconverge.spec import timing
 
-from . import guest
-from .bindings import DEV_KVM, KvmError
-from .vm import VCPU_LIMIT, GuestVm, paused_share
+from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 MAX_SECONDS = 3600.0
 DEFAULT_MEMORY_MIB = 64
@@ -217,7 +217,7 @@ def cmd_throttle(args: argparse.Namespace) -> int:
         workload = guest.preset(args.workload, args.working_set_pages)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    from .bench import realtime_priority
+    from autoconverge.impl.kvm.bench import realtime_priority
 
     with realtime_priority(args.rt):
         vm = _open_vm(args.memory_mib, args.vcpus, workload, args.kvm_device)
@@ -243,7 +243,7 @@ def cmd_throttle(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from autoconverge.impl.kvm import bench
 
     if args.iterations < 1 or args.api_trials < 1:
         raise UsageError("--iterations and --api-trials must be >= 1")

@@ -13,21 +13,18 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .errors import EXIT_USAGE, UsageError
+
 COMMAND_MODULES: tuple[str, ...] = (
-    "autoconverge.impl.cli_verify",
-    "autoconverge.model.bench",
-    "autoconverge.impl.migration.cli",
-    "autoconverge.impl.kvm.cli",
-    "autoconverge.proofs.bench",
+    "autoconverge.cli.verify",
+    "autoconverge.cli.bench_model",
+    "autoconverge.cli.migration",
+    "autoconverge.cli.demo",
+    "autoconverge.cli.bench_migration",
+    "autoconverge.cli.kvm",
+    "autoconverge.cli.bench_checkers",
 )
-
-EXIT_OK = 0
-EXIT_VIOLATED = 1
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as ``autoconverge: error: ...`` with exit code 2."""
+"""Modules that add subcommands, in ``--help`` order; each defines ``register(subparsers)``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +50,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("autoconverge: interrupted", file=sys.stderr)
         return 130
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
