@@ -18,14 +18,15 @@ import sys
 import time
 from typing import Any
 
-from autoconverge.impl.migration.backends import BACKENDS, WORKLOADS, GuestSpec
+from autoconverge.impl.migration.backends import BACKENDS, WORKLOADS
+from autoconverge.impl.migration.guest_config import GuestConfig
 from autoconverge.impl.migration.policy import POLICY_NAMES, make_policy
 from autoconverge.impl.migration.progress import PLOT_MISSING, plot_available, write_plot
 from autoconverge.impl.migration.source import MigrationConfig, MigrationResult
 
 from .demo import run_demo_once
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
-from .migration import guest_spec, migration_config, parse_size
+from .migration import guest_config, migration_config, parse_size
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,18 +77,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot and not plot_available():
         raise UsageError(PLOT_MISSING)
     args.warmup, args.timeout_strategy, args.no_verify = "0.3", "cancel", False
-    spec = guest_spec(args)
+    guest_cfg = guest_config(args)
     cfg = migration_config(args)
     out: dict[str, Any] = {
-        "backend": args.backend, "memory_bytes": spec.memory_bytes, "vcpus": spec.vcpus,
-        "workload": spec.workload, "working_set_bytes": spec.working_set_bytes,
+        "backend": args.backend, "memory_bytes": guest_cfg.memory_bytes, "vcpus": guest_cfg.vcpus,
+        "workload": guest_cfg.workload, "working_set_bytes": guest_cfg.working_set_bytes,
         "max_bandwidth_bps": cfg.max_bandwidth_bps, "downtime_limit_ms":
         cfg.downtime_limit_s * 1e3, "timeout_s": cfg.timeout_s, "policies": [],
     }
     results = []
     for name in [] if args.throughput_only else policies:
         print(f"bench-migration: policy {name} ...", file=sys.stderr, flush=True)
-        r, extra = run_demo_once(args, spec, cfg, make_policy(name), 30.0, 0.3, quiet=True)
+        r, extra = run_demo_once(args, guest_cfg, cfg, make_policy(name), 30.0, 0.3, quiet=True)
         results.append(r)
         row = _policy_row(r)
         row["receiver_status"] = (extra.get("receiver") or {}).get("status")
@@ -229,10 +230,10 @@ def mac_pages_per_s(mac: str, frame: int = 1 << 20, rounds: int = 64) -> int:
     """One core MAC'ing 1 MiB frames with the channel's own MAC code: pages/s."""
     import os
 
-    from autoconverge.impl.migration.wire import _Gmac, _Mac
+    from autoconverge.impl.migration.macs import Gmac, HmacSha256
 
     data = memoryview(os.urandom(frame))
-    m = _Gmac(b"k" * 32) if mac == "gmac" else _Mac(b"k" * 32)
+    m = Gmac(b"k" * 32) if mac == "gmac" else HmacSha256(b"k" * 32)
     header = bytes(24)
     t = time.perf_counter()
     for seq in range(rounds):
@@ -246,12 +247,12 @@ def measure_throughput(args: argparse.Namespace, fill: str, *, unix: bool = Fals
     mem = parse_size(args.throughput_memory, "--throughput-memory")
     if mem % 4096 or not 4 * 1024 * 1024 <= mem <= 8 * 1024 ** 3:
         raise UsageError("--throughput-memory must be a multiple of 4K within 4M..8G")
-    spec = GuestSpec(mem, 1, "idle", 4096, fill="random" if fill == "random" else "zero")
+    guest_cfg = GuestConfig(mem, 1, "idle", 4096, fill="random" if fill == "random" else "zero")
     cfg = MigrationConfig(max_bandwidth_bps=None, timeout_s=60, verify=False, mac=mac)
     ns = argparse.Namespace(**vars(args))
     ns.backend = "sim"
     t = time.perf_counter()
-    r, _ = run_demo_once(ns, spec, cfg, make_policy("none"), 30.0, 0.0, quiet=True,
+    r, _ = run_demo_once(ns, guest_cfg, cfg, make_policy("none"), 30.0, 0.0, quiet=True,
                          unix=unix)
     wall = time.perf_counter() - t
     first = r.first_pass_s

@@ -17,10 +17,11 @@ import tempfile
 import time
 from typing import Any
 
-from autoconverge.impl.migration.backends import GuestSpec, make_source_guest
+from autoconverge.impl.migration.addresses import UNIX_PREFIX
+from autoconverge.impl.migration.backends import make_source_guest
 from autoconverge.impl.migration.errors import MigrationError
+from autoconverge.impl.migration.guest_config import GuestConfig
 from autoconverge.impl.migration.source import MigrationConfig, MigrationResult
-from autoconverge.impl.migration.wire import UNIX_PREFIX
 
 from .errors import EXIT_VIOLATED
 from .migration import (
@@ -101,7 +102,7 @@ def collect_receiver(proc: subprocess.Popen[str], timeout_s: float = 60.0
     return data, err
 
 
-def run_demo_once(args: argparse.Namespace, spec: GuestSpec, cfg: MigrationConfig,
+def run_demo_once(args: argparse.Namespace, guest_cfg: GuestConfig, cfg: MigrationConfig,
                   policy: Any, io_timeout: float, warmup: float,
                   quiet: bool = False, unix: bool = False,
                   ) -> tuple[MigrationResult, dict[str, Any]]:
@@ -114,7 +115,7 @@ def run_demo_once(args: argparse.Namespace, spec: GuestSpec, cfg: MigrationConfi
                                        io_timeout=io_timeout,
                                        listen=host if sock_dir else "127.0.0.1:0")
         try:
-            result = _run_source_quiet(args, host, port, key, spec, cfg, policy, io_timeout,
+            result = _run_source_quiet(args, host, port, key, guest_cfg, cfg, policy, io_timeout,
                                        warmup, quiet)
         except BaseException:
             proc.kill()
@@ -132,13 +133,13 @@ def run_demo_once(args: argparse.Namespace, spec: GuestSpec, cfg: MigrationConfi
 
 
 def _run_source_quiet(args: argparse.Namespace, host: str, port: int, key: bytes,
-                      spec: GuestSpec, cfg: MigrationConfig, policy: Any, io_timeout: float,
+                      guest_cfg: GuestConfig, cfg: MigrationConfig, policy: Any, io_timeout: float,
                       warmup: float, quiet: bool) -> MigrationResult:
     if not quiet:
-        return run_source(args, host, port, key, spec, cfg, policy, io_timeout, warmup)
+        return run_source(args, host, port, key, guest_cfg, cfg, policy, io_timeout, warmup)
     from autoconverge.impl.migration.runner import migrate_to
 
-    guest = make_source_guest(args.backend, spec)
+    guest = make_source_guest(args.backend, guest_cfg)
     try:
         if warmup:
             time.sleep(warmup)
@@ -149,14 +150,14 @@ def _run_source_quiet(args: argparse.Namespace, host: str, port: int, key: bytes
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    spec, cfg, policy, io_timeout, warmup = prepare_migration(args)
-    print(f"autoconverge demo: {args.backend} guest, {spec.memory_bytes // 2 ** 20} MiB, "
-          f"{spec.vcpus} vCPU(s), workload {spec.workload} over "
-          f"{spec.working_set_bytes // 2 ** 20} MiB; policy {policy.name}, max-bandwidth "
+    guest_cfg, cfg, policy, io_timeout, warmup = prepare_migration(args)
+    print(f"autoconverge demo: {args.backend} guest, {guest_cfg.memory_bytes // 2 ** 20} MiB, "
+          f"{guest_cfg.vcpus} vCPU(s), workload {guest_cfg.workload} over "
+          f"{guest_cfg.working_set_bytes // 2 ** 20} MiB; policy {policy.name}, max-bandwidth "
           f"{'unlimited' if cfg.max_bandwidth_bps is None else args.max_bandwidth}, "
           f"downtime-limit {cfg.downtime_limit_s * 1e3:.0f} ms", file=sys.stderr)
     try:
-        result, extra = run_demo_once(args, spec, cfg, policy, io_timeout, warmup)
+        result, extra = run_demo_once(args, guest_cfg, cfg, policy, io_timeout, warmup)
     except MigrationError as exc:
         print(f"autoconverge demo: {exc}", file=sys.stderr)
         return EXIT_VIOLATED

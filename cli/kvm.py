@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import threading
 import time
@@ -20,7 +19,9 @@ from typing import Any
 
 from autoconverge.impl.kvm import guest
 from autoconverge.impl.kvm.bindings import DEV_KVM, KvmError
-from autoconverge.impl.kvm.vm import VCPU_LIMIT, GuestVm, paused_share
+from autoconverge.impl.kvm.guest_vm import VCPU_LIMIT, GuestVm
+from autoconverge.impl.kvm.vcpu_thread import paused_share
+from autoconverge.impl.sched import realtime_permitted, realtime_priority
 from autoconverge.impl.throttler import validate_percent
 from autoconverge.impl.vcpus import VcpuError
 from autoconverge.spec import timing
@@ -83,7 +84,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--percent", type=_percent, required=True,
                    help="throttle percent, 0..99 (0: no throttling)")
     p.add_argument("--seconds", type=_seconds, required=True,
-                   help="length of the throttled run (the unthrottled reference is as long)")
+                   help="length of the throttled run (the unthrottled baseline is as long)")
     p.add_argument("--vcpus", type=_vcpus, required=True, help=f"vCPUs, 1..{VCPU_LIMIT}")
     p.add_argument("--timeslice-ms", type=int, default=timing.DEFAULT_TIMESLICE_NS // 1_000_000,
                    help=f"throttle timeslice in ms, {lo}..{hi} (default %(default)s)")
@@ -138,15 +139,8 @@ def _check_timeslice(ms: int) -> int:
 
 
 def _check_rt(rt: bool) -> None:
-    if not rt:
-        return
-    try:
-        param = os.sched_getparam(0)
-        policy = os.sched_getscheduler(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-        os.sched_setscheduler(0, policy, param)
-    except PermissionError:
-        raise UsageError("--rt needs permission to use SCHED_FIFO (CAP_SYS_NICE)") from None
+    if rt and not realtime_permitted():
+        raise UsageError("--rt needs permission to use SCHED_FIFO (CAP_SYS_NICE)")
 
 
 def _open_vm(memory_mib: int, vcpus: int, workload: guest.Workload, device: str) -> GuestVm:
@@ -217,8 +211,6 @@ def cmd_throttle(args: argparse.Namespace) -> int:
         workload = guest.preset(args.workload, args.working_set_pages)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    from autoconverge.impl.kvm.bench import realtime_priority
-
     with realtime_priority(args.rt):
         vm = _open_vm(args.memory_mib, args.vcpus, workload, args.kvm_device)
         try:

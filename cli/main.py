@@ -18,6 +18,7 @@ from .errors import EXIT_USAGE, UsageError
 COMMAND_MODULES: tuple[str, ...] = (
     "autoconverge.cli.verify",
     "autoconverge.cli.bench_model",
+    "autoconverge.cli.bench_virtualtime",
     "autoconverge.cli.migration",
     "autoconverge.cli.demo",
     "autoconverge.cli.bench_migration",

@@ -24,14 +24,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from autoconverge.impl.migration.addresses import UNIX_PREFIX, parse_address
 from autoconverge.impl.migration.backends import (
     BACKENDS,
     WORKLOADS,
-    GuestSpec,
     dest_factory,
     make_source_guest,
 )
 from autoconverge.impl.migration.errors import MigrationError
+from autoconverge.impl.migration.guest_config import GuestConfig
+from autoconverge.impl.migration.handshake import MIN_KEY_BYTES
+from autoconverge.impl.migration.macs import MAC_NAMES
+from autoconverge.impl.migration.messages import MAX_VCPUS, Limits
 from autoconverge.impl.migration.policy import POLICY_NAMES, make_policy
 from autoconverge.impl.migration.progress import (
     PLOT_MISSING,
@@ -41,14 +45,6 @@ from autoconverge.impl.migration.progress import (
     write_plot,
 )
 from autoconverge.impl.migration.source import MigrationConfig, MigrationResult
-from autoconverge.impl.migration.wire import (
-    MAC_NAMES,
-    MAX_VCPUS,
-    MIN_KEY_BYTES,
-    UNIX_PREFIX,
-    Limits,
-    parse_address,
-)
 from autoconverge.spec import MAX_PERCENT
 
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
@@ -125,7 +121,7 @@ def load_key(key_file: str | None) -> bytes:
     return key
 
 
-def guest_spec(args: argparse.Namespace) -> GuestSpec:
+def guest_config(args: argparse.Namespace) -> GuestConfig:
     mem = parse_size(args.memory, "--memory")
     if mem % 4096 or not 4 * 1024 * 1024 <= mem <= 64 * 1024 ** 3:
         raise UsageError(f"--memory must be a multiple of 4 KiB within 4M..64G, got {mem}")
@@ -134,7 +130,7 @@ def guest_spec(args: argparse.Namespace) -> GuestSpec:
         raise UsageError(f"--working-set must be within 4K..half of --memory "
                          f"({mem // 2} bytes), got {ws}")
     _check_range(args.vcpus, 1, min(MAX_VCPUS, 64), "--vcpus")
-    return GuestSpec(mem, args.vcpus, args.workload, ws)
+    return GuestConfig(mem, args.vcpus, args.workload, ws)
 
 
 def migration_config(args: argparse.Namespace) -> MigrationConfig:
@@ -334,9 +330,9 @@ def sigint_sets(ev: threading.Event, extra: Callable[[], None] | None = None) ->
 
 
 # ------------------------------------------------------------------------------ migrate
-def prepare_migration(args: argparse.Namespace) -> tuple[GuestSpec, MigrationConfig, Any,
+def prepare_migration(args: argparse.Namespace) -> tuple[GuestConfig, MigrationConfig, Any,
                                                            float, float]:
-    spec = guest_spec(args)
+    guest_cfg = guest_config(args)
     cfg = migration_config(args)
     policy = policy_of(args)
     io_timeout = _io_timeout(args)
@@ -350,16 +346,17 @@ def prepare_migration(args: argparse.Namespace) -> tuple[GuestSpec, MigrationCon
         d = os.path.dirname(os.path.abspath(args.plot))
         if not os.path.isdir(d):
             raise UsageError(f"--plot: directory {d} does not exist")
-    return spec, cfg, policy, io_timeout, warmup
+    return guest_cfg, cfg, policy, io_timeout, warmup
 
 
-def run_source(args: argparse.Namespace, host: str, port: int, key: bytes, spec: GuestSpec,
+def run_source(args: argparse.Namespace, host: str, port: int, key: bytes,
+               guest_cfg: GuestConfig,
                 cfg: MigrationConfig, policy: Any, io_timeout: float,
                 warmup: float) -> MigrationResult:
     from autoconverge.impl.migration.runner import migrate_to
 
     try:
-        guest = make_source_guest(args.backend, spec)
+        guest = make_source_guest(args.backend, guest_cfg)
     except Exception as exc:
         raise UsageError(f"cannot start the {args.backend} guest: {exc}") from None
     try:
@@ -399,6 +396,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if port == 0 and not host.startswith(UNIX_PREFIX):
         raise UsageError("--to: port 0 is not a receiver's port")
     key = load_key(args.key_file)
-    spec, cfg, policy, io_timeout, warmup = prepare_migration(args)
-    result = run_source(args, host, port, key, spec, cfg, policy, io_timeout, warmup)
+    guest_cfg, cfg, policy, io_timeout, warmup = prepare_migration(args)
+    result = run_source(args, host, port, key, guest_cfg, cfg, policy, io_timeout, warmup)
     return finish(args, result)

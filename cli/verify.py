@@ -83,7 +83,8 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
                cross_check: bool = False,
                progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Run every available check; return the JSON-ready report."""
-    from autoconverge.model.explorer import check_declaration, explore, load_config
+    from autoconverge.model.explorer import explore, load_config
+    from autoconverge.proofs.declaration import check_declaration
 
     report: dict[str, Any] = {"spec": spec.name, "variant": variant_name}
     rows: dict[str, dict[str, Any]] = {
@@ -103,7 +104,7 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
 
     config = load_config(probe_percents=probe_percents)
     progress("declaration checks")
-    report["declaration"] = check_declaration(spec, config)
+    report["declaration"] = [c.as_dict() for c in check_declaration(spec, config)]
 
     progress("explicit-state exploration")
     result = explore(spec, config)
@@ -129,7 +130,7 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
         from autoconverge.proofs.crosscheck import cross_check as run_cross_check
 
         progress("SPIN and TLC")
-        cc = run_cross_check(spec, variant=variant_name)
+        cc = run_cross_check(spec, variant=variant_name).as_dict()
         for prop in cc["properties"]:
             for tool in ("spin", "tlc"):
                 if tool in prop:

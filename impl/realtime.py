@@ -12,7 +12,6 @@ reset (no permission, no such call) are ignored.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -20,30 +19,9 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from .runtime import ChannelTimeout
+from .sched import RT_POLICIES, current_policy, reset_to_sched_other
 
 T = TypeVar("T")
-
-_RT_POLICIES = frozenset(
-    p for p in (getattr(os, "SCHED_FIFO", None), getattr(os, "SCHED_RR", None)) if p is not None
-)
-
-
-def _current_policy() -> int | None:
-    """The calling thread's scheduling policy, or None where it cannot be read."""
-    try:
-        return os.sched_getscheduler(0)
-    except (AttributeError, OSError):
-        return None
-
-
-def reset_to_sched_other() -> bool:
-    """Switch the calling thread to SCHED_OTHER; True if it worked (errors are swallowed)."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (AttributeError, OSError):
-        return False
-    return True
-
 
 def _to_seconds(timeout_ns: int) -> float:
     return min(max(timeout_ns, 0) / 1e9, threading.TIMEOUT_MAX)
@@ -88,7 +66,7 @@ class RealThread:
         self.reset_policy: bool | None = None
         """Whether the thread reset itself to SCHED_OTHER (None: no reset was needed)."""
         self._target = target
-        self._reset = sched_other and _current_policy() in _RT_POLICIES
+        self._reset = sched_other and current_policy() in RT_POLICIES
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 

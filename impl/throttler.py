@@ -7,11 +7,14 @@ raises :class:`SpecViolation` instead of happening. Which transition to take is 
 here either: each step builds the spec's view of the situation (the received command, whether
 the deadline passed) and fires the one worker transition the spec enables in it.
 
-The worker's run loop is one method per state (``_wait_for_command``, ``_pause_phase``,
-``_run_phase``). Commands come in over a channel; synchronous ones (abort, shutdown,
-handover) get an answer on a response channel; a command the spec does not allow in the
-current state gets an error answer instead of being ignored. All primitives (threads,
-channels, clock) come from an injected :class:`~autoconverge.impl.runtime.Runtime`.
+The worker's run loop dispatches on the worker machine's state, once per step, through a
+table from state to step method built once (``_Worker._STEP_BY_STATE``: ``waiting`` ->
+``_wait_for_command``, both throttling phases -> ``_throttle_phase``); after each step the
+loop reads the next state from the machine, which the step's transition set. Commands come
+in over a channel; synchronous ones (abort, shutdown, handover) get an answer on a response
+channel; a command the spec does not allow in the current state gets an error answer
+instead of being ignored. All primitives (threads, channels, clock) come from an injected
+:class:`~autoconverge.impl.runtime.Runtime`.
 
 Usage::
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from transitions import MachineError
 
@@ -117,7 +120,10 @@ class _Recorder:
 
 
 class _RuntimeLock:
-    """A mutex made of a one-token runtime channel, so virtual time can interleave callers."""
+    """A mutex made of a one-token runtime channel, so virtual time can interleave callers.
+
+    Not reentrant: a thread that holds it and enters it again blocks forever.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self._token: Channel[bool] = runtime.channel()
@@ -130,19 +136,41 @@ class _RuntimeLock:
         self._token.put(True)
 
 
+@dataclass
+class _SharedVariables:
+    """The spec's shared variable ``resp``, held once for both models.
+
+    (The spec's other shared variable, the queue ``chan``, is the commands channel.) Only
+    transition effects write it, as the spec declares: the worker's ``recv_abort`` /
+    ``recv_exit`` / ``recv_handover`` set it (and send the answer that wakes the controller),
+    the controller's ``abort_done`` / ``shutdown_done`` / ``handover_done`` clear it.
+    """
+
+    resp: bool = False
+    """the worker has answered a synchronous command, not yet consumed by the controller"""
+
+
 class _SpecModel:
     """Common glue between a model object and its spec machine."""
 
     state: str
     machine_name: Literal["worker", "controller"]
+    trigger: Callable[..., bool]
+    """Fire a trigger by name (bound by the spec's machine in ``add_model``)."""
 
     def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder,
-                 order: _RuntimeLock) -> None:
+                 linearization_lock: _RuntimeLock, shared: _SharedVariables) -> None:
         self._spec = spec
         self._runtime = runtime
         self._recorder = recorder
-        self._order = order
+        # makes the event log a valid linearization of the two threads (see Throttler)
+        self._linearization_lock = linearization_lock
+        self._shared = shared
         self._pending: dict[str, Any] = {}
+        # this machine's transitions as the spec declares them (introspected from the machine)
+        self._declared: dict[tuple[str, str], L.Transition] = {
+            (t.trigger, t.source): t for t in spec.relation() if t.machine == self.machine_name
+        }
         spec.machine(self.machine_name).add_model(self)
 
     def spec_view(self) -> State:  # pragma: no cover - overridden
@@ -158,13 +186,19 @@ class _SpecModel:
         """Leave the shared machine (it would otherwise keep every model ever bound)."""
         self._spec.machine(self.machine_name).remove_model(self)
 
+    def allows(self, trigger: str, **params: int) -> bool:
+        """The spec allows ``trigger`` now: declared from this state, its guard true (the
+        declaration's own guard evaluated on :meth:`spec_view`; nothing is fired)."""
+        declared = self._declared.get((trigger, self.state))
+        return declared is not None and bool(declared.guard(self.spec_view(), **params))
+
     def fire(self, trigger: str, **params: int) -> None:
         """Fire ``trigger`` through the machine; anything the spec refuses raises."""
         source = self.state
         before = self.spec_view()
         self._pending = {}
         try:
-            ok = self.trigger(trigger, **params)  # type: ignore[attr-defined]
+            ok = self.trigger(trigger, **params)
         except MachineError as exc:
             raise SpecViolation(
                 f"{self.machine_name}: {trigger!r} is not allowed in state {source!r}"
@@ -188,11 +222,12 @@ class _SpecModel:
 
 
 class _Worker(_SpecModel):
-    """The worker thread's model and run loop (one method per state)."""
+    """The worker thread's model and run loop (one step method per state)."""
 
     machine_name = "worker"
 
-    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder, order: _RuntimeLock,
+    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder,
+                 linearization_lock: _RuntimeLock, shared: _SharedVariables,
                  vcpus: Vcpus, commands: Channel[int],
                  responses: Channel[BaseException | None], timeslice_ns: int,
                  controller_state: Callable[[], str]) -> None:
@@ -216,8 +251,8 @@ class _Worker(_SpecModel):
         self.cycles = 0
         self._best_effort = False
         self._lag_ns: dict[str, float] = {L.PAUSE: 0.0, L.RUN: 0.0}
-        super().__init__(spec, runtime, recorder, order)
-        self._worker_relation = tuple(t for t in spec.relation() if t.machine == "worker")
+        super().__init__(spec, runtime, recorder, linearization_lock, shared)
+        self._worker_relation = tuple(self._declared.values())
         # the spec's worker transitions by (source state, actor), fault excluded: a step
         # evaluates only the guards that can hold (enabled() also requires the source state)
         self._candidates: dict[tuple[str, str], tuple[L.Transition, ...]] = {}
@@ -228,6 +263,9 @@ class _Worker(_SpecModel):
 
     # the spec's view ------------------------------------------------------------------------
     def spec_view(self) -> State:
+        # the worker's guards read neither the controller's ``requested`` nor ``resp``: its
+        # view (recorded as each worker event's view_before) leaves them at their initial
+        # values, and shows the queue as the one command it has received (if any)
         return State(
             w=self.state, c=self._controller_state(), percent=self.percent,
             applied=self.applied, paused=self.paused, handed=self.handed,
@@ -255,8 +293,10 @@ class _Worker(_SpecModel):
                 setattr(self, name, updates[name])
         if "chan" in updates:
             self._message = None  # the spec popped the command we received
-        if updates.get("resp"):
-            self._responses.put(None)
+        if "resp" in updates:
+            self._shared.resp = bool(updates["resp"])
+            if self._shared.resp:
+                self._responses.put(None)  # the answer that wakes the waiting controller
         if self.state in L.THROTTLING and before.w != self.state:
             self._start_phase()
 
@@ -290,8 +330,12 @@ class _Worker(_SpecModel):
     def _fault(self, exc: BaseException) -> None:
         """A vCPU call failed: resume what can be resumed, exit, wake a waiting caller."""
         self.error = exc
-        fault = self._spec.find(L.FAULT, self.state)
-        if "resume" not in fault.calls:
+        self._fire_fault()
+        self._responses.put(exc)  # wakes a controller blocked in abort/shutdown/handover
+
+    def _fire_fault(self) -> None:
+        """Fire the spec's ``fault`` from the current state, its vCPU calls best-effort."""
+        if "resume" not in self._declared[(L.FAULT, self.state)].calls:
             # pause() failed part-way: some vCPUs may be paused although the spec's
             # all-or-nothing view says running. Resume them outside the spec's accounting.
             self._resume_best_effort()
@@ -300,7 +344,41 @@ class _Worker(_SpecModel):
             self.fire(L.FAULT)
         finally:
             self._best_effort = False
-        self._responses.put(exc)  # wakes a controller blocked in abort/shutdown/handover
+
+    def _crash(self, exc: Exception) -> None:
+        """An internal bug stopped the run loop: exit safely, report, never hang.
+
+        The exit goes through the spec's ``fault`` transition when the spec allows it in the
+        current state (declared from it, its guard true): resume best-effort, record the
+        step, exit. Only when it does not is the machine set to ``exit`` directly.
+        """
+        self.error = self.error or exc
+        exited_by_fault = False
+        try:
+            if self.allows(L.FAULT):
+                self._fire_fault()
+                exited_by_fault = True
+        except Exception:
+            pass  # the machinery itself failed: fall back below
+        if not exited_by_fault:
+            # Not a spec transition, on purpose: no transition the spec declares covers
+            # these cases, and a crashed worker must still exit and answer.
+            # - waiting on an empty queue (the crash came from the blocking receive, or a
+            #   step left no command): ``fault@waiting`` requires a command at the head of
+            #   the queue (it models pause() failing in recv_set/recv_handover and pops
+            #   that command), so its guard is false;
+            # - already ``exit`` (the crash came after the exit transition changed the
+            #   state, e.g. an ``on_event`` callback or the answer's put raised): the spec
+            #   has no transition out of ``exit``, but the vCPUs are resumed and the failure
+            #   recorded as before;
+            # - firing ``fault`` raised (the crash is in the firing machinery itself: the
+            #   recorder's ``on_event``, a guard or an effect).
+            self.failed = True
+            self._resume_best_effort()
+            self.paused = False
+            if self.state != L.EXIT:
+                self._spec.machine("worker").set_state(L.EXIT, model=self)
+        self._responses.put(exc)
 
     def _resume_best_effort(self) -> None:
         try:
@@ -332,38 +410,33 @@ class _Worker(_SpecModel):
         old = self._lag_ns[self.state]
         self._lag_ns[self.state] = old + (lag - old) * _LAG_SMOOTHING
 
-    # the run loop -----------------------------------------------------------------------------
+    # the run loop: one step method per worker state --------------------------------------------
+    _STEP_BY_STATE: ClassVar[Mapping[str, Callable[[_Worker], None]]]
+    """The step method for each worker state but ``exit`` (set below the class, built once)."""
+
     def run(self) -> None:
+        """The worker thread's body: step in the machine's current state until ``exit``."""
         try:
-            self._loop()
+            step_by_state = self._STEP_BY_STATE
+            while (state := self.state) != L.EXIT:
+                step_by_state[state](self)  # fires at most one worker transition
+        except Exception as exc:  # an internal bug: stop safely, report, never hang
+            self._crash(exc)
         finally:
             self._spec.machine("worker").remove_model(self)
 
-    def _loop(self) -> None:
-        try:
-            handlers = {L.WAITING: self._wait_for_command, L.PAUSE: self._pause_phase,
-                        L.RUN: self._run_phase}
-            while self.state != L.EXIT:
-                handlers[self.state]()
-        except Exception as exc:  # an internal bug: stop safely, report, never hang
-            self.error = self.error or exc
-            self.failed = True
-            self._resume_best_effort()
-            self.paused = False
-            self._spec.machine("worker").set_state(L.EXIT, model=self)
-            self._responses.put(exc)
-
     def _wait_for_command(self) -> None:
-        self._message = self._commands.get(None)  # blocks: no polling while waiting
+        """``waiting``: block on the queue (no polling), then take the received command."""
+        self._message = self._commands.get(None)
         self._step()
 
-    def _pause_phase(self) -> None:
-        self._in_phase()
+    def _throttle_phase(self) -> None:
+        """``throttling_pause`` and ``throttling_run``: one step of the current phase.
 
-    def _run_phase(self) -> None:
-        self._in_phase()
-
-    def _in_phase(self) -> None:
+        The two phases differ only in what the spec declares for them (their transitions'
+        vCPU calls) and in the deadline :meth:`_start_phase` computed, so one method serves
+        both. A received command does not cut the sleep short: the deadline stays.
+        """
         if self.expired:
             self._step()  # the phase is over: pause_elapsed / run_elapsed
             return
@@ -392,11 +465,14 @@ class _Worker(_SpecModel):
         """The deadline passed: fire ``expire`` - unless a command arrived unseen.
 
         The spec lets a phase end only once the worker has looked at the queue in it, or the
-        queue is empty. The last look and the recorded ``expire`` are made under the lock the
-        controller holds from recording a command to enqueuing it, so the log stays a valid
-        linearization (a command that arrives meanwhile is received first, then expire).
+        queue is empty. The last look and the recorded ``expire`` are made under the
+        linearization lock, which the controller holds from recording a command to enqueuing
+        it, so the log stays a valid linearization (a command that arrives meanwhile is
+        received first, then expire). Without it a command recorded before the empty look but
+        enqueued after it would be logged before an ``expire`` whose guard it falsifies (the
+        race in README "The real code's interleavings").
         """
-        with self._order:
+        with self._linearization_lock:
             if not self.polled:
                 try:
                     self._message = self._commands.get_nowait()
@@ -408,22 +484,29 @@ class _Worker(_SpecModel):
         self._step()  # recv (the deadline stays: the phase ends right after)
 
 
+_Worker._STEP_BY_STATE = {
+    L.WAITING: _Worker._wait_for_command,
+    L.PAUSE: _Worker._throttle_phase,
+    L.RUN: _Worker._throttle_phase,
+}
+
+
 class _Controller(_SpecModel):
     """The API side's model."""
 
     machine_name = "controller"
 
-    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder, order: _RuntimeLock,
+    def __init__(self, spec: Spec, runtime: Runtime, recorder: _Recorder,
+                 linearization_lock: _RuntimeLock, shared: _SharedVariables,
                  commands: Channel[int], worker: Callable[[], _Worker | None]) -> None:
         self.requested = 0
-        self.resp = False
         self._commands = commands
         self._worker = worker
-        super().__init__(spec, runtime, recorder, order)
+        super().__init__(spec, runtime, recorder, linearization_lock, shared)
 
     def fire(self, trigger: str, **params: int) -> None:
         # record-then-enqueue is atomic w.r.t. the worker's empty-poll-then-expire
-        with self._order:
+        with self._linearization_lock:
             super().fire(trigger, **params)
 
     def spec_view(self) -> State:
@@ -431,14 +514,14 @@ class _Controller(_SpecModel):
         return State(
             w=w.state if w else L.WAITING, c=self.state, percent=0, applied=0, paused=False,
             handed=False, failed=w.failed if w else False, expired=False, polled=False,
-            requested=self.requested, chan=(), resp=self.resp,
+            requested=self.requested, chan=(), resp=self._shared.resp,
         )
 
     def _store(self, updates: Mapping[str, Any], before: State) -> None:
         if "requested" in updates:
             self.requested = updates["requested"]
         if "resp" in updates:
-            self.resp = bool(updates["resp"])
+            self._shared.resp = bool(updates["resp"])
         if "chan" in updates:
             for command in tuple(updates["chan"])[len(before.chan):]:
                 self._commands.put(int(command))
@@ -447,6 +530,11 @@ class _Controller(_SpecModel):
 def _abandon(commands: Channel[int], controller: _Controller) -> None:
     """Finalizer of a handle dropped without shutdown(): stop the worker, leave the machine."""
     if controller.state != L.DONE:
+        # Enqueued without firing call_shutdown, on purpose: a finalizer runs in whichever
+        # thread drops the last reference (or runs the cyclic GC), possibly one holding the
+        # non-reentrant linearization lock that the controller's fire() takes, and the
+        # controller may be mid-call (awaiting_*), where the spec has no call_shutdown. The
+        # worker still exits through its spec transition recv_exit.
         commands.put(L.CMD_EXIT)
         controller.detach()
 
@@ -475,20 +563,27 @@ class Throttler:
         self.name = name
         self._runtime = runtime
         self._call_timeout_ns = call_timeout_ns
-        self._lock = _RuntimeLock(runtime)
+        # one API call at a time: the controller model is stepped by one caller at a time,
+        # and a synchronous call (abort, shutdown, handover) holds it until the answer
+        self._api_lock = _RuntimeLock(runtime)
         self._recorder = _Recorder(runtime, trace, on_event=on_event)
         commands: Channel[int] = runtime.channel()
         self._responses: Channel[BaseException | None] = runtime.channel()
         # the models refer to each other, never to this handle: a handle dropped without
         # shutdown() can be collected, and its finalizer then stops the worker
         worker_box: list[_Worker] = []
-        order = _RuntimeLock(runtime)
-        self._controller = _Controller(spec, runtime, self._recorder, order, commands,
+        # held by the controller from recording a step to enqueuing its command, and by the
+        # worker from its last look at the queue to recording expire: the event log is a
+        # valid linearization of the two threads (see _Worker._expire)
+        linearization_lock = _RuntimeLock(runtime)
+        shared = _SharedVariables()
+        self._controller = _Controller(spec, runtime, self._recorder, linearization_lock,
+                                       shared, commands,
                                        lambda: worker_box[0] if worker_box else None)
         controller = self._controller
         self._worker_model: _Worker | None = _Worker(
-            spec, runtime, self._recorder, order, vcpus, commands, self._responses,
-            self.timeslice_ns, lambda: controller.state,
+            spec, runtime, self._recorder, linearization_lock, shared, vcpus, commands,
+            self._responses, self.timeslice_ns, lambda: controller.state,
         )
         worker_box.append(self._worker_model)
         self._thread: Thread = runtime.spawn(name, self._worker_model.run)
@@ -528,17 +623,20 @@ class Throttler:
         failed in a vCPU call.
         """
         validate_percent(percent)
-        with self._lock:
+        with self._api_lock:
             self._check_usable()
-            if percent == self._controller.requested:
+            call, params = ((L.CALL_ABORT, {}) if percent == L.ABORT_PERCENT
+                            else (L.CALL_SET, {"p": percent}))
+            if not self._controller.allows(call, **params):
+                # the spec's guard of call_abort / call_set refuses: the percent is the one
+                # already requested (a no-op), or the worker failed since _check_usable
+                self._raise_worker_error()
                 return
-            if percent == L.ABORT_PERCENT:
-                self._controller.fire(L.CALL_ABORT)
+            self._controller.fire(call, **params)
+            if call == L.CALL_ABORT:
                 self._await_answer("abort")
                 self._controller.fire(L.ABORT_DONE)
                 self._raise_worker_error()
-            else:
-                self._controller.fire(L.CALL_SET, p=percent)
 
     def shutdown(self) -> None:
         """Stop throttling, resume the vCPUs, join the worker. Idempotent.
@@ -570,7 +668,7 @@ class Throttler:
 
     # internals ----------------------------------------------------------------------------
     def _finish(self, call: str, done: str, what: str) -> None:
-        with self._lock:
+        with self._api_lock:
             if self._controller.state == L.DONE:
                 return
             if self._controller.state != L.IDLE:
@@ -597,17 +695,22 @@ class Throttler:
             try:
                 answer = self._responses.get(max(remaining, 0))
             except ChannelTimeout:
+                # no answer in time: proceed only if the worker exited (died in a fault),
+                # which the *_done guards accept. Deliberately not allows(done): abort_done's
+                # guard also holds with ``resp`` set, i.e. right after the worker's answering
+                # step but before its answer is sent, and returning then would leave that
+                # answer in the channel for the next call.
                 if self.worker.state == L.EXIT:
-                    return  # the worker died (fault): the guard accepts an exited worker
+                    return
                 raise ThrottlerTimeout(
                     f"{self.name}: worker did not answer {what} within "
                     f"{self._call_timeout_ns / 1e6:.1f} ms (stuck in a vCPU call?)"
                 ) from None
             if isinstance(answer, SpecViolation):
                 raise answer
-            if isinstance(answer, BaseException):
-                return  # the worker failed and exited; the caller raises its error
-            self._controller.resp = True
+            # None: the worker's recv_abort / recv_exit / recv_handover set ``resp`` (shared
+            # with the controller) before sending it. An exception: the worker failed and
+            # exited (fault, or the crash fallback); the caller raises its error.
             return
 
     def _check_usable(self) -> None:

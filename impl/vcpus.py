@@ -2,7 +2,7 @@
 
 The throttler only ever calls ``pause()`` and ``resume()``, strictly alternately (a property
 of the spec). Implementations: ``autoconverge.impl.fakes.RecordingVcpus`` for tests and
-``autoconverge.impl.kvm.vm.GuestVm`` for real KVM vCPUs.
+``autoconverge.impl.kvm.guest_vm.GuestVm`` for real KVM vCPUs.
 
 Contract for implementations:
 - ``pause()`` returns only once every vCPU is parked outside guest mode; ``resume()`` returns

@@ -47,21 +47,17 @@ Limits:
   ``sleep_ns``. When an item is available and the deadline has passed, ``get`` returns the
   item.
 
-:func:`explore_schedules` enumerates the choices systematically (depth-first, bounded number
-of preemptions, as in CHESS) instead of sampling them.
+:func:`autoconverge.impl.schedules.explore_schedules` enumerates the choices systematically
+(depth-first, bounded number of preemptions, as in CHESS) instead of sampling them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import random
-import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from .runtime import ChannelTimeout
@@ -74,7 +70,7 @@ DEFAULT_STALL_TIMEOUT_S = 10.0
 _TRACE_TAIL = 12
 
 
-class TraceEvent(NamedTuple):
+class SchedulerEvent(NamedTuple):
     """One runtime operation as executed: virtual time, thread, what happened."""
 
     time_ns: int
@@ -262,7 +258,7 @@ class VirtualRuntime:
         self._now = start_ns
         self.choices: list[int] = []
         """Every choice made, as an index into the enabled threads (replayable)."""
-        self.trace: list[TraceEvent] = []
+        self.trace: list[SchedulerEvent] = []
         self.errors: list[tuple[str, BaseException]] = []
         """Uncaught exceptions of the last run, as (thread, exception)."""
         self.steps = 0
@@ -462,7 +458,7 @@ class VirtualRuntime:
         return me
 
     def _ev(self, me: VirtualThread, op: str) -> None:
-        self.trace.append(TraceEvent(self._now, me.key, op))
+        self.trace.append(SchedulerEvent(self._now, me.key, op))
 
     def _new_thread(self, name: str, target: Callable[[], object]) -> VirtualThread:
         n = self._names.get(name, 0) + 1
@@ -600,7 +596,7 @@ class VirtualRuntime:
             self._now = nxt_time
             self._last_continues = False  # it blocked: waking it is a new, free decision
             if self._tracing:
-                self.trace.append(TraceEvent(nxt_time, "<clock>", f"+{nxt_time - now} ns"))
+                self.trace.append(SchedulerEvent(nxt_time, "<clock>", f"+{nxt_time - now} ns"))
         if len(enabled) == 1:
             return enabled[0]
         idx = self._decide([t.key for t in enabled])
@@ -697,161 +693,3 @@ class VirtualRuntime:
             if self._tracing:
                 self._ev(me, f"is_alive {t.key}")
         return not t.done
-
-
-# systematic exploration ------------------------------------------------------------------------
-@dataclass
-class ExplorationResult:
-    """What :func:`explore_schedules` found."""
-
-    schedules: int
-    """Complete runs executed."""
-    complete: bool
-    """True if every schedule within the preemption bound was run (no failure, no cap hit)."""
-    failure: BaseException | None = None
-    failing_choices: list[int] | None = None
-    """Replay with ``VirtualRuntime(replay=failing_choices)``."""
-    failing_trace: list[TraceEvent] = field(default_factory=list)
-    max_depth: int = 0
-    """Most choice points seen in one run."""
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-
-@dataclass
-class _Node:
-    names: list[str]
-    order: list[int]
-    preemptive: list[bool]
-    pos: int
-    preemptions_before: int
-
-
-def explore_schedules(
-    make_and_run: Callable[[VirtualRuntime], object],
-    *,
-    preemption_bound: int = 2,
-    max_schedules: int = 10_000,
-) -> ExplorationResult:
-    """Run ``make_and_run(rt)`` under every schedule with at most ``preemption_bound``
-    preemptions (depth-first over the choice points), stopping at the first failure.
-
-    ``make_and_run`` builds its system on the fresh runtime, calls ``rt.run(...)`` and
-    asserts; any exception counts as a failure. A *preemption* is choosing a thread other
-    than the one that reached the choice point while that one is still enabled; switches
-    where it blocked or exited (including choices after the clock advanced) are free. At
-    each point the non-preemptive choice is tried first. The program must be deterministic
-    given the choices (else ReplayDivergence).
-    """
-    stack: list[_Node] = []
-    schedules = 0
-    max_depth = 0
-    while schedules < max_schedules:
-        depth = 0
-        preemptions = 0
-        holder: list[VirtualRuntime] = []
-
-        def chooser(names: list[str], holder: list[VirtualRuntime] = holder) -> int:
-            nonlocal depth, preemptions
-            if depth < len(stack):
-                node = stack[depth]
-                if node.names != names:
-                    raise ReplayDivergence(
-                        f"choice point {depth}: enabled threads {names}, "
-                        f"expected {node.names} (is the test deterministic?)"
-                    )
-            else:
-                rt_ = holder[0]
-                last = rt_.current_thread_name if rt_.last_can_continue else None
-                default = names.index(last) if last in names else 0
-                order = [default, *(i for i in range(len(names)) if i != default)]
-                preemptive = [last in names and i != default for i in order]
-                node = _Node(names, order, preemptive, 0, preemptions)
-                stack.append(node)
-            depth += 1
-            if node.preemptive[node.pos]:
-                preemptions += 1
-            return node.order[node.pos]
-
-        rt = VirtualRuntime(chooser=chooser)
-        holder.append(rt)
-        failure: BaseException | None = None
-        try:
-            make_and_run(rt)
-        except Exception as exc:
-            failure = exc
-        schedules += 1
-        max_depth = max(max_depth, depth)
-        if failure is not None:
-            return ExplorationResult(
-                schedules, False, failure, list(rt.choices), list(rt.trace), max_depth
-            )
-        del stack[depth:]
-        # backtrack to the deepest node with an untried alternative within the bound
-        while stack:
-            node = stack[-1]
-            node.pos += 1
-            while node.pos < len(node.order) and (
-                node.preemptions_before + node.preemptive[node.pos] > preemption_bound
-            ):
-                node.pos += 1
-            if node.pos < len(node.order):
-                break
-            stack.pop()
-        if not stack:
-            return ExplorationResult(schedules, True, max_depth=max_depth)
-    return ExplorationResult(schedules, False, max_depth=max_depth)
-
-
-# benchmark ---------------------------------------------------------------------------------------
-def bench(cycles: int = 2_000, seed: int = 0) -> dict[str, float]:
-    """Steps/s of the throttler's pattern: a worker looping on ``get(timeout)`` and a
-    controller doing put + get on a response channel."""
-    rt = VirtualRuntime(seed, trace=False)
-
-    def main() -> int:
-        cmds: VirtualChannel[int] = rt.channel()
-        resp: VirtualChannel[int] = rt.channel()
-
-        def worker() -> None:
-            deadline = rt.now_ns() + 1_000_000
-            while True:
-                try:
-                    cmd = cmds.get(max(deadline - rt.now_ns(), 0))
-                except ChannelTimeout:
-                    deadline += 1_000_000
-                    rt.sleep_ns(10_000)  # a modelled pause()/resume() cost
-                    continue
-                resp.put(cmd)
-                if cmd < 0:
-                    return
-
-        w = rt.spawn("worker", worker)
-        total = 0
-        for i in range(cycles):
-            cmds.put(i)
-            total += resp.get(10_000_000)
-            rt.sleep_ns(3_000_000)
-        cmds.put(-1)
-        resp.get()
-        w.join()
-        return total
-
-    t0 = time.perf_counter()
-    rt.run(main, max_steps=10**8)
-    wall = time.perf_counter() - t0
-    return {
-        "steps": rt.steps,
-        "choices": len(rt.choices),
-        "wall_s": round(wall, 3),
-        "steps_per_s": round(rt.steps / wall),
-        "virtual_s": rt.now_ns() / 1e9,
-        "virtual_per_wall": round(rt.now_ns() / 1e9 / wall, 1),
-    }
-
-
-if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000
-    print(json.dumps({"virtualtime_bench": bench(n)}))

@@ -10,7 +10,7 @@ the spec's state record - by iterating the spec's relation (:meth:`Spec.relation
 - ``deadlock``: no reachable non-terminal state is stuck (see :mod:`.graph` for the exact
   notion, and for *bounded ends*: states whose only moves were user calls cut by the bound -
   not deadlocks, not terminal; counted in the stats);
-- every ``leadsto`` property under the spec's fairness (weak fairness per thread: the
+- every ``leadsto`` property under the spec's fairness (its ``WEAK_FAIRNESS`` groups: the
   worker's transitions as one group, the clock's as one, the controller's blocking-call
   completions as one; user calls unfair), by fair-SCC detection (:mod:`.fairness`);
   counterexamples are lassos.
@@ -21,8 +21,9 @@ Usage::
     result = explore(SPEC, load_config())        # [ci] section of model/explorer.toml
     print(result.format_text()); result.ok
 
-For a bug-zoo variant (a spec whose name is a variant's), the percent domain is extended with
-the variant's ``probe_percents`` automatically.
+For a bug-zoo variant (:func:`autoconverge.spec.variants.variant_of`), the percent domain is
+extended with the variant's ``probe_percents`` automatically. The checks of the declaration
+itself (reachability, overlapping guards) are :mod:`autoconverge.proofs.declaration`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoconverge.spec import Spec, State, Transition
-from autoconverge.spec.variants import VARIANTS
+from autoconverge.spec.variants import probe_percents
 
 from .config import ExplorerConfig, load_config
-from .declaration import check_declaration
 from .fairness import check_leadsto
 from .graph import StateGraph, build_graph
 from .trace import format_counterexample, state_dict, step_dicts
@@ -45,7 +45,6 @@ from .trace import format_counterexample, state_dict, step_dicts
 __all__ = [
     "ExplorationResult",
     "ExplorerConfig",
-    "check_declaration",
     "explore",
     "load_config",
 ]
@@ -105,18 +104,11 @@ class ExplorationResult:
         return "\n".join(lines)
 
 
-def _variant_probes(spec: Spec) -> tuple[int, ...]:
-    for v in VARIANTS:
-        if v.name == spec.name:
-            return tuple(v.probe_percents)
-    return ()
-
-
 def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResult:
     """Explore ``spec`` at ``config``'s bound (default ``[ci]``) and check its properties."""
     t0 = time.perf_counter()
     base = config if config is not None else load_config()
-    cfg = base.with_percents(_variant_probes(spec))
+    cfg = base.with_percents(probe_percents(spec))
     props = list(spec.properties)
     if cfg.properties:
         known = {p.name for p in props}

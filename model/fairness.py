@@ -3,8 +3,9 @@
 For ``p ~> q`` the checker restricts the graph to the ``~q`` nodes reachable, through ``~q``
 nodes only, from a ``p /\\ ~q`` node, splits that region into SCCs (Tarjan, iterative, so no
 recursion limit) and looks for a **fair** one. With weak fairness on groups of transitions
-(per thread: the worker's transitions together, the clock's together, the controller's
-blocking-call completions together; user calls unfair) an SCC carries a fair infinite path
+(the spec's :data:`~autoconverge.spec.WEAK_FAIRNESS`: per thread, the worker's transitions
+together, the clock's together, the controller's blocking-call completions together; user
+calls unfair) an SCC carries a fair infinite path
 iff, for every group, the group is *disabled* in some state of the SCC (weak fairness only
 demands the group be taken if it stays enabled) or some edge of the group has both ends in the
 SCC (so the path can take it infinitely often). Enabledness is judged in the whole explored
@@ -24,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .graph import GROUPS, StateGraph
+from .graph import ALL_GROUPS_MASK, StateGraph
 
 
 def tarjan_scc(nodes: Sequence[int], succ: Callable[[int], Sequence[int]]) -> list[list[int]]:
@@ -169,12 +170,12 @@ def _fair(g: StateGraph, comp: list[int]) -> bool:
             return True  # stuttering forever is fair here
         if not any(w == v for w, _ in g.succ[v]):
             return False
-    need = (1 << len(GROUPS)) - 1
+    need = ALL_GROUPS_MASK
     for v in comp:
         need &= _mask(g, v)  # a group disabled somewhere is satisfied
         for w, lab in g.succ[v]:
             if w in members:
-                need &= ~g.labels[lab].group
+                need &= ~g.labels[lab].group_bit
         if not need:
             return True
     return need == 0
@@ -197,7 +198,7 @@ def _lasso(g: StateGraph, comp: list[int], entry: int,
     if len(comp) == 1 and _mask(g, entry) == 0:
         return Lasso(prefix, [], entry, source)
     members = set(comp)
-    need = (1 << len(GROUPS)) - 1
+    need = ALL_GROUPS_MASK
     cycle: list[tuple[int, int]] = []
     cur = entry
 
@@ -210,14 +211,14 @@ def _lasso(g: StateGraph, comp: list[int], entry: int,
         # nearest node where an unsatisfied group is disabled, or edge of such a group
         path = _bfs_in(g, members, cur, _witness_goal(g, need))
         for lab, w in path:
-            need &= ~g.labels[lab].group
+            need &= ~g.labels[lab].group_bit
             visit(w)
         cycle.extend(path)
         cur = cycle[-1][1] if cycle else cur
     if cur != entry or not cycle:
         back = _bfs_in(g, members, cur, lambda v, lab, w: w == entry)
         for lab, _w in back:
-            need &= ~g.labels[lab].group
+            need &= ~g.labels[lab].group_bit
         cycle.extend(back)
     return Lasso(prefix, cycle, entry, source)
 
@@ -226,7 +227,7 @@ def _witness_goal(g: StateGraph, need: int) -> Callable[[int, int, int], bool]:
     """Goal for the cycle search: an edge of a needed group, or a node disabling one."""
 
     def goal(v: int, lab: int, w: int) -> bool:
-        return bool((need & ~_mask(g, w)) or (g.labels[lab].group & need))
+        return bool((need & ~_mask(g, w)) or (g.labels[lab].group_bit & need))
 
     return goal
 

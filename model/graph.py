@@ -13,10 +13,12 @@ trigger) is *cut* when the call budget is spent or when its successor would hold
 terminal, is a **bounded end**: in the unbounded spec the user could call again, or stop
 calling (user calls carry no fairness), so it is neither a deadlock nor a terminal state.
 
-A **deadlock** is a non-terminal state in which no transition other than ``fault`` is enabled
-in the unbounded spec (user calls included, cut or not). ``fault`` is excluded because it
-only models a failing vCPU call: a state that can only move by failing is stuck. This is
-slightly stronger than the property's formula ``ENABLED Next``.
+A **deadlock** is a non-terminal state in which no transition other than a fault
+(:attr:`Transition.is_fault`) is enabled in the unbounded spec (user calls included, cut or
+not). Faults are excluded because they only model a failing vCPU call: a state that can only
+move by failing is stuck. This is slightly stronger than the property's formula
+``ENABLED Next``. Each node also records which of the spec's weakly fair groups are enabled
+in it (a bit mask, :data:`GROUP_BITS`), for the fair-cycle search (:mod:`.fairness`).
 """
 
 from __future__ import annotations
@@ -28,47 +30,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoconverge.spec import Spec, State, Transition, terminal
-from autoconverge.spec.properties import FAIR_ACTORS, FAIR_CONTROLLER_TRIGGERS
+from autoconverge.spec import WEAK_FAIRNESS, Spec, State, Transition, terminal
 
+from .bound import BoundTransition
 from .config import ExplorerConfig
 
-GROUPS: tuple[str, ...] = (*FAIR_ACTORS, "controller")
-"""Weak-fairness groups, in bit order: each fair actor, then the controller's completions."""
-GROUP_BITS: dict[str, int] = {g: 1 << i for i, g in enumerate(GROUPS)}
-ALL_GROUPS_MASK = (1 << len(GROUPS)) - 1
-
-
-def fairness_group(t: Transition) -> int:
-    """Bit of the weak-fairness group of ``t``; 0 for unfair steps (user calls)."""
-    if t.actor in FAIR_ACTORS:
-        return GROUP_BITS[t.actor]
-    if t.actor == "controller" and t.trigger in FAIR_CONTROLLER_TRIGGERS:
-        return GROUP_BITS["controller"]
-    return 0
-
-
-def is_user_call(t: Transition) -> bool:
-    return t.user_call
+GROUP_BITS: dict[str, int] = {g.name: 1 << i for i, g in enumerate(WEAK_FAIRNESS)}
+"""The spec's weakly fair groups as bits of a mask, in the spec's order."""
+ALL_GROUPS_MASK = (1 << len(WEAK_FAIRNESS)) - 1
 
 
 @dataclass(frozen=True)
-class Label:
-    """An edge label: one transition with concrete parameters."""
+class Label(BoundTransition):
+    """An edge label: one transition with concrete parameters, and its fairness bit."""
 
-    transition: Transition
-    params: tuple[tuple[str, int], ...]
-    group: int
-    user_call: bool
-
-    @property
-    def params_dict(self) -> dict[str, int]:
-        return dict(self.params)
-
-    def describe(self) -> str:
-        t = self.transition
-        args = ", ".join(f"{k}={v}" for k, v in self.params)
-        return f"{t.trigger}({args})" if args else t.trigger
+    group_bit: int
+    """The bit of the transition's weakly fair group (:data:`GROUP_BITS`); 0 for none."""
 
 
 @dataclass
@@ -136,8 +113,8 @@ def _labels(relation: tuple[Transition, ...], domain: Mapping[str, tuple[int, ..
     for t in relation:
         combos = itertools.product(*(domain[name] for name in t.params))
         for values in combos:
-            out.append(Label(t, tuple(zip(t.params, values, strict=True)), fairness_group(t),
-                             is_user_call(t)))
+            out.append(Label(t, tuple(zip(t.params, values, strict=True)),
+                             GROUP_BITS[t.fairness] if t.fairness else 0))
     return out
 
 
@@ -151,10 +128,9 @@ def build_graph(
     t0 = time.perf_counter()
     relation = spec.relation()
     labels_all = _labels(relation, {"p": config.percents})
-    fault_free = [i for i, lab in enumerate(labels_all)
-                  if lab.transition.trigger != "fault"]
+    fault_free = [i for i, lab in enumerate(labels_all) if not lab.transition.is_fault]
     explored = [i for i, lab in enumerate(labels_all)
-                if config.faults or lab.transition.trigger != "fault"]
+                if config.faults or not lab.transition.is_fault]
     # index labels by (machine, source) so only the owning machine's current state is tried
     by_source: dict[tuple[str, str], list[int]] = {}
     for i in explored:
@@ -196,7 +172,7 @@ def build_graph(
                 if lab.transition.enabled(s, **lab.params_dict):
                     nxt = lab.transition.apply(s, **lab.params_dict)
                     out.append((li, intern(nxt)))
-                    mask |= lab.group
+                    mask |= lab.group_bit
                     if li in fault_free_set:
                         progress = True
         abs_succ[a] = out

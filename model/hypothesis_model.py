@@ -9,24 +9,25 @@ There is no call bound and no channel bound: runs go far beyond the explorer's b
 (``stateful_step_count`` steps, user calls included).
 
 Checked after every step: every ``invariant`` property, "not deadlocked" (a non-terminal
-state has an enabled transition other than ``fault``), and every ``step`` property on the
+state has an enabled transition other than a fault), and every ``step`` property on the
 step just taken. ``stutter`` is always enabled, so a run that reaches exit does not end in
 ``InvalidDefinition``.
 
 Liveness, bounded: the rule ``fair_schedule`` is enabled while the controller is blocked in
-abort/shutdown/handover. It runs the worker, clock and controller under a round-robin
-scheduler (weakly fair per thread: each enabled thread moves within three steps; which
-transition a thread takes, and where the rotation starts, are drawn) and requires the blocking
-call to return within ``4 * len(chan) + 8`` steps. The scheduler never picks ``fault`` (unless
-it is a thread's only move): the bound is about calls returning when nothing fails, and a
-failure only shortens the way to exit. Why that bound holds for the shipped spec:
-every phase consumes at least one queued command (the clock cannot expire before the worker
-has looked at a non-empty queue), a phase costs at most three steps (receive, expire,
-boundary), and returning takes one worker and one controller step, plus slack for a phase
-already expired when the schedule starts. A worker that sleeps again with a command queued
-(variant ``sleeps_with_shutdown_queued``) never returns under the clock-first rotation, so the
-bound is exceeded and the machine fails with the violated leads-to properties. This is a
-*bounded* check of ``~>``: the explorer's fair-cycle search is the complete one.
+abort/shutdown/handover. It runs the spec's weakly fair groups (``WEAK_FAIRNESS``: worker,
+clock, blocking-call completions) under a round-robin scheduler (each enabled group moves
+within three steps; which transition a group takes, and where the rotation starts, are
+drawn) and requires the blocking call to return within ``4 * len(chan) + 8`` steps. The
+scheduler never picks a fault (unless it is a group's only move): the bound is about calls
+returning when nothing fails, and a failure only shortens the way to exit. Why that bound
+holds for the shipped spec: every phase consumes at least one queued command (the clock
+cannot expire before the worker has looked at a non-empty queue), a phase costs at most
+three steps (receive, expire, boundary), and returning takes one worker and one controller
+step, plus slack for a phase already expired when the schedule starts. A worker that sleeps
+again with a command queued (variant ``sleeps_with_shutdown_queued``) never returns under
+the clock-first rotation, so the bound is exceeded and the machine fails with the violated
+leads-to properties. This is a *bounded* check of ``~>``: the explorer's fair-cycle search
+is the complete one.
 """
 
 from __future__ import annotations
@@ -37,12 +38,11 @@ from typing import Any, ClassVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from autoconverge.spec import Spec, State, Transition, terminal
-from autoconverge.spec.properties import FAIR_CONTROLLER_TRIGGERS
-from autoconverge.spec.variants import VARIANTS
+from autoconverge.spec import WEAK_FAIRNESS, Spec, State, Transition, terminal
+from autoconverge.spec.variants import probe_percents
 
+from .bound import BoundTransition
 from .config import load_config
-from .graph import GROUP_BITS, GROUPS, fairness_group
 from .trace import fmt_state
 
 
@@ -69,7 +69,7 @@ class AbstractModelMachine(RuleBasedStateMachine):
     percents: ClassVar[tuple[int, ...]]
     faults: ClassVar[bool]
     blocking_states: ClassVar[frozenset[str]]
-    _enabled_cache: ClassVar[dict[State, dict[str, list[tuple[Transition, dict[str, int]]]]]]
+    _enabled_cache: ClassVar[dict[State, dict[str, list[BoundTransition]]]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,15 +79,15 @@ class AbstractModelMachine(RuleBasedStateMachine):
 
     # -- spec evaluation (memoized per state record) ---------------------------------------
     @classmethod
-    def enabled(cls, s: State) -> dict[str, list[tuple[Transition, dict[str, int]]]]:
-        """trigger -> [(transition, params)] enabled in ``s`` (first per params wins)."""
+    def enabled(cls, s: State) -> dict[str, list[BoundTransition]]:
+        """trigger -> the transitions with parameters enabled in ``s`` (first per params wins)."""
         hit = cls._enabled_cache.get(s)
         if hit is not None:
             return hit
-        out: dict[str, list[tuple[Transition, dict[str, int]]]] = {}
+        out: dict[str, list[BoundTransition]] = {}
         taken: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
         for t in cls.relation:
-            if t.trigger == "fault" and not cls.faults:
+            if t.is_fault and not cls.faults:
                 continue
             for params in _combos(t.params, {"p": cls.percents}):
                 key = (t.trigger, tuple(sorted(params.items())))
@@ -95,15 +95,16 @@ class AbstractModelMachine(RuleBasedStateMachine):
                     continue  # transitions fires the first enabled one of a trigger
                 if t.enabled(s, **params):
                     taken.add(key)
-                    out.setdefault(t.trigger, []).append((t, params))
+                    out.setdefault(t.trigger, []).append(
+                        BoundTransition(t, tuple(params.items())))
         if len(cls._enabled_cache) < 200_000:
             cls._enabled_cache[s] = out
         return out
 
-    def fire(self, t: Transition, params: Mapping[str, int]) -> None:
-        pre = self.state
-        post = t.apply(pre, **params)
-        args = ", ".join(f"{k}={v}" for k, v in params.items())
+    def fire(self, step: BoundTransition) -> None:
+        pre, t = self.state, step.transition
+        post = t.apply(pre, **step.params_dict)
+        args = ", ".join(f"{k}={v}" for k, v in step.params)
         self.trace.append(f"{t.actor}: {t.trigger}({args}) -> {fmt_state(post.as_dict())}")
         self.state = post
         self.steps += 1
@@ -113,11 +114,11 @@ class AbstractModelMachine(RuleBasedStateMachine):
 
     def fire_trigger(self, trigger: str, data: st.DataObject) -> None:
         choices = self.enabled(self.state)[trigger]
-        t, params = choices[0]
+        step = choices[0]
         if len(choices) > 1:
-            by_name = {_describe(t, prm): (t, prm) for t, prm in choices}
-            t, params = by_name[data.draw(st.sampled_from(sorted(by_name)), label=trigger)]
-        self.fire(t, params)
+            by_name = {c.label: c for c in choices}
+            step = by_name[data.draw(st.sampled_from(sorted(by_name)), label=trigger)]
+        self.fire(step)
 
     # -- always-enabled rule -----------------------------------------------------------------
     @rule()
@@ -132,7 +133,7 @@ class AbstractModelMachine(RuleBasedStateMachine):
         bound = fair_bound(start)
         pending = [p for p in self.spec.properties
                    if p.kind == "leadsto" and p.leads_from(start) and not p.leads_to(start)]
-        order = list(GROUPS)
+        order = [g.name for g in WEAK_FAIRNESS]
         first = data.draw(st.sampled_from(order), label="rotation starts with")
         pos = order.index(first)
         for _ in range(bound):
@@ -141,19 +142,18 @@ class AbstractModelMachine(RuleBasedStateMachine):
             en = self.enabled(self.state)
             moved = False
             for k in range(len(order)):
-                g = GROUP_BITS[order[(pos + k) % len(order)]]
-                cands = [(t, prm) for ts in en.values() for t, prm in ts
-                         if fairness_group(t) == g]
+                group = order[(pos + k) % len(order)]
+                cands = [b for bs in en.values() for b in bs if b.fairness == group]
                 if not cands:
                     continue
                 if len(cands) > 1:  # a failure is no way to make progress: see module doc
-                    cands = [c for c in cands if c[0].trigger != "fault"] or cands
-                t, prm = cands[0]
+                    cands = [c for c in cands if not c.transition.is_fault] or cands
+                step = cands[0]
                 if len(cands) > 1:
-                    by_name = {_describe(t, prm): (t, prm) for t, prm in cands}
+                    by_name = {c.label: c for c in cands}
                     pick = data.draw(st.sampled_from(list(by_name)), label="fair step")
-                    t, prm = by_name[pick]
-                self.fire(t, prm)
+                    step = by_name[pick]
+                self.fire(step)
                 pos = (pos + k + 1) % len(order)
                 moved = True
                 break
@@ -174,14 +174,9 @@ class AbstractModelMachine(RuleBasedStateMachine):
                 raise PropertyViolation(p.name, p.statement, self.trace)
         if not terminal(s):
             en = self.enabled(s)
-            if not any(trig != "fault" for trig in en):
+            if not any(not b.transition.is_fault for bs in en.values() for b in bs):
                 raise PropertyViolation("NoDeadlock", "no transition but fault is enabled",
                                         self.trace)
-
-
-def _describe(t: Transition, params: Mapping[str, int]) -> str:
-    args = ", ".join(f"{k}={v}" for k, v in params.items())
-    return f"{t.trigger}@{t.source}({args})"
 
 
 def _combos(names: tuple[str, ...], domain: Mapping[str, tuple[int, ...]]
@@ -208,12 +203,12 @@ def make_abstract_machine(
     faults: bool = True,
 ) -> type[AbstractModelMachine]:
     """A state-machine class for ``spec`` (default percents: the explorer's ``[ci]`` domain,
-    plus the probes of the variant named like ``spec``)."""
+    plus the probes of the variant ``spec`` was built as)."""
     if percents is None:
-        probes = next((v.probe_percents for v in VARIANTS if v.name == spec.name), ())
-        percents = load_config(probe_percents=probes).percents
+        percents = load_config(probe_percents=probe_percents(spec)).percents
     relation = spec.relation()
-    blocking = frozenset(t.source for t in relation if t.trigger in FAIR_CONTROLLER_TRIGGERS)
+    # the controller is blocked in a call where it has a weakly fair step (a completion)
+    blocking = frozenset(t.source for t in relation if t.actor == "controller" and t.fairness)
     ns: dict[str, Any] = {
         "spec": spec,
         "relation": relation,
@@ -222,9 +217,7 @@ def make_abstract_machine(
         "blocking_states": blocking,
         "_enabled_cache": {},
     }
-    for trigger in dict.fromkeys(t.trigger for t in relation):
-        if trigger == "fault" and not faults:
-            continue
+    for trigger in dict.fromkeys(t.trigger for t in relation if faults or not t.is_fault):
         if trigger in ns or hasattr(AbstractModelMachine, trigger):
             raise ValueError(f"trigger {trigger!r} clashes with a machine attribute")
         ns[trigger] = _trigger_rule(trigger)

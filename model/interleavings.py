@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoconverge.impl.fakes import RecordingVcpus
+from autoconverge.impl.schedules import explore_schedules
 from autoconverge.impl.throttler import (
     Throttler,
     ThrottlerClosed,
     ThrottleWorkerError,
 )
-from autoconverge.impl.virtualtime import VirtualRuntime, explore_schedules
+from autoconverge.impl.virtualtime import VirtualRuntime
 from autoconverge.spec import SPEC
 from autoconverge.spec import lifecycle as L
 

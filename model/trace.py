@@ -16,11 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autoconverge.spec import CMD_ABORT, CMD_EXIT, CMD_HANDOVER, Spec, State
+from autoconverge.spec import COMMAND_NAMES, Spec, State
 
 from .graph import StateGraph
-
-_CMD_NAMES = {CMD_ABORT: "ABORT", CMD_EXIT: "EXIT", CMD_HANDOVER: "HANDOVER"}
 
 
 def state_dict(s: State) -> dict[str, Any]:
@@ -45,7 +43,7 @@ def step_dicts(g: StateGraph, steps: list[tuple[int, int]]) -> list[dict[str, An
             "trigger": t.trigger,
             "source": t.source,
             "dest": t.dest,
-            "params": lab.params_dict,
+            "params": dict(lab.params),
             "calls": list(t.calls),
             "state": state_dict(g.state(node)),
         })
@@ -53,7 +51,7 @@ def step_dicts(g: StateGraph, steps: list[tuple[int, int]]) -> list[dict[str, An
 
 
 def fmt_chan(chan: Any) -> str:
-    return "[" + ", ".join(_CMD_NAMES.get(x, str(x)) for x in chan) + "]"
+    return "[" + ", ".join(COMMAND_NAMES.get(x, str(x)) for x in chan) + "]"
 
 
 def fmt_state(s: State | Mapping[str, Any],

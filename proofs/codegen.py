@@ -12,8 +12,8 @@ Both generators model the same *bounded* slice of the spec as the explicit-state
 - a user call (a ``call_*`` trigger) needs ``ncalls < MAX_CALLS`` and increments ``ncalls``
   (an extra state variable, exactly like the explorer's node = (state, calls used));
 - a step that would leave more than ``QUEUE_CAP`` commands queued is cut;
-- ``fault`` steps are left out when :attr:`Bounds.faults` is false;
-- a *deadlock* is a non-terminal state in which no transition except ``fault`` is enabled in
+- faults (:attr:`Transition.is_fault`) are left out when :attr:`Bounds.faults` is false;
+- a *deadlock* is a non-terminal state in which no transition except a fault is enabled in
   the unbounded spec (bounds ignored): :func:`progress_enabled`;
 - a state whose only successors were cut by a bound is a *bounded end* (neither terminal nor
   a deadlock): :func:`cut_by_bounds`.
@@ -26,10 +26,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoconverge.model.bound import BoundTransition
 from autoconverge.spec import Spec, State, Transition, terminal
 from autoconverge.spec.expr import Term, Value, var
 from autoconverge.spec.lifecycle import CONTROLLER_STATES, VARIABLES, WORKER_STATES
-from autoconverge.spec.properties import FAIR_ACTORS, FAIR_CONTROLLER_TRIGGERS
 
 CALLS = "ncalls"
 """The extra state variable counting user calls (the call bound)."""
@@ -187,17 +187,17 @@ def mentions(x: Value, names: set[str]) -> bool:
 def chan_delta(x: Value) -> tuple[int, tuple[Value, ...]]:
     """A channel value as (commands dropped from the head of ``chan``, commands appended).
 
-    Supports what effects write: ``chan``, ``ch_tail(...)`` of it, ``ch_push(...)`` onto
+    Supports what effects write: ``chan``, ``chan_tail(...)`` of it, ``chan_push(...)`` onto
     either. Anything else (a tail taken after a push) raises ``NotImplementedError``.
     """
     if is_var(x, "chan"):
         return 0, ()
-    if isinstance(x, Term) and x.op == "ch_tail":
+    if isinstance(x, Term) and x.op == "chan_tail":
         d, pushed = chan_delta(x.args[0])
         if pushed:
-            raise NotImplementedError("ch_tail after ch_push in one step is not supported")
+            raise NotImplementedError("chan_tail after chan_push in one step is not supported")
         return d + 1, ()
-    if isinstance(x, Term) and x.op == "ch_push":
+    if isinstance(x, Term) and x.op == "chan_push":
         d, pushed = chan_delta(x.args[0])
         return d, (*pushed, simplify(x.args[1]))
     raise NotImplementedError(f"unsupported channel expression {x!r}")
@@ -205,19 +205,6 @@ def chan_delta(x: Value) -> tuple[int, tuple[Value, ...]]:
 
 def machine_var(t: Transition) -> str:
     return "c" if t.machine == "controller" else "w"
-
-
-def is_user_call(t: Transition) -> bool:
-    return t.user_call
-
-
-def fairness_group(t: Transition) -> str | None:
-    """``worker``/``clock``/``controller`` (blocking-call completions) or None (unfair)."""
-    if t.actor in FAIR_ACTORS:
-        return str(t.actor)
-    if t.actor == "controller" and t.trigger in FAIR_CONTROLLER_TRIGGERS:
-        return "controller"
-    return None
 
 
 def state_symbol(name: str) -> str:
@@ -230,11 +217,10 @@ def state_symbol(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class Step:
-    """One transition of the relation with its parameters bound (concrete or symbolic)."""
+class Step(BoundTransition):
+    """One transition of the relation with its parameters bound (concrete or symbolic), and
+    what it is as syntax trees: its guard, what the bounds add, its updates."""
 
-    transition: Transition
-    params: tuple[tuple[str, Value], ...]
     enabled: Value
     """Source state and guard, simplified; the bounds are not included."""
     bound: Value
@@ -246,33 +232,18 @@ class Step:
     """The successor as expressions over the pre-state."""
 
     @property
-    def name(self) -> str:
-        t = self.transition
-        base = f"{t.trigger}_{t.source}"
-        concrete = [f"{k}{v}" for k, v in self.params if not isinstance(v, Term)]
-        return "_".join((base, *concrete)).replace("-", "m")
-
-    @property
-    def user_call(self) -> bool:
-        return is_user_call(self.transition)
-
-    @property
-    def group(self) -> str | None:
-        return fairness_group(self.transition)
-
-    @property
     def symbolic_params(self) -> tuple[str, ...]:
         return tuple(k for k, v in self.params if isinstance(v, Term))
 
 
 def _bound_guard(t: Transition, chan: Value) -> Value:
     conds: list[Value] = []
-    if is_user_call(t):
+    if t.user_call:
         conds.append(Term("lt", (var(CALLS), var(MAX_CALLS))))
     drops, pushed = chan_delta(chan)
     if len(pushed) > drops:
         grow = len(pushed) - drops
-        conds.append(Term("le", (Term("add", (Term("ch_len", (var("chan"),)), const(grow))),
+        conds.append(Term("le", (Term("add", (Term("chan_len", (var("chan"),)), const(grow))),
                                  var(QUEUE_CAP))))
     return True if not conds else conds[0] if len(conds) == 1 else Term("and", tuple(conds))
 
@@ -287,7 +258,7 @@ def steps(spec: Spec, bounds: Bounds, *, symbolic_params: bool = False) -> list[
     s = symbolic_state()
     out: list[Step] = []
     for t in spec.relation():
-        if t.trigger == "fault" and not bounds.faults:
+        if t.is_fault and not bounds.faults:
             continue
         for params in _param_values(t.params, bounds, symbolic_params):
             enabled = simplify(t.enabled(s, **params))
@@ -298,7 +269,7 @@ def steps(spec: Spec, bounds: Bounds, *, symbolic_params: bool = False) -> list[
             for k, v in dict(t.effect(s, **params)).items():
                 updates[k] = v if k == "chan" else simplify(v)
             updates[machine_var(t)] = t.dest
-            if is_user_call(t):
+            if t.user_call:
                 updates[CALLS] = Term("add", (var(CALLS), const(1)))
             if "chan" in updates and is_var(updates["chan"], "chan"):
                 del updates["chan"]
@@ -327,9 +298,9 @@ def terminal_term() -> Value:
 
 
 def progress_enabled(all_steps: list[Step]) -> Value:
-    """Some transition other than ``fault`` is enabled, bounds ignored (the explorer's notion)."""
+    """Some transition other than a fault is enabled, bounds ignored (the explorer's notion)."""
     return simplify(Term("or", tuple(_quantified(st, st.enabled) for st in all_steps
-                                     if st.transition.trigger != "fault")))
+                                     if not st.transition.is_fault)))
 
 
 def cut_by_bounds(all_steps: list[Step]) -> Value:

@@ -14,7 +14,9 @@ not compared: SPIN's liveness runs (the product with the never claim, the fairne
 the controller's ``stop`` option) and SPIN's DFS depth; TLC's "states generated" (it counts
 the explicit stutter steps and re-visits).
 
-:func:`bench_checkers` times the three end to end at several bounds (see :mod:`.bench`).
+The result is a :class:`CrossCheck` built from each checker's :class:`.runs.CheckerRun`
+(``as_dict()``: its JSON form). :func:`bench_checkers` times the three end to end at several
+bounds (``autoconverge bench-checkers``).
 """
 
 from __future__ import annotations
@@ -22,16 +24,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoconverge.spec import Spec
-from autoconverge.spec.variants import VARIANTS, Variant
+from autoconverge.model.config import ExplorerConfig, load_config
+from autoconverge.model.explorer import explore
+from autoconverge.spec import SPEC, Spec
+from autoconverge.spec.variants import VARIANTS, Variant, variant_of
 from autoconverge.spec.variants import variant as find_variant
 
 from . import tools
 from .codegen import Bounds
 from .promela import check_spin
+from .runs import CheckerRun, PropertyVerdict
 from .tla import check_tlc
 
 FALLBACK_BOUNDS = Bounds(percents=(1, 50, 99), max_calls=4, channel_capacity=3, faults=True)
@@ -40,10 +46,150 @@ FALLBACK_BOUNDS = Bounds(percents=(1, 50, 99), max_calls=4, channel_capacity=3, 
 CHECKERS = ("explorer", "spin", "tlc")
 
 
-def explorer_config(section: str = "ci") -> Any:
-    """The explorer's config section (``model/explorer.toml``)."""
-    from autoconverge.model.explorer import load_config
+@dataclass(frozen=True)
+class PropertyAgreement:
+    """One property: each checker's verdict (None: the checker did not run) and agreement."""
 
+    name: str
+    kind: str
+    verdicts: dict[str, PropertyVerdict | None]
+    """By checker, for every one of :data:`CHECKERS`."""
+
+    @property
+    def agree(self) -> bool:
+        return len({v.holds for v in self.verdicts.values() if v is not None}) <= 1
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        for c, v in self.verdicts.items():
+            out[c] = None if v is None else {k: v.as_dict()[k] for k in ("holds", "states",
+                                                                         "time_s")}
+        out["agree"] = self.agree
+        return out
+
+
+@dataclass(frozen=True)
+class CountComparison:
+    """One count (distinct states, transitions, depth) per checker that ran, and whether the
+    counts match (checkers that do not report it are left out of the match)."""
+
+    counts: dict[str, int | None]
+    notes: dict[str, int | None] = field(default_factory=dict)
+    """Counts shown but not compared (SPIN's DFS depth)."""
+
+    @property
+    def match(self) -> bool:
+        return len({v for v in self.counts.values() if v is not None}) <= 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.counts, "match": self.match, **self.notes}
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """The explorer, SPIN and TLC on one spec at one bound, compared (see :func:`cross_check`).
+    ``as_dict()``: ``{spec, variant, bounds, checkers, properties, states, transitions, depth,
+    agree, skipped, seconds}`` plus ``expected``/``caught`` for a variant, else ``all_hold``."""
+
+    spec: str
+    variant: Variant | None
+    bounds: Bounds
+    runs: dict[str, CheckerRun]
+    """By checker, in the order of :data:`CHECKERS`, for the checkers that ran."""
+    properties: list[PropertyAgreement]
+    skipped: dict[str, str]
+    """Checker -> why it did not run."""
+    wall_s: float
+
+    @property
+    def checkers(self) -> list[str]:
+        return list(self.runs)
+
+    def _counts(self, key: str) -> dict[str, int | None]:
+        return {c: getattr(r, key) for c, r in self.runs.items()}
+
+    @property
+    def states(self) -> CountComparison:
+        return CountComparison(self._counts("states"))
+
+    @property
+    def transitions(self) -> CountComparison:
+        return CountComparison(self._counts("transitions"))
+
+    @property
+    def depth(self) -> CountComparison:
+        """BFS depth (explorer, TLC); SPIN's DFS depth is shown, not compared."""
+        counts = {c: d for c, d in self._counts("depth").items() if c != "spin"}
+        spin = self.runs.get("spin")
+        return CountComparison(counts, {} if spin is None else {"spin_dfs": spin.depth})
+
+    @property
+    def agree(self) -> bool:
+        """Every verdict the same across the checkers, and the same counts."""
+        return (all(p.agree for p in self.properties) and self.states.match
+                and self.transitions.match)
+
+    @property
+    def expected(self) -> list[str] | None:
+        """A variant's properties one of which the checkers should find violated."""
+        return None if self.variant is None else list(self.variant.violates)
+
+    @property
+    def caught(self) -> dict[str, bool] | None:
+        """For a variant: whether each checker reported one of ``variant.violates``."""
+        if self.variant is None:
+            return None
+        return {c: any(not r.properties[n].holds for n in self.variant.violates
+                       if n in r.properties) for c, r in self.runs.items()}
+
+    @property
+    def all_hold(self) -> dict[str, bool]:
+        return {c: r.all_hold for c, r in self.runs.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "spec": self.spec,
+            "variant": self.variant.name if self.variant else None,
+            "bounds": self.bounds.as_dict(),
+            "checkers": self.checkers,
+            "properties": [p.as_dict() for p in self.properties],
+            "states": self.states.as_dict(),
+            "transitions": self.transitions.as_dict(),
+            "depth": self.depth.as_dict(),
+            "agree": self.agree,
+            "skipped": self.skipped,
+            "seconds": {c: r.seconds for c, r in self.runs.items()} | {"wall": self.wall_s},
+        }
+        if self.variant is not None:
+            out["expected"] = self.expected
+            out["caught"] = self.caught
+        else:
+            out["all_hold"] = self.all_hold
+        return out
+
+
+@dataclass(frozen=True)
+class CrossCheckAll:
+    """:func:`cross_check` on a spec and on every bug-zoo variant built from it."""
+
+    spec: CrossCheck
+    variants: list[CrossCheck]
+
+    @property
+    def agree(self) -> bool:
+        return self.spec.agree and all(v.agree for v in self.variants)
+
+    @property
+    def all_caught(self) -> bool:
+        return all(all((v.caught or {}).values()) for v in self.variants)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.as_dict(), "variants": [v.as_dict() for v in self.variants],
+                "agree": self.agree, "all_caught": self.all_caught}
+
+
+def explorer_config(section: str = "ci") -> ExplorerConfig:
+    """The explorer's config section (``model/explorer.toml``)."""
     return load_config(section=section)
 
 
@@ -51,43 +197,34 @@ def bounds_for(variant: Variant | None = None, section: str = "ci") -> Bounds:
     """The explorer's bounds for a section, with the variant's probe percents added."""
     try:
         base = Bounds.from_config(explorer_config(section))
-    except (ImportError, FileNotFoundError):
+    except FileNotFoundError:
         base = FALLBACK_BOUNDS
     return base.with_percents(tuple(variant.probe_percents)) if variant else base
 
 
 def _resolve(spec: Spec, variant: Variant | str | None) -> tuple[Spec, Variant | None]:
     if variant is None:
-        for v in VARIANTS:
-            if v.name == spec.name:
-                return spec, v
-        return spec, None
+        return spec, variant_of(spec)
     v = find_variant(variant) if isinstance(variant, str) else variant
     return v.build(spec), v
 
 
-def run_explorer(spec: Spec, bounds: Bounds, section: str = "ci") -> dict[str, Any]:
+def run_explorer(spec: Spec, bounds: Bounds, section: str = "ci") -> CheckerRun:
     """The explorer at ``bounds`` (its config section with these percents and bounds)."""
-    from autoconverge.model.explorer import explore
-
     cfg = dataclasses.replace(explorer_config(section), percents=bounds.percents,
                               max_calls=bounds.max_calls,
                               channel_capacity=bounds.channel_capacity, faults=bounds.faults)
     t0 = time.perf_counter()
     r = explore(spec, cfg)
-    seconds = time.perf_counter() - t0
+    seconds = round(time.perf_counter() - t0, 4)
     st = r.stats
-    return {
-        "checker": "explorer",
-        "spec": spec.name,
-        "properties": {p["name"]: {"holds": bool(p["holds"]), "states": st["distinct_states"],
-                                   "time_s": round(seconds, 4)} for p in r.properties},
-        "states": st["distinct_states"],
-        "transitions": st["transitions"],
-        "depth": st["depth"],
-        "seconds": {"total": round(seconds, 4)},
-        "config": st.get("config"),
-    }
+    return CheckerRun(
+        "explorer", spec.name,
+        {p["name"]: PropertyVerdict(bool(p["holds"]), st["distinct_states"], seconds)
+         for p in r.properties},
+        states=st["distinct_states"], transitions=st["transitions"], depth=st["depth"],
+        seconds={"total": seconds}, details={"config": st.get("config")},
+    )
 
 
 def cross_check(
@@ -100,17 +237,15 @@ def cross_check(
     workdir: Path | None = None,
     parallel: bool = True,
     timeout: float = tools.DEFAULT_TIMEOUT,
-) -> dict[str, Any]:
+) -> CrossCheck:
     """Run the checkers on ``spec`` (or on ``variant`` built from it) and compare.
 
-    Returns ``{spec, variant, bounds, properties: [{name, kind, explorer, spin, tlc,
-    agree}], states: {explorer, spin, tlc, match}, transitions, depth, agree, expected,
-    caught, skipped, seconds}``; each checker entry per property is ``{holds, states,
-    time_s}`` (``None`` when the checker was skipped). ``agree``: every verdict of the
-    checkers that ran is the same, and the distinct-state counts are equal. For a variant,
-    ``caught[checker]`` says whether that checker reported at least one of
-    ``variant.violates``. A checker whose tools are missing is skipped with the reason
-    (``skipped``); ``parallel`` runs TLC in a thread next to the explorer and SPIN.
+    Per property each checker's verdict (``None`` when the checker was skipped); overall the
+    distinct states, transitions and depth. ``agree``: every verdict of the checkers that ran
+    is the same, and the distinct-state counts are equal. For a variant, ``caught[checker]``
+    says whether that checker reported at least one of ``variant.violates``. A checker whose
+    tools are missing is skipped with the reason (``skipped``); ``parallel`` runs TLC in a
+    thread next to the explorer and SPIN.
     """
     target, var = _resolve(spec, variant)
     b = bounds if bounds is not None else bounds_for(var, section)
@@ -124,12 +259,12 @@ def cross_check(
     if "explorer" not in checkers:
         skipped["explorer"] = "not requested"
     t0 = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, CheckerRun] = {}
 
     def wd(name: str) -> Path | None:
         return None if workdir is None else workdir / target.name / name
 
-    def run_tlc() -> dict[str, Any]:
+    def run_tlc() -> CheckerRun:
         return check_tlc(target, b, wd("tlc"), timeout=timeout)
 
     pool = ThreadPoolExecutor(max_workers=1) if parallel and "tlc" not in skipped else None
@@ -146,70 +281,19 @@ def cross_check(
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
-    return _compare(target, var, b, results, skipped, time.perf_counter() - t0)
+    runs = {c: results[c] for c in CHECKERS if c in results}
+    props = [PropertyAgreement(p.name, p.kind,
+                               {c: runs[c].properties.get(p.name) if c in runs else None
+                                for c in CHECKERS})
+             for p in target.properties]
+    return CrossCheck(target.name, var, b, runs, props, skipped,
+                      round(time.perf_counter() - t0, 4))
 
 
-def _compare(spec: Spec, var: Variant | None, b: Bounds, results: dict[str, dict[str, Any]],
-             skipped: dict[str, str], seconds: float) -> dict[str, Any]:
-    ran = [c for c in CHECKERS if c in results]
-    props: list[dict[str, Any]] = []
-    for p in spec.properties:
-        entry: dict[str, Any] = {"name": p.name, "kind": p.kind}
-        verdicts = []
-        for c in CHECKERS:
-            v = results[c]["properties"].get(p.name) if c in results else None
-            entry[c] = None if v is None else {k: v[k] for k in ("holds", "states", "time_s")}
-            if v is not None:
-                verdicts.append(v["holds"])
-        entry["agree"] = len(set(verdicts)) <= 1
-        props.append(entry)
-
-    def column(key: str) -> dict[str, Any]:
-        col: dict[str, Any] = {c: results[c].get(key) for c in ran}
-        vals = [v for v in col.values() if v is not None]
-        col["match"] = len(set(vals)) <= 1
-        return col
-
-    states = column("states")
-    transitions = column("transitions")
-    depth = {c: results[c].get("depth") for c in ran if c != "spin"}
-    depth["match"] = len({v for v in depth.values() if v is not None}) <= 1
-    if "spin" in results:
-        depth["spin_dfs"] = results["spin"]["depth"]
-    out: dict[str, Any] = {
-        "spec": spec.name,
-        "variant": var.name if var else None,
-        "bounds": b.as_dict(),
-        "checkers": ran,
-        "properties": props,
-        "states": states,
-        "transitions": transitions,
-        "depth": depth,
-        "agree": all(p["agree"] for p in props) and states["match"] and transitions["match"],
-        "skipped": skipped,
-        "seconds": {c: results[c]["seconds"] for c in ran} | {"wall": round(seconds, 4)},
-    }
-    if var is not None:
-        out["expected"] = list(var.violates)
-        out["caught"] = {
-            c: any(not results[c]["properties"][n]["holds"] for n in var.violates
-                   if n in results[c]["properties"]) for c in ran}
-    else:
-        out["all_hold"] = {c: all(v["holds"] for v in results[c]["properties"].values())
-                           for c in ran}
-    return out
-
-
-def cross_check_all(spec: Spec, **kwargs: Any) -> dict[str, Any]:
+def cross_check_all(spec: Spec, **kwargs: Any) -> CrossCheckAll:
     """:func:`cross_check` on ``spec`` and on every bug-zoo variant built from it."""
-    shipped = cross_check(spec, **kwargs)
-    variants = [cross_check(spec, variant=v, **kwargs) for v in VARIANTS]
-    return {
-        "spec": shipped,
-        "variants": variants,
-        "agree": shipped["agree"] and all(v["agree"] for v in variants),
-        "all_caught": all(all(v["caught"].values()) for v in variants),
-    }
+    return CrossCheckAll(cross_check(spec, **kwargs),
+                         [cross_check(spec, variant=v, **kwargs) for v in VARIANTS])
 
 
 # --- benchmark -------------------------------------------------------------------------------
@@ -238,8 +322,6 @@ def bench_checkers(bounds: list[Bounds | str], spec: Spec | None = None,
     """The same model at each bound: distinct states and end-to-end wall time of the
     explorer, SPIN (generate + compile + every run) and TLC (one worker, every run), run one
     after the other (not in parallel, so the times do not compete for cores)."""
-    from autoconverge.spec import SPEC
-
     target = spec if spec is not None else SPEC
     rows: list[dict[str, Any]] = []
     for item in bounds:
@@ -248,9 +330,9 @@ def bench_checkers(bounds: list[Bounds | str], spec: Spec | None = None,
                                else None}
         t0 = time.perf_counter()
         ex = run_explorer(target, b)
-        row["explorer"] = {"states": ex["states"], "transitions": ex["transitions"],
+        row["explorer"] = {"states": ex.states, "transitions": ex.transitions,
                            "wall_s": round(time.perf_counter() - t0, 3),
-                           "all_hold": all(v["holds"] for v in ex["properties"].values())}
+                           "all_hold": ex.all_hold}
         for name, fn in (("spin", check_spin), ("tlc", check_tlc)):
             why = tools.skip_reason(name)
             if why:
@@ -258,10 +340,9 @@ def bench_checkers(bounds: list[Bounds | str], spec: Spec | None = None,
                 continue
             t0 = time.perf_counter()
             r = fn(target, b, timeout=timeout)
-            row[name] = {"states": r["states"], "transitions": r["transitions"],
+            row[name] = {"states": r.states, "transitions": r.transitions,
                          "wall_s": round(time.perf_counter() - t0, 3),
-                         "seconds": r["seconds"],
-                         "all_hold": all(v["holds"] for v in r["properties"].values())}
+                         "seconds": r.seconds, "all_hold": r.all_hold}
         counts = [row[c]["states"] for c in CHECKERS if "states" in row[c]]
         row["states_match"] = len(set(counts)) <= 1
         rows.append(row)

@@ -13,8 +13,8 @@ terms (see :mod:`autoconverge.spec.expr`):
   proof covers every percent a caller can pass, not a sampled domain.
 
 It also converts Z3 models back to concrete :class:`State` records (so counterexamples can be
-replayed through :meth:`Spec.successors`) and groups transitions into the spec's fairness
-groups (:data:`GROUPS`).
+replayed through :meth:`Spec.successors`) and groups transitions by the spec's fairness groups
+(:data:`autoconverge.spec.FAIRNESS_GROUPS`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from typing import Any
 import z3
 
 from autoconverge.model import trace as _trace
-from autoconverge.spec import CMD_ABORT, CMD_EXIT, CMD_HANDOVER, Spec, State, Transition
+from autoconverge.spec import Spec, State, Transition
 from autoconverge.spec.expr import Value
 from autoconverge.spec.lifecycle import CONTROLLER_STATES, VARIABLES, WORKER_STATES
-from autoconverge.spec.properties import FAIR_ACTORS, FAIR_CONTROLLER_TRIGGERS
 
 WORKER_SORT, _WORKER_CONSTS = z3.EnumSort("WorkerState", list(WORKER_STATES))
 CONTROLLER_SORT, _CONTROLLER_CONSTS = z3.EnumSort("ControllerState", list(CONTROLLER_STATES))
@@ -40,31 +39,6 @@ _ENUM_VALUES: dict[str, dict[str, z3.ExprRef]] = {
     "w": {n: c for n, c in zip(WORKER_STATES, _WORKER_CONSTS, strict=True)},
     "c": {n: c for n, c in zip(CONTROLLER_STATES, _CONTROLLER_CONSTS, strict=True)},
 }
-
-GROUP_WORKER = "worker"
-GROUP_CLOCK = "clock"
-GROUP_COMPLETION = "completion"
-GROUP_USER = "user"
-GROUPS: tuple[str, ...] = (GROUP_WORKER, GROUP_CLOCK, GROUP_COMPLETION, GROUP_USER)
-"""Fairness groups: WF(worker), WF(clock), WF(blocking-call completions); user calls unfair."""
-FAIR_GROUPS: tuple[str, ...] = (GROUP_WORKER, GROUP_CLOCK, GROUP_COMPLETION)
-GROUP_TEXT = {
-    GROUP_WORKER: "worker thread (weakly fair)",
-    GROUP_CLOCK: "clock (weakly fair)",
-    GROUP_COMPLETION: "controller completing a blocking call (weakly fair)",
-    GROUP_USER: "user calls (no fairness)",
-}
-
-CMD_NAMES = {CMD_ABORT: "ABORT", CMD_EXIT: "EXIT", CMD_HANDOVER: "HANDOVER"}
-
-
-def group_of(t: Transition) -> str:
-    """The fairness group a transition belongs to (per thread, never per action)."""
-    if t.actor in FAIR_ACTORS:
-        return GROUP_WORKER if t.actor == "worker" else GROUP_CLOCK
-    if t.trigger in FAIR_CONTROLLER_TRIGGERS:
-        return GROUP_COMPLETION
-    return GROUP_USER
 
 
 def _sort_of(name: str, example: Value) -> z3.SortRef:
@@ -118,7 +92,7 @@ def as_bool(v: Value) -> z3.BoolRef:
 
 
 def lifted_state(s: State) -> State:
-    """A concrete state as constant Z3 terms."""
+    """A state as Z3 terms (concrete fields lifted to constants, Z3 terms kept)."""
     return State(**{n: lift(n, getattr(s, n)) for n in VARIABLES})
 
 
@@ -196,7 +170,7 @@ class Encoding:
     def post(self, t: Transition, s: State,
              params: Mapping[str, z3.ArithRef] | None = None) -> State:
         ps = {p: (params or {})[p] for p in t.params}
-        return lifted_post(t.apply(s, **ps))
+        return lifted_state(t.apply(s, **ps))
 
     def step(self, t: Transition, s: State, s2: State,
              params: Mapping[str, z3.ArithRef] | None = None) -> z3.BoolRef:
@@ -209,7 +183,8 @@ class Encoding:
         return z3.Or(*(self.step(t, s, s2, params) for t in ts)) if ts else z3.BoolVal(False)
 
     def group(self, name: str) -> tuple[Transition, ...]:
-        return tuple(t for t in self.relation if group_of(t) == name)
+        """The transitions of the fairness group ``name`` (:attr:`Transition.fairness_group`)."""
+        return tuple(t for t in self.relation if t.fairness_group.name == name)
 
     def group_enabled(self, name: str, s: State, changing: bool = True) -> z3.BoolRef:
         """ENABLED <<G>>_vars: some transition of the group can fire (and change the state).
@@ -225,11 +200,11 @@ class Encoding:
             out.append(z3.Exists(list(ps.values()), en) if ps else en)
         return z3.Or(*out) if out else z3.BoolVal(False)
 
-    def any_enabled(self, s: State, exclude: tuple[str, ...] = ()) -> z3.BoolRef:
-        """Some transition is enabled (triggers in ``exclude`` do not count)."""
+    def progress_enabled(self, s: State) -> z3.BoolRef:
+        """Some transition other than a fault is enabled (failing is no way on)."""
         out: list[z3.BoolRef] = []
         for t in self.relation:
-            if t.trigger in exclude:
+            if t.is_fault:
                 continue
             ps = {p: z3.Int(self.fresh(f"{p}_en")) for p in t.params}
             en = self.enabled(t, s, ps)
@@ -253,10 +228,6 @@ class Encoding:
                      params: Mapping[str, z3.ArithRef]) -> dict[str, int]:
         return {p: model.eval(params[p], model_completion=True).as_long()
                 for p in t.params}
-
-
-def lifted_post(s: State) -> State:
-    return State(**{n: lift(n, getattr(s, n)) for n in VARIABLES})
 
 
 # --- readable output: the explorer's (one counterexample format for every checker) ---------

@@ -40,11 +40,10 @@ Model layout:
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from autoconverge.spec import Spec
 from autoconverge.spec.expr import Term, Value
@@ -58,6 +57,7 @@ from .codegen import (
     Bounds,
     Step,
     chan_delta,
+    const,
     initial_values,
     is_var,
     mentions,
@@ -68,69 +68,52 @@ from .codegen import (
     step_property_term,
     steps,
 )
+from .printer import TermPrinter
+from .runs import CheckerRun, PropertyVerdict
 
 Mode = Literal["safety", "liveness"]
 
 BOOL_VARS = ("paused", "handed", "failed", "expired", "polled", "resp")
 INT_VARS = ("percent", "applied", "requested")
-_SYMBOLS = {MAX_CALLS: "MAX_CALLS", QUEUE_CAP: "QUEUE_CAP"}
-_BIN = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=",
-        "add": "+", "sub": "-", "mul": "*"}
 
 
 def mtype_name(state: str) -> str:
     return f"{state_symbol(state)}_{state}"
 
 
-def expr(x: Value) -> str:
-    """A Promela expression for a (simplified) term over the current state."""
-    x = simplify(x)
-    if isinstance(x, bool):
-        return "true" if x else "false"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, str):
-        return mtype_name(x)
-    if not isinstance(x, Term):
-        raise TypeError(f"cannot print {x!r} in Promela")
-    op, a = x.op, x.args
-    if op == "var":
-        name = a[0]
-        if name in _SYMBOLS:
-            return _SYMBOLS[name]
+class PromelaPrinter(TermPrinter):
+    """Promela spellings; the channel is the array ``q`` with the length ``qlen``."""
+
+    LANGUAGE = "Promela"
+    TRUE, FALSE = "true", "false"
+    AND, OR, NOT = "&&", "||", "!"
+    EQ, NE = "==", "!="
+    TEMPLATES: ClassVar[Mapping[str, str]] = {"ite": "({} -> {} : {})"}
+    SYMBOLS: ClassVar[Mapping[str, str]] = {MAX_CALLS: "MAX_CALLS", QUEUE_CAP: "QUEUE_CAP"}
+
+    def state(self, name: str) -> str:
+        return mtype_name(name)
+
+    def variable(self, name: str) -> str:
         if name == "chan":
             raise NotImplementedError("a channel value is not a Promela expression")
-        return str(name)
-    if op == "const":
-        return expr(a[0])
-    if op == "and":
-        return "(" + " && ".join(expr(t) for t in a) + ")"
-    if op == "or":
-        return "(" + " || ".join(expr(t) for t in a) + ")"
-    if op == "not":
-        return f"!{expr(a[0])}" if _atomic(a[0]) else f"!({expr(a[0])})"
-    if op == "implies":
-        return expr(Term("or", (Term("not", (a[0],)), a[1])))
-    if op == "ite":
-        return f"({expr(a[0])} -> {expr(a[1])} : {expr(a[2])})"
-    if op in _BIN:
-        return f"({expr(a[0])} {_BIN[op]} {expr(a[1])})"
-    if op == "is_state":
-        return f"({expr(a[0])} == {mtype_name(a[1])})"
-    if op == "ch_len":
-        drops, pushed = chan_delta(a[0])
-        k = len(pushed) - drops
-        return "qlen" if k == 0 else f"(qlen {'+' if k > 0 else '-'} {abs(k)})"
-    if op == "ch_head":
-        drops, pushed = chan_delta(a[0])
-        if pushed:
-            raise NotImplementedError("the head of a channel with pushes is not supported")
-        return f"q[{drops}]"
-    raise NotImplementedError(f"no Promela for term op {op!r}")
+        return super().variable(name)
+
+    def special(self, op: str, a: tuple[Any, ...]) -> str | None:
+        if op == "chan_len":
+            drops, pushed = chan_delta(a[0])
+            k = len(pushed) - drops
+            return "qlen" if k == 0 else f"(qlen {'+' if k > 0 else '-'} {abs(k)})"
+        if op == "chan_head":
+            drops, pushed = chan_delta(a[0])
+            if pushed:
+                raise NotImplementedError("the head of a channel with pushes is not supported")
+            return f"q[{drops}]"
+        return None
 
 
-def _atomic(x: Value) -> bool:
-    return not isinstance(x, Term) or x.op in ("var", "const")
+expr = PromelaPrinter()
+"""A Promela expression for a (simplified) term over the current state."""
 
 
 def _assert(name: str, cond: Value) -> str | None:
@@ -183,14 +166,10 @@ def _ordered(names: Iterable[str]) -> list[str]:
 
 
 def _d_step(st: Step, body: list[str]) -> str:
-    guard = simplify(Term("and", (_lift(st.enabled), _lift(st.bound))))
+    guard = simplify(Term("and", (const(st.enabled), const(st.bound))))
     stmts = [expr(guard), *body]
     return "d_step { " + " -> ".join(stmts[:1]) + (
         ";\n            " + ";\n            ".join(stmts[1:]) if len(stmts) > 1 else "") + " }"
-
-
-def _lift(x: Value) -> Term:
-    return x if isinstance(x, Term) else Term("const", (x,))
 
 
 def generate(spec: Spec, bounds: Bounds, mode: Mode = "safety") -> str:
@@ -354,21 +333,14 @@ def properties_checked(spec: Spec, mode: Mode) -> list[str]:
 
 
 def check_spin(spec: Spec, bounds: Bounds, workdir: Path | None = None, *,
-               timeout: float = tools.DEFAULT_TIMEOUT, replay: bool = False) -> dict[str, Any]:
+               timeout: float = tools.DEFAULT_TIMEOUT, replay: bool = False) -> CheckerRun:
     """Generate, compile and run SPIN on ``spec`` at ``bounds``: one exhaustive safety run
     (``pan -c0``: every assertion and invalid end state, counting on past errors) and one
     ``pan -a -f -N <name>`` run per leads-to property. Artifacts stay in ``workdir`` when
     given (else a temporary folder, removed)."""
     tools.require("spin")
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="autoconverge-spin-")
-        workdir = Path(tmp.name)
-    try:
-        return _check_spin(spec, bounds, workdir, timeout, replay)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    with tools.work_folder(workdir, "autoconverge-spin-") as folder:
+        return _check_spin(spec, bounds, folder, timeout, replay)
 
 
 PAN_FLAGS = ("-n", "-m500000", "-w22")
@@ -376,14 +348,14 @@ PAN_FLAGS = ("-n", "-m500000", "-w22")
 
 
 def _check_spin(spec: Spec, bounds: Bounds, workdir: Path, timeout: float, replay: bool
-                ) -> dict[str, Any]:
+                ) -> CheckerRun:
     t_start = time.perf_counter()
     kinds = {p.name: p.kind for p in spec.properties}
     unknown = [n for n, k in kinds.items() if k not in ("invariant", "step", "deadlock",
                                                            "leadsto")]
     if unknown:
         raise tools.ToolError(f"no SPIN encoding for properties {unknown}")
-    props: dict[str, dict[str, Any]] = {}
+    props: dict[str, PropertyVerdict] = {}
     sdir, ldir = workdir / "safety", workdir / "liveness"
     sdir.mkdir(parents=True, exist_ok=True)
     ldir.mkdir(parents=True, exist_ok=True)
@@ -399,8 +371,8 @@ def _check_spin(spec: Spec, bounds: Bounds, workdir: Path, timeout: float, repla
         violated |= {n for n, k in kinds.items() if k == "deadlock"}
     for name, kind in kinds.items():
         if kind != "leadsto":
-            props[name] = {"holds": name not in violated, "states": safety.states,
-                           "time_s": round(safety.seconds, 4), "run": "safety"}
+            props[name] = PropertyVerdict(name not in violated, safety.states,
+                                          round(safety.seconds, 4), "safety")
     t_run = safety.seconds
     live_names = [n for n, k in kinds.items() if k == "leadsto"]
     t_cc2 = 0.0
@@ -409,24 +381,18 @@ def _check_spin(spec: Spec, bounds: Bounds, workdir: Path, timeout: float, repla
         for name in live_names:
             r = tools.pan_run(lpan, ["-a", "-f", "-N", name, *PAN_FLAGS], timeout)
             _check_depth(r)
-            entry: dict[str, Any] = {"holds": not r.acceptance_cycle, "states": r.states,
-                                     "time_s": round(r.seconds, 4), "run": f"liveness -N {name}"}
-            if r.acceptance_cycle and replay and r.trail is not None:
-                entry["trail"] = tools.spin_replay(ldir / "model.pml")
-            props[name] = entry
+            trail = (tools.spin_replay(ldir / "model.pml")
+                     if r.acceptance_cycle and replay and r.trail is not None else None)
+            props[name] = PropertyVerdict(not r.acceptance_cycle, r.states, round(r.seconds, 4),
+                                          f"liveness -N {name}", trail)
             t_run += r.seconds
-    return {
-        "checker": "spin",
-        "spec": spec.name,
-        "bounds": bounds.as_dict(),
-        "properties": props,
-        "states": safety.states,
-        "transitions": safety.transitions - 1,
-        "depth": safety.depth,
-        "seconds": {"generate": round(t_gen, 4), "compile": round(t_cc + t_cc2, 4),
-                    "run": round(t_run, 4), "total": round(time.perf_counter() - t_start, 4)},
-        "workdir": str(workdir),
-    }
+    return CheckerRun(
+        "spin", spec.name, props, states=safety.states, transitions=safety.transitions - 1,
+        depth=safety.depth,
+        seconds={"generate": round(t_gen, 4), "compile": round(t_cc + t_cc2, 4),
+                 "run": round(t_run, 4), "total": round(time.perf_counter() - t_start, 4)},
+        bounds=bounds.as_dict(), workdir=str(workdir),
+    )
 
 
 def _check_depth(r: tools.PanResult) -> None:

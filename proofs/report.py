@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from autoconverge.spec import Spec
+from autoconverge.spec import FAIRNESS_GROUPS, Spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFINED_IN = "spec/properties.py"
@@ -34,8 +34,7 @@ ABSTRACTIONS = (
     "transition, and the implementation's best-effort resume after it is outside the model.",
     "The explorer, SPIN and TLC are bounded (user calls, queue capacity, percent domain: "
     "model/explorer.toml); the Z3 proofs are not (all percents, queue lengths, call counts).",
-    "Liveness assumes weak fairness per thread (worker, clock, a controller blocked in a "
-    "call); user calls carry none.",
+    "Liveness assumes: " + ", ".join(g.statement for g in FAIRNESS_GROUPS) + ".",
 )
 
 

@@ -11,11 +11,11 @@ Module layout:
   is a TLA+ sequence (``Head``/``Tail``/``Append``), unbounded in the module, bounded by the
   constant ``QueueCap`` in the actions that push;
 - constants ``MaxCalls``, ``QueueCap``, ``Percents`` (the domain of ``set_throttle_percent``);
-- one action per transition (``recv_set_waiting``, ``call_set_idle(p)``, ...), grouped per
-  thread: ``WorkerNext``, ``ClockNext``, ``ControllerNext``; ``ControllerWaitNext`` is the
-  completion of a blocking call (abort/shutdown/handover returning);
+- one action per transition (``recv_set_waiting``, ``call_set_idle(p)``, ...), grouped by
+  the spec's fairness groups (:data:`autoconverge.spec.FAIRNESS_GROUPS`): ``WorkerNext``,
+  ``ClockNext``, ``CompletionNext`` (a blocking call returning) and ``UserNext`` (user calls);
 - ``Spec == Init /\\ [][Next]_vars /\\ WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\
-  WF_vars(ControllerWaitNext)``: weak fairness per *thread*, never per action (per-action
+  WF_vars(CompletionNext)``: weak fairness per *thread*, never per action (per-action
   fairness would certify a worker that prefers its timer over a queued shutdown forever);
   user calls carry no fairness;
 - ``EndStutter``: an explicit stutter step in terminal states (``w = "exit" /\\ c = "done"``)
@@ -30,14 +30,13 @@ Module layout:
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from autoconverge.spec import Spec, State
-from autoconverge.spec.expr import Term, Value
+from autoconverge.spec import FAIRNESS_GROUPS, WEAK_FAIRNESS, FairnessGroup, Spec, State
+from autoconverge.spec.expr import Term
 from autoconverge.spec.lifecycle import VARIABLES
 
 from . import tools
@@ -47,6 +46,7 @@ from .codegen import (
     QUEUE_CAP,
     Bounds,
     Step,
+    const,
     cut_by_bounds,
     initial_values,
     no_deadlock_term,
@@ -57,62 +57,41 @@ from .codegen import (
     stutter_condition,
     terminal_term,
 )
+from .printer import TermPrinter
+from .runs import CheckerRun, PropertyVerdict
 
 MODULE = "Autoconverge"
 STUTTER_SUFFIX = "_Stutter"
-_SYMBOLS = {MAX_CALLS: "MaxCalls", QUEUE_CAP: "QueueCap"}
-_DOMAINS = {"p_domain": "Percents"}
-_BIN = {"eq": "=", "ne": "#", "lt": "<", "le": "<=", "gt": ">", "ge": ">=",
-        "add": "+", "sub": "-", "mul": "*"}
 
 
-def expr(x: Value) -> str:
-    """A TLA+ expression for a (simplified) term."""
-    x = simplify(x)
-    if isinstance(x, bool):
-        return "TRUE" if x else "FALSE"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, str):
-        return f'"{x}"'
-    if isinstance(x, tuple):
-        return "<<" + ", ".join(expr(v) for v in x) + ">>"
-    if not isinstance(x, Term):
-        raise TypeError(f"cannot print {x!r} in TLA+")
-    op, a = x.op, x.args
-    if op == "var":
-        return str(_SYMBOLS.get(a[0], a[0]))
-    if op == "const":
-        return expr(a[0])
-    if op == "and":
-        return "(" + " /\\ ".join(expr(t) for t in a) + ")"
-    if op == "or":
-        return "(" + " \\/ ".join(expr(t) for t in a) + ")"
-    if op == "not":
-        return f"~{expr(a[0])}" if _atomic(a[0]) else f"~({expr(a[0])})"
-    if op == "implies":
-        return f"({expr(a[0])} => {expr(a[1])})"
-    if op == "ite":
-        return f"(IF {expr(a[0])} THEN {expr(a[1])} ELSE {expr(a[2])})"
-    if op in _BIN:
-        return f"({expr(a[0])} {_BIN[op]} {expr(a[1])})"
-    if op == "is_state":
-        return f'({expr(a[0])} = "{a[1]}")'
-    if op == "ch_len":
-        return f"Len({expr(a[0])})"
-    if op == "ch_head":
-        return f"Head({expr(a[0])})"
-    if op == "ch_tail":
-        return f"Tail({expr(a[0])})"
-    if op == "ch_push":
-        return f"Append({expr(a[0])}, {expr(a[1])})"
-    if op == "exists":
-        return f"(\\E {a[0]} \\in {_DOMAINS[a[1]]} : {expr(a[2])})"
-    raise NotImplementedError(f"no TLA+ for term op {op!r}")
+class TlaPrinter(TermPrinter):
+    """TLA+ spellings; the channel is a sequence, machine states are strings."""
+
+    LANGUAGE = "TLA+"
+    TRUE, FALSE = "TRUE", "FALSE"
+    AND, OR, NOT, IMPLIES = "/\\", "\\/", "~", "=>"
+    EQ, NE = "=", "#"
+    TEMPLATES: ClassVar[Mapping[str, str]] = {
+        "ite": "(IF {} THEN {} ELSE {})", "chan_len": "Len({})", "chan_head": "Head({})",
+        "chan_tail": "Tail({})", "chan_push": "Append({}, {})",
+    }
+    SYMBOLS: ClassVar[Mapping[str, str]] = {MAX_CALLS: "MaxCalls", QUEUE_CAP: "QueueCap"}
+    DOMAINS: ClassVar[Mapping[str, str]] = {"p_domain": "Percents"}
+
+    def state(self, name: str) -> str:
+        return f'"{name}"'
+
+    def sequence(self, items: tuple[Any, ...]) -> str:
+        return "<<" + ", ".join(self(v) for v in items) + ">>"
+
+    def special(self, op: str, a: tuple[Any, ...]) -> str | None:
+        if op == "exists":
+            return f"(\\E {a[0]} \\in {self.DOMAINS[a[1]]} : {self(a[2])})"
+        return None
 
 
-def _lift(x: Value) -> Term:
-    return x if isinstance(x, Term) else Term("const", (x,))
+expr = TlaPrinter()
+"""A TLA+ expression for a (simplified) term."""
 
 
 def stutter_invariants(spec: Spec, bounds: Bounds) -> dict[str, str]:
@@ -130,24 +109,21 @@ def stutter_invariants(spec: Spec, bounds: Bounds) -> dict[str, str]:
     return out
 
 
-def _atomic(x: Value) -> bool:
-    return not isinstance(x, Term) or x.op in ("var", "const")
+def _bullets(items: list[str], indent: str, op: str, empty: str) -> str:
+    """A TLA+ bulleted conjunction or disjunction (``empty`` when there is nothing)."""
+    if not items:
+        return empty
+    if len(items) == 1:
+        return items[0]
+    return "\n".join(f"{indent}{op} {it}" for it in items).lstrip()
 
 
 def _conj(items: list[str], indent: str) -> str:
-    if not items:
-        return "TRUE"
-    if len(items) == 1:
-        return items[0]
-    return "\n".join(f"{indent}/\\ {it}" for it in items).lstrip()
+    return _bullets(items, indent, expr.AND, expr.TRUE)
 
 
 def _disj(items: list[str], indent: str) -> str:
-    if not items:
-        return "FALSE"
-    if len(items) == 1:
-        return items[0]
-    return "\n".join(f"{indent}\\/ {it}" for it in items).lstrip()
+    return _bullets(items, indent, expr.OR, expr.FALSE)
 
 
 def _action_ref(st: Step) -> str:
@@ -177,6 +153,11 @@ def _action(st: Step) -> str:
     return f"{doc}\n{head} ==\n    {_conj(parts, '    ')}"
 
 
+def _group_action(group: FairnessGroup) -> str:
+    """The action of a fairness group's steps: ``WorkerNext``, ``CompletionNext``, ..."""
+    return f"{group.name.capitalize()}Next"
+
+
 def generate(spec: Spec, bounds: Bounds) -> str:
     """The TLA+ module of ``spec``; ``bounds`` only decides whether ``fault`` is modelled
     (the numeric bounds are constants, set in :func:`generate_cfg`)."""
@@ -200,21 +181,11 @@ def generate(spec: Spec, bounds: Bounds) -> str:
         lines.append(_action(st))
         lines.append("")
 
-    def group(pred: Callable[[Step], bool]) -> list[str]:
-        return [_quantify(st, _action_ref(st)) for st in all_steps if pred(st)]
-
+    for g in FAIRNESS_GROUPS:
+        members = [_quantify(st, _action_ref(st)) for st in all_steps
+                   if st.transition.fairness_group == g]
+        lines += [f"\\* {g.statement}", f"{_group_action(g)} ==\n    {_disj(members, '    ')}", ""]
     lines += [
-        "WorkerNext ==\n    " + _disj(group(lambda s: s.transition.actor == "worker"), "    "),
-        "",
-        "ClockNext ==\n    " + _disj(group(lambda s: s.transition.actor == "clock"), "    "),
-        "",
-        "ControllerNext ==\n    "
-        + _disj(group(lambda s: s.transition.actor == "controller"), "    "),
-        "",
-        "\\* the completion of a blocking call (weakly fair; user calls are not)",
-        "ControllerWaitNext ==\n    "
-        + _disj(group(lambda s: s.group == "controller"), "    "),
-        "",
         f"Terminal == {expr(terminal_term())}",
         "",
         "\\* a user call is enabled but cut by MaxCalls/QueueCap",
@@ -223,10 +194,10 @@ def generate(spec: Spec, bounds: Bounds) -> str:
         "\\* terminal states and bounded ends stutter explicitly (else TLC calls them deadlocks)",
         "EndStutter == (Terminal \\/ CutByBounds) /\\ UNCHANGED vars",
         "",
-        "Next == WorkerNext \\/ ClockNext \\/ ControllerNext \\/ EndStutter",
+        "Next == " + " \\/ ".join((*(_group_action(g) for g in FAIRNESS_GROUPS), "EndStutter")),
         "",
         "Spec == Init /\\ [][Next]_vars",
-        "        /\\ WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(ControllerWaitNext)",
+        "        /\\ " + " /\\ ".join(f"WF_vars({_group_action(g)})" for g in WEAK_FAIRNESS),
         "",
         "\\* ---- properties ----",
     ]
@@ -247,8 +218,8 @@ def generate(spec: Spec, bounds: Bounds) -> str:
                 conj.append(_quantify(st, f"({_action_ref(st)} => {expr(pred)})", "\\A"))
                 quiet = stutter_condition(st)
                 if quiet is not False:
-                    cond = simplify(Term("and", (_lift(st.enabled), _lift(st.bound),
-                                                 _lift(quiet))))
+                    cond = simplify(Term("and", (const(st.enabled), const(st.bound),
+                                                 const(quiet))))
                     still.append(_quantify(st, f"({expr(cond)} => {expr(pred)})", "\\A"))
             lines.append(f"{p.name} ==\n    [][{_conj(conj, '       ')}]_vars"
                          if conj else f"{p.name} == [][TRUE]_vars")
@@ -294,7 +265,7 @@ def generate_cfg(spec: Spec, bounds: Bounds, *, properties: tuple[str, ...] | No
 
 
 def check_tlc(spec: Spec, bounds: Bounds, workdir: Path | None = None, *,
-              timeout: float = tools.DEFAULT_TIMEOUT) -> dict[str, Any]:
+              timeout: float = tools.DEFAULT_TIMEOUT) -> CheckerRun:
     """Generate the module and run TLC (one worker) until every property has a verdict.
 
     TLC stops checking a state at its first violated invariant and names no property when
@@ -304,18 +275,11 @@ def check_tlc(spec: Spec, bounds: Bounds, workdir: Path | None = None, *,
     lasso TLC printed; re-run without what is known violated until a run adds nothing.
     A shipped spec that holds needs one run. Artifacts stay in ``workdir`` when given."""
     tools.require("tlc")
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="autoconverge-tlc-")
-        workdir = Path(tmp.name)
-    try:
-        return _check_tlc(spec, bounds, workdir, timeout)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    with tools.work_folder(workdir, "autoconverge-tlc-") as folder:
+        return _check_tlc(spec, bounds, folder, timeout)
 
 
-def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> dict[str, Any]:
+def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> CheckerRun:
     t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -325,7 +289,7 @@ def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> dic
     deadlock_props = [p.name for p in spec.properties if p.kind == "deadlock"]
     companions = stutter_invariants(spec, bounds)
     remaining = [p.name for p in spec.properties]
-    verdicts: dict[str, dict[str, Any]] = {}
+    decided: dict[str, tuple[bool, float, str]] = {}  # name -> (holds, seconds, run's cfg)
     runs: list[dict[str, Any]] = []
     while True:
         cfg = f"MC{len(runs)}.cfg"
@@ -348,13 +312,13 @@ def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> dic
                     f"TLC found a temporal counterexample that violates none of {live}")
             found += on_lasso
         for n in found:
-            verdicts[n] = {"holds": False, "time_s": round(r.seconds, 4), "run": cfg}
+            decided[n] = (False, round(r.seconds, 4), cfg)
         remaining = [n for n in remaining if n not in found]
         if not found or not remaining:
             if not r.complete:
                 raise tools.ToolError(f"TLC run {cfg} stopped early without a violation")
             for n in remaining:
-                verdicts[n] = {"holds": True, "time_s": round(r.seconds, 4), "run": cfg}
+                decided[n] = (True, round(r.seconds, 4), cfg)
             break
     complete = [x for x in runs if x["complete"]]
     if not complete:  # every property violated, each run stopped early: count once more
@@ -362,22 +326,16 @@ def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> dic
         r = tools.run_tlc(workdir, MODULE, "MCcount.cfg", deadlock=False, timeout=timeout)
         complete = [{"distinct": r.distinct, "depth": r.depth - 1}]
     distinct = complete[0]["distinct"]
-    for v in verdicts.values():
-        v["states"] = distinct
     depths = [x["depth"] for x in complete if x["depth"] >= 0]
-    return {
-        "checker": "tlc",
-        "spec": spec.name,
-        "bounds": bounds.as_dict(),
-        "properties": {p.name: verdicts[p.name] for p in spec.properties},
-        "states": distinct,
-        "transitions": None,
-        "depth": depths[0] if depths else None,
-        "runs": runs,
-        "seconds": {"generate": round(t_gen, 4), "run": round(sum(x["seconds"] for x in runs), 4),
-                    "total": round(time.perf_counter() - t_start, 4)},
-        "workdir": str(workdir),
-    }
+    return CheckerRun(
+        "tlc", spec.name,
+        {p.name: PropertyVerdict(decided[p.name][0], distinct, decided[p.name][1],
+                                 decided[p.name][2]) for p in spec.properties},
+        states=distinct, transitions=None, depth=depths[0] if depths else None,
+        seconds={"generate": round(t_gen, 4), "run": round(sum(x["seconds"] for x in runs), 4),
+                 "total": round(time.perf_counter() - t_start, 4)},
+        bounds=bounds.as_dict(), workdir=str(workdir), details={"runs": runs},
+    )
 
 
 def _violated_on_lasso(prop: Any, r: tools.TlcResult) -> bool:

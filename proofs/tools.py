@@ -20,8 +20,10 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,17 @@ DEFAULT_TIMEOUT = 300.0
 
 class ToolError(RuntimeError):
     """A checker failed to run, timed out, or printed something this module cannot read."""
+
+
+@contextmanager
+def work_folder(workdir: Path | None, prefix: str) -> Iterator[Path]:
+    """Where a checker writes its artifacts: ``workdir`` (kept), else a temporary folder
+    (removed afterwards)."""
+    if workdir is not None:
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 @dataclass(frozen=True)

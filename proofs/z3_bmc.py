@@ -23,17 +23,9 @@ from typing import Any
 import z3
 
 from autoconverge.model.trace import format_counterexample
-from autoconverge.spec import State, Transition
+from autoconverge.spec import WEAK_FAIRNESS, FairnessGroup, State, Transition
 
-from .encoding import (
-    FAIR_GROUPS,
-    GROUP_TEXT,
-    Encoding,
-    as_bool,
-    group_of,
-    state_dict,
-    states_equal,
-)
+from .encoding import Encoding, as_bool, state_dict, states_equal
 
 STUTTER = -1
 
@@ -75,7 +67,7 @@ class Unrolling:
 
     def taken(self, i: int, group: str) -> z3.BoolRef:
         """Step ``i`` is a state-changing step of ``group``."""
-        idx = [n for n, t in enumerate(self.enc.relation) if group_of(t) == group]
+        idx = [n for n, t in enumerate(self.enc.relation) if t.fairness_group.name == group]
         if not idx:
             return z3.BoolVal(False)
         return z3.And(z3.Or(*(self.sel[i] == n for n in idx)),
@@ -145,7 +137,8 @@ def reach(enc: Encoding, target: Callable[[Unrolling, int], z3.BoolRef], max_dep
 
 def lasso(enc: Encoding, leads_from: Callable[[State], Any], leads_to: Callable[[State], Any],
           max_depth: int, *, name: str, timeout_ms: int = 20_000,
-          fair_groups: tuple[str, ...] = FAIR_GROUPS) -> tuple[dict[str, Any] | None, int]:
+          fair_groups: tuple[FairnessGroup, ...] = WEAK_FAIRNESS
+          ) -> tuple[dict[str, Any] | None, int]:
     """A fair lasso from Init on which ``leads_from`` holds once and ``leads_to`` never after.
 
     Fairness on the cycle ``s_l .. s_k = s_l``: every weakly-fair group either takes a
@@ -169,7 +162,7 @@ def lasso(enc: Encoding, leads_from: Callable[[State], Any], leads_to: Callable[
         for i in range(k + 1):
             cons.append(z3.Implies(z3.Or(i >= j, i >= lo),
                                    z3.Not(as_bool(leads_to(u.states[i])))))
-        for g in fair_groups:
+        for g in (group.name for group in fair_groups):
             escapes: list[z3.BoolRef] = []
             for i in range(k):
                 key = (i, g)
@@ -195,7 +188,7 @@ def lasso(enc: Encoding, leads_from: Callable[[State], Any], leads_to: Callable[
                               "consequent",
                    "initial": state_dict(init), "steps": steps, "length": len(steps),
                    "cycle_start": loop_at - stutters_before,
-                   "fairness": {g: GROUP_TEXT[g] for g in fair_groups}}
+                   "fairness": {g.name: g.statement for g in fair_groups}}
             cex["text"] = format_trace(cex)
             solver.pop()
             return cex, k

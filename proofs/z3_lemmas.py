@@ -28,8 +28,8 @@ from autoconverge.spec.expr import (
     Not,
     Or,
     Value,
-    ch_head,
-    ch_len,
+    chan_head,
+    chan_len,
     in_states,
     is_state,
 )
@@ -106,7 +106,7 @@ def _last_matches(s: State, x: Value) -> Value:
 
 def _last_is(s: State, cmds: tuple[int, ...]) -> Value:
     """The queue is not empty and its newest element is one of ``cmds``."""
-    n = ch_len(s.chan)
+    n = chan_len(s.chan)
     if isinstance(n, int):  # concrete evaluation (checking a counterexample)
         return n > 0 and s.chan[n - 1] in cmds
     return And(n > 0, Or(*(s.chan[n - 1] == c for c in cmds)))
@@ -154,8 +154,8 @@ LEMMAS: tuple[Lemma, ...] = (
         each=lambda s, i, x: Implies(
             And(Not(s.failed), Not(is_state(s.c, DONE))),
             And(
-                Implies(i < ch_len(s.chan) - 1, Not(is_sync_command(x))),
-                Implies(i == ch_len(s.chan) - 1, _last_matches(s, x)),
+                Implies(i < chan_len(s.chan) - 1, Not(is_sync_command(x))),
+                Implies(i == chan_len(s.chan) - 1, _last_matches(s, x)),
             ),
         ),
         needs=("FailedMeansExited", "RespMeansAnswered", "ActiveControllerWorkerAlive"),
@@ -184,7 +184,7 @@ LEMMAS: tuple[Lemma, ...] = (
         holds=lambda s: Implies(
             And(s.resp, Not(is_state(s.c, DONE))),
             And(
-                Not(s.failed), ch_len(s.chan) == 0,
+                Not(s.failed), chan_len(s.chan) == 0,
                 Or(
                     And(is_state(s.c, AWAITING_ABORT), is_state(s.w, WAITING)),
                     And(in_states(s.c, (AWAITING_EXIT, AWAITING_HANDOVER)),
@@ -216,12 +216,12 @@ LEMMAS: tuple[Lemma, ...] = (
         holds=lambda s: Implies(Not(s.failed), And(
             Implies(is_state(s.c, AWAITING_ABORT), s.requested == 0),
             Implies(And(is_state(s.c, IDLE), s.requested == 0),
-                    And(is_state(s.w, WAITING), ch_len(s.chan) == 0)),
+                    And(is_state(s.w, WAITING), chan_len(s.chan) == 0)),
             Implies(Or(And(is_state(s.c, IDLE), s.requested != 0),
                        And(is_state(s.c, AWAITING_ABORT), Not(s.resp))),
                     Or(in_states(s.w, THROTTLING),
-                       And(is_state(s.w, WAITING), ch_len(s.chan) > 0,
-                           is_set_command(ch_head(s.chan))))),
+                       And(is_state(s.w, WAITING), chan_len(s.chan) > 0,
+                           is_set_command(chan_head(s.chan))))),
         )),
         needs=("QueueShape", "RespMeansAnswered", "ActiveControllerWorkerAlive",
                "FailedMeansExited"),

@@ -36,20 +36,18 @@ from typing import Any
 
 import z3
 
-from autoconverge.spec import State
-from autoconverge.spec.expr import If, Or, Value, ch_empty, ch_len, is_state
-from autoconverge.spec.lifecycle import EXIT, WAITING
-
-from .encoding import (
-    FAIR_GROUPS,
-    GROUP_CLOCK,
-    GROUP_COMPLETION,
-    GROUP_TEXT,
-    GROUP_USER,
-    GROUP_WORKER,
-    GROUPS,
-    as_bool,
+from autoconverge.spec import FAIRNESS_GROUPS, WEAK_FAIRNESS, State
+from autoconverge.spec.expr import If, Or, Value, chan_empty, chan_len, is_state
+from autoconverge.spec.lifecycle import (
+    CLOCK_GROUP,
+    COMPLETION_GROUP,
+    EXIT,
+    WAITING,
+    WORKER_GROUP,
+    FairnessGroup,
 )
+
+from .encoding import as_bool
 from .z3_bmc import lasso
 from .z3_lemmas import closure
 from .z3_obligations import FAILED, PROVED, UNKNOWN, Outcome, Query, Step, discharge, satisfiable
@@ -60,7 +58,10 @@ LASSO_DEPTH = 9
 LASSO_BUDGET_MS = 3_000
 """Wall-clock budget of one lasso search (it is exhaustive up to the depth it reached)."""
 
-Helpful = list[tuple[Callable[[State], Value], str]]
+FAIR_NAMES: tuple[str, ...] = tuple(g.name for g in WEAK_FAIRNESS)
+"""The helpful group's code in a rank obligation is its index here (the spec's order)."""
+
+Helpful = list[tuple[Callable[[State], Value], FairnessGroup]]
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,15 @@ def _shutdown_progress(s: State) -> Value:
 def _phase_rank(s: State) -> Value:
     """Distance to the next phase boundary: expired 0, polled 1, fresh with a command 2,
     fresh with an empty queue 3 (a user call moves 3 to 2)."""
-    return If(s.expired, 0, If(s.polled, 1, If(ch_empty(s.chan), 3, 2)))
+    return If(s.expired, 0, If(s.polled, 1, If(chan_empty(s.chan), 3, 2)))
 
 
 def _phase_helpful() -> Helpful:
     return [
-        (lambda s: s.expired, GROUP_WORKER),
-        (lambda s: s.polled, GROUP_CLOCK),
-        (lambda s: ch_empty(s.chan), GROUP_CLOCK),
-        (lambda s: True, GROUP_WORKER),
+        (lambda s: s.expired, WORKER_GROUP),
+        (lambda s: s.polled, CLOCK_GROUP),
+        (lambda s: chan_empty(s.chan), CLOCK_GROUP),
+        (lambda s: True, WORKER_GROUP),
     ]
 
 
@@ -107,10 +108,10 @@ def _blocking_plan(answered: Callable[[State], Value], answered_text: str,
         during=None,
         during_text="p (the controller stays blocked until q)",
         rank=lambda s: tuple(If(answered(s), 0, x) for x in (
-            1, ch_len(s.chan), If(is_state(s.w, WAITING), 1, 0), _shutdown_progress(s))),
+            1, chan_len(s.chan), If(is_state(s.w, WAITING), 1, 0), _shutdown_progress(s))),
         rank_text=(f"IF {answered_text} THEN (0, 0, 0, 0) ELSE (1, Len(chan), IF w = waiting "
                    "THEN 1 ELSE 0, IF expired THEN 1 ELSE IF polled THEN 2 ELSE 0)"),
-        helpful=[(answered, GROUP_COMPLETION), (lambda s: True, GROUP_WORKER)],
+        helpful=[(answered, COMPLETION_GROUP), (lambda s: True, WORKER_GROUP)],
         helpful_text=f"{answered_text}: completion; otherwise: worker",
         lemmas=lemmas,
     )
@@ -152,9 +153,9 @@ def _lex_eq(a: tuple[Value, ...], b: tuple[Value, ...]) -> z3.BoolRef:
 
 
 def _helpful_code(plan: RankPlan, s: State) -> z3.ArithRef:
-    code: Any = z3.IntVal(FAIR_GROUPS.index(plan.helpful[-1][1]))
+    code: Any = z3.IntVal(FAIR_NAMES.index(plan.helpful[-1][1].name))
     for cond, g in reversed(plan.helpful[:-1]):
-        code = z3.If(as_bool(cond(s)), z3.IntVal(FAIR_GROUPS.index(g)), code)
+        code = z3.If(as_bool(cond(s)), z3.IntVal(FAIR_NAMES.index(g.name)), code)
     return code
 
 
@@ -180,7 +181,7 @@ class LivenessProver:
         result: dict[str, Any] = {
             "name": name, "kind": "leadsto", "method": "ranking", "holds": holds,
             "verdict": "proved" if holds else "not proved",
-            "fairness": {g: GROUP_TEXT[g] for g in GROUPS},
+            "fairness": {g.name: g.statement for g in FAIRNESS_GROUPS},
             "strengthening": [{"name": lem.name, "formula": lem.formula,
                                "statement": lem.statement} for lem in inv],
             "during": plan.during_text, "rank": plan.rank_text, "helpful": plan.helpful_text,
@@ -232,21 +233,20 @@ class LivenessProver:
                   states={"s": s}),
             self.timeout_ms))
         enabled = z3.And(*(
-            z3.Implies(help1 == i, self.enc.group_enabled(g, s)) for i, g in enumerate(FAIR_GROUPS)
+            z3.Implies(help1 == i, self.enc.group_enabled(g, s)) for i, g in enumerate(FAIR_NAMES)
         ))
         out.append(discharge(
             self.enc, "(a) helpful group enabled",
             f"Inv /\\ H /\\ ~q => ENABLED <<h(s)>>, h = {plan.helpful_text}",
             Query(ground=live, facts=facts, goal=enabled, states={"s": s}),
             self.timeout_ms))
-        letter = {GROUP_WORKER: "(b/c)", GROUP_CLOCK: "(b/c)", GROUP_COMPLETION: "(b/c)",
-                  GROUP_USER: "(d)"}
-        for g in GROUPS:
+        for group in FAIRNESS_GROUPS:
+            g = group.name
             ts = self.enc.group(g)
             parts: list[Outcome] = []
             disabled: list[str] = []
             for t in ts:
-                gi = FAIR_GROUPS.index(g) if g in FAIR_GROUPS else -1
+                gi = FAIR_NAMES.index(g) if group.weak else -1
                 keep = z3.And(h2, z3.Or(
                     _lex_lt(r2, r),
                     z3.And(help1 != gi, _lex_eq(r2, r), help2 == help1),
@@ -265,16 +265,16 @@ class LivenessProver:
                 parts.append(MEMO[key])
                 if "cannot occur" in MEMO[key].detail:
                     disabled.append(t.label)
-            out.append(_combine_group(g, letter[g], ts, parts, disabled))
+            out.append(_combine_group(group, ts, parts, disabled))
         return out
 
 
-def _combine_group(g: str, letter: str, ts: Any, parts: list[Outcome],
+def _combine_group(group: FairnessGroup, ts: Any, parts: list[Outcome],
                    disabled: list[str]) -> Outcome:
-    name = f"{letter} {g} steps"
-    fair = "the helpful group's steps decrease the rank; " if g != GROUP_USER else ""
+    name = f"{'(b/c)' if group.weak else '(d)'} {group.name} steps"
+    fair = "the helpful group's steps decrease the rank; " if group.weak else ""
     formula = (f"Inv /\\ H /\\ ~q /\\ T_t => q' \\/ H' /\\ (rank' < rank \\/ t not helpful "
-               f"/\\ rank' = rank /\\ h' = h) for every {GROUP_TEXT[g]} transition t "
+               f"/\\ rank' = rank /\\ h' = h) for every {group.statement} transition t "
                f"({fair}no step increases it)")
     total = sum(p.time_s for p in parts)
     labels = [t.label for t in ts]

@@ -8,8 +8,8 @@ inductive and sufficient, obligation by obligation:
 - ``step[L]``: ``Inv_L /\\ Next => L'`` where ``Inv_L`` is the closure of ``L``'s needs
   (so ``Inv`` as a whole is inductive);
 - invariant: ``Inv => P``; step property: ``Inv /\\ T_t(s, s') => P(s, t, s')`` for every
-  declared transition ``t``; deadlock: ``Inv /\\ ~terminal => ENABLED Next`` where a
-  ``fault`` does not count as a way on (failing is not progress; the explorer's notion).
+  declared transition ``t``; deadlock: ``Inv /\\ ~terminal => ENABLED Next`` where
+  a fault does not count as a way on (failing is not progress; the explorer's notion).
 
 All obligations range over every percent, channel length and content and number of calls:
 nothing is bounded. When an obligation fails, a bounded search from ``Init``
@@ -25,7 +25,6 @@ from typing import Any
 import z3
 
 from autoconverge.spec import Spec, terminal
-from autoconverge.spec.lifecycle import FAULT
 
 from .encoding import Encoding, as_bool
 from .z3_bmc import Unrolling, reach
@@ -40,9 +39,6 @@ from .z3_obligations import (
     Step,
     discharge,
 )
-
-NOT_PROGRESS = (FAULT,)
-"""Triggers that do not count as a way on for deadlock freedom: failing is not progress."""
 
 BMC_DEPTH = 6
 """Steps searched from Init for a real counterexample when an obligation fails."""
@@ -200,7 +196,7 @@ class SafetyProver:
                 self.enc, "deadlock-free",
                 "Inv /\\ ~terminal => ENABLED (Next without fault)",
                 Query(facts=facts, goal=z3.Implies(z3.Not(as_bool(terminal(self.pre))),
-                                                   self.enc.any_enabled(self.pre, NOT_PROGRESS)),
+                                                   self.enc.progress_enabled(self.pre)),
                       states={"s": self.pre}),
                 self.timeout_ms,
             ))
@@ -283,7 +279,6 @@ class SafetyProver:
                          bad_step=True)
         if prop.kind == "deadlock":
             return reach(enc, lambda u, k: z3.And(z3.Not(as_bool(terminal(u.states[k]))),
-                                                  z3.Not(enc.any_enabled(u.states[k],
-                                                                         NOT_PROGRESS))),
+                                                  z3.Not(enc.progress_enabled(u.states[k]))),
                          depth, name=name, kind="deadlock", summary=prop.formula)
         return None

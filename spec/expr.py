@@ -11,7 +11,7 @@ evaluated on:
 
 Rules for spec authors: never use Python's ``and``/``or``/``not``/``if`` on state values (a
 :class:`Term` refuses ``bool()`` to catch that); use :func:`And`, :func:`Or`, :func:`Not`,
-:func:`If`, :func:`Implies`, :func:`is_state` and the ``ch_*`` channel helpers. Python
+:func:`If`, :func:`Implies`, :func:`is_state` and the ``chan_*`` channel helpers. Python
 conditionals on *static* data (a transition's trigger name, a constant) are fine.
 
 Channels are FIFO sequences of ints: a ``tuple`` concretely, ``Seq(Int)`` in Z3, and a
@@ -37,7 +37,7 @@ class Term:
     ``op`` is one of: ``var`` (args: name), ``const`` (args: int/bool), ``state`` (args: a
     state name), ``and``, ``or``, ``not``, ``implies``, ``ite``, ``eq``, ``ne``, ``lt``,
     ``le``, ``gt``, ``ge``, ``add``, ``sub``, ``mul``, ``is_state`` (args: term, state
-    name), ``ch_len``, ``ch_head``, ``ch_tail``, ``ch_push``.
+    name), ``chan_len``, ``chan_head``, ``chan_tail``, ``chan_push``.
     """
 
     op: str
@@ -196,28 +196,28 @@ def in_states(x: Value, names: Iterable[str]) -> Value:
 # --- FIFO channels ------------------------------------------------------------------------
 
 
-def ch_len(c: Value) -> Value:
+def chan_len(c: Value) -> Value:
     if isinstance(c, z3.SeqRef):
         return z3.Length(c)
     if isinstance(c, Term):
-        return Term("ch_len", (c,))
+        return Term("chan_len", (c,))
     return len(c)
 
 
-def ch_empty(c: Value) -> Value:
+def chan_empty(c: Value) -> Value:
     if isinstance(c, z3.SeqRef):
         return z3.Length(c) == 0
     if isinstance(c, Term):
-        return Term("eq", (Term("ch_len", (c,)), Term("const", (0,))))
+        return Term("eq", (Term("chan_len", (c,)), Term("const", (0,))))
     return len(c) == 0
 
 
-def ch_head(c: Value) -> Value:
+def chan_head(c: Value) -> Value:
     """The oldest element. Only meaningful when the channel is not empty (guard it)."""
     if isinstance(c, z3.SeqRef):
         return c[0]
     if isinstance(c, Term):
-        return Term("ch_head", (c,))
+        return Term("chan_head", (c,))
     return c[0] if c else _EMPTY_HEAD
 
 
@@ -225,17 +225,17 @@ _EMPTY_HEAD = -(10**9)
 """Concrete head of an empty channel: matches no command, so guarded code stays total."""
 
 
-def ch_tail(c: Value) -> Value:
+def chan_tail(c: Value) -> Value:
     if isinstance(c, z3.SeqRef):
         return z3.SubSeq(c, 1, z3.Length(c) - 1)
     if isinstance(c, Term):
-        return Term("ch_tail", (c,))
+        return Term("chan_tail", (c,))
     return tuple(c[1:])
 
 
-def ch_push(c: Value, x: Value) -> Value:
+def chan_push(c: Value, x: Value) -> Value:
     if isinstance(c, z3.SeqRef):
         return z3.Concat(c, z3.Unit(x if isinstance(x, z3.ExprRef) else z3.IntVal(x)))
     if isinstance(c, Term):
-        return Term("ch_push", (c, _lift(x)))
+        return Term("chan_push", (c, _lift(x)))
     return (*c, x)

@@ -17,6 +17,11 @@ They talk through a FIFO ``chan`` of integer commands (1..99 set that percent, 0
 Setting a percent is asynchronous (the API validates and enqueues); abort, shutdown and
 handover wait for the worker's answer (and shutdown/handover join the thread).
 
+The scheduling assumption is declared here too, as data: :data:`FAIRNESS_GROUPS` (weak
+fairness per thread, none on user calls), read per transition as :attr:`Transition.fairness`
+and :attr:`Transition.user_call`; :attr:`Transition.is_fault` says which steps model a
+failing vCPU call.
+
 Everything else - the threaded implementation, the explorer, the Z3 encoder, the SPIN and
 TLA+ generators - reads :data:`SPEC` (or a variant of it) and the relation introspected from
 the machines it builds (:meth:`Spec.relation`). Guards and effects use only
@@ -37,10 +42,10 @@ from .expr import (
     Not,
     Or,
     Value,
-    ch_empty,
-    ch_head,
-    ch_push,
-    ch_tail,
+    chan_empty,
+    chan_head,
+    chan_push,
+    chan_tail,
     in_states,
     is_state,
 )
@@ -50,13 +55,16 @@ from .expr import (
 MIN_PERCENT = 1
 """Smallest throttle percent while throttling."""
 MAX_PERCENT = 99
-"""Largest throttle percent: 100 would never let the vCPUs run (the reference crashed on it)."""
+"""Largest throttle percent: 100 would never let the vCPUs run (Cloud Hypervisor's throttle
+thread, the pull request this project starts from, accepted 100 and its worker crashed on it)."""
 ABORT_PERCENT = 0
 """``set_throttle_percent(0)``: stop throttling and go back to waiting (synchronous)."""
 
 CMD_ABORT = 0
 CMD_EXIT = -1
 CMD_HANDOVER = -2
+COMMAND_NAMES: dict[int, str] = {CMD_ABORT: "ABORT", CMD_EXIT: "EXIT", CMD_HANDOVER: "HANDOVER"}
+"""How traces print the queue's non-percent commands."""
 
 # worker machine states
 WAITING = "waiting"
@@ -108,11 +116,67 @@ TRIGGERS: tuple[str, ...] = (
     HANDOVER_DONE,
 )
 
+Actor = Literal["worker", "clock", "controller"]
+Call = Literal["pause", "resume"]
+
 USER_CALL_TRIGGERS: tuple[str, ...] = (CALL_SET, CALL_ABORT, CALL_SHUTDOWN, CALL_HANDOVER)
 """The controller's steps a user starts (no fairness: a user may stop calling at any time)."""
 
-Actor = Literal["worker", "clock", "controller"]
-Call = Literal["pause", "resume"]
+
+# --- fairness -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FairnessGroup:
+    """Transitions a scheduler treats as one: weakly fair together, or (user calls) not at all.
+
+    A transition belongs to the first group of :data:`FAIRNESS_GROUPS` whose ``actor`` is its
+    actor and whose ``triggers`` include its trigger (empty ``triggers``: every transition of
+    the actor), so a bug-zoo variant's added transitions fall into their thread's group.
+    """
+
+    name: str
+    """The group's identifier in every checker (fairness bits, Z3 group codes, reports)."""
+    statement: str
+    """One line: what the group is and its fairness."""
+    formula: str
+    """The assumption in the properties' notation, e.g. ``WF(worker)``."""
+    actor: Actor
+    triggers: tuple[str, ...] = ()
+    weak: bool = True
+    """Weakly fair: if the group stays enabled, one of its transitions is eventually taken."""
+
+    def covers(self, actor: str, trigger: str) -> bool:
+        return actor == self.actor and (not self.triggers or trigger in self.triggers)
+
+
+WORKER_GROUP = FairnessGroup("worker", "worker thread (weakly fair)", "WF(worker)", "worker")
+"""The worker thread, when it can move, eventually moves (an OS scheduler)."""
+CLOCK_GROUP = FairnessGroup("clock", "clock (weakly fair)", "WF(clock)", "clock")
+"""A phase deadline that can expire eventually expires (time diverges)."""
+COMPLETION_GROUP = FairnessGroup(
+    "completion", "controller completing a blocking call (weakly fair)",
+    "WF(controller inside abort/shutdown/handover)", "controller",
+    (ABORT_DONE, SHUTDOWN_DONE, HANDOVER_DONE),
+)
+"""A caller blocked in abort/shutdown/handover is eventually scheduled once its wait
+condition holds."""
+USER_CALL_GROUP = FairnessGroup(
+    "user", "user calls (no fairness)", "no fairness on user calls", "controller",
+    USER_CALL_TRIGGERS, weak=False,
+)
+"""A user may stop calling at any time, or call forever."""
+
+WEAK_FAIRNESS: tuple[FairnessGroup, ...] = (WORKER_GROUP, CLOCK_GROUP, COMPLETION_GROUP)
+"""Weak fairness per thread, never per worker action: per-action fairness would certify a
+worker that, say, prefers its timer forever over a queued shutdown. In this order: checkers
+number the groups by it (the explorer's fairness bits, the Z3 ranking proofs' group codes)."""
+FAIRNESS_GROUPS: tuple[FairnessGroup, ...] = (*WEAK_FAIRNESS, USER_CALL_GROUP)
+"""Every group, the weakly fair ones first."""
+
+
+def _declared_group(actor: str, trigger: str) -> FairnessGroup | None:
+    return next((g for g in FAIRNESS_GROUPS if g.covers(actor, trigger)), None)
 
 
 # --- the state record -----------------------------------------------------------------------
@@ -156,8 +220,6 @@ class State:
 
 VARIABLES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(State))
 WORKER_VARIABLES = ("percent", "applied", "paused", "handed", "failed", "expired", "polled")
-CONTROLLER_VARIABLES = ("requested",)
-SHARED_VARIABLES = ("chan", "resp")
 
 INITIAL = State(
     w=WAITING,
@@ -193,11 +255,11 @@ def api_accepts_percent(p: Value) -> Value:
 
 
 def head_is(s: State, cmd: int) -> Value:
-    return And(Not(ch_empty(s.chan)), ch_head(s.chan) == cmd)
+    return And(Not(chan_empty(s.chan)), chan_head(s.chan) == cmd)
 
 
 def head_is_set(s: State) -> Value:
-    return And(Not(ch_empty(s.chan)), is_set_command(ch_head(s.chan)))
+    return And(Not(chan_empty(s.chan)), is_set_command(chan_head(s.chan)))
 
 
 def throttling(s: State) -> Value:
@@ -245,7 +307,25 @@ class Transition:
     @property
     def user_call(self) -> bool:
         """Started by a user (an API call), as opposed to a thread's own step."""
-        return self.actor == "controller" and self.trigger in USER_CALL_TRIGGERS
+        return _declared_group(self.actor, self.trigger) is USER_CALL_GROUP
+
+    @property
+    def fairness_group(self) -> FairnessGroup:
+        """Its group of :data:`FAIRNESS_GROUPS`; a transition no group declares is scheduled
+        like a user call (no fairness)."""
+        return _declared_group(self.actor, self.trigger) or USER_CALL_GROUP
+
+    @property
+    def fairness(self) -> str | None:
+        """The name of its weakly fair group; None for user calls (no fairness)."""
+        group = self.fairness_group
+        return group.name if group.weak else None
+
+    @property
+    def is_fault(self) -> bool:
+        """A failing vCPU call: the worker exits with ``failed``. Not progress (a state that
+        can only move by failing is stuck) and left out of a bound without faults."""
+        return self.trigger == FAULT
 
     @property
     def label(self) -> str:
@@ -264,7 +344,7 @@ class Transition:
 
 
 def _pop(s: State) -> Value:
-    return ch_tail(s.chan)
+    return chan_tail(s.chan)
 
 
 def _worker_transitions() -> list[Transition]:
@@ -275,7 +355,7 @@ def _worker_transitions() -> list[Transition]:
             RECV_SET, WAITING, PAUSE, "worker",
             guard=lambda s: head_is_set(s),
             effect=lambda s: {
-                "chan": _pop(s), "percent": ch_head(s.chan), "applied": ch_head(s.chan),
+                "chan": _pop(s), "percent": chan_head(s.chan), "applied": chan_head(s.chan),
                 "paused": True, "expired": False, "polled": False,
             },
             calls=("pause",),
@@ -302,7 +382,7 @@ def _worker_transitions() -> list[Transition]:
     ts.append(
         Transition(
             FAULT, WAITING, EXIT, "worker",
-            guard=lambda s: Not(ch_empty(s.chan)),
+            guard=lambda s: Not(chan_empty(s.chan)),
             effect=lambda s: {"chan": _pop(s), "paused": False, "failed": True},
             doc=(
                 "pause() failed while starting to throttle or handing over: best-effort "
@@ -317,7 +397,7 @@ def _worker_transitions() -> list[Transition]:
         ts.append(
             Transition(
                 EXPIRE, phase, phase, "clock",
-                guard=lambda s: And(Not(s.expired), Or(s.polled, ch_empty(s.chan))),
+                guard=lambda s: And(Not(s.expired), Or(s.polled, chan_empty(s.chan))),
                 effect=lambda s: {"expired": True},
                 doc="the phase's deadline passes",
             )
@@ -326,7 +406,7 @@ def _worker_transitions() -> list[Transition]:
             Transition(
                 RECV_SET, phase, phase, "worker",
                 guard=lambda s: And(Not(s.expired), head_is_set(s)),
-                effect=lambda s: {"chan": _pop(s), "percent": ch_head(s.chan), "polled": True},
+                effect=lambda s: {"chan": _pop(s), "percent": chan_head(s.chan), "polled": True},
                 doc="a new percent: kept for the next phase; the current sleep is not cut short",
             )
         )
@@ -413,14 +493,14 @@ def _controller_transitions() -> list[Transition]:
             guard=lambda s, p: And(
                 api_accepts_percent(p), p != s.requested, Not(s.failed)
             ),
-            effect=lambda s, p: {"chan": ch_push(s.chan, p), "requested": p},
+            effect=lambda s, p: {"chan": chan_push(s.chan, p), "requested": p},
             params=("p",),
             doc="set_throttle_percent(p), 1 <= p <= 99, p new: enqueue and return",
         ),
         Transition(
             CALL_ABORT, IDLE, AWAITING_ABORT, "controller",
             guard=lambda s: And(s.requested != ABORT_PERCENT, Not(s.failed)),
-            effect=lambda s: {"chan": ch_push(s.chan, CMD_ABORT), "requested": 0},
+            effect=lambda s: {"chan": chan_push(s.chan, CMD_ABORT), "requested": 0},
             doc="set_throttle_percent(0) while throttling: enqueue abort, wait for the answer",
         ),
         Transition(
@@ -431,7 +511,7 @@ def _controller_transitions() -> list[Transition]:
         ),
         Transition(
             CALL_SHUTDOWN, IDLE, AWAITING_EXIT, "controller",
-            effect=lambda s: {"chan": ch_push(s.chan, CMD_EXIT)},
+            effect=lambda s: {"chan": chan_push(s.chan, CMD_EXIT)},
             doc="shutdown(): enqueue exit, wait for the answer, join the thread",
         ),
         Transition(
@@ -442,7 +522,7 @@ def _controller_transitions() -> list[Transition]:
         ),
         Transition(
             CALL_HANDOVER, IDLE, AWAITING_HANDOVER, "controller",
-            effect=lambda s: {"chan": ch_push(s.chan, CMD_HANDOVER)},
+            effect=lambda s: {"chan": chan_push(s.chan, CMD_HANDOVER)},
             doc="handover(): enqueue handover, wait for the answer, join the thread",
         ),
         Transition(

@@ -9,16 +9,8 @@ Kinds (what a checker must do with the predicate):
 - ``deadlock``: every reachable state that is not :func:`lifecycle.terminal` has an enabled
   transition (user calls included: a user may always call ``shutdown``).
 - ``leadsto``: ``p ~> q`` (``[](p => <>q)``) on every behaviour that satisfies
-  :data:`FAIRNESS`.
-
-Fairness (per thread, never per worker action - per-action fairness would certify a worker
-that, say, prefers its timer forever over a queued shutdown):
-
-- WF(worker): the worker thread, when it can move, eventually moves (an OS scheduler);
-- WF(clock): a phase deadline that can expire eventually expires (time diverges);
-- WF(controller, inside a blocking call): a caller blocked in abort/shutdown/handover is
-  eventually scheduled once its wait condition holds. User calls carry no fairness: a user
-  may stop calling at any time, or call forever.
+  :data:`FAIRNESS`: the weak fairness of :data:`lifecycle.FAIRNESS_GROUPS` (per thread; user
+  calls carry none), printed from those groups.
 """
 
 from __future__ import annotations
@@ -27,20 +19,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .expr import And, Eq, Implies, Not, Or, Value, ch_empty, ch_head, in_states, is_state
+from .expr import And, Eq, Implies, Not, Or, Value, chan_empty, chan_head, in_states, is_state
 from .lifecycle import (
+    ABORT_DONE,
     AWAITING_ABORT,
     AWAITING_EXIT,
     AWAITING_HANDOVER,
     DONE,
     EXIT,
+    FAIRNESS_GROUPS,
     IDLE,
     MAX_PERCENT,
     MIN_PERCENT,
     PAUSE,
+    PAUSE_ELAPSED,
     RUN,
     THROTTLING,
     WAITING,
+    WEAK_FAIRNESS,
     State,
     Transition,
     is_valid_command,
@@ -49,14 +45,11 @@ from .lifecycle import (
 
 Kind = Literal["invariant", "step", "deadlock", "leadsto"]
 
-FAIRNESS = (
-    "WF(worker) /\\ WF(clock) /\\ WF(controller inside abort/shutdown/handover); "
-    "no fairness on user calls"
-)
-FAIR_ACTORS: tuple[str, ...] = ("worker", "clock")
-"""Actors with weak fairness as whole threads (every transition of the actor together)."""
-FAIR_CONTROLLER_TRIGGERS: tuple[str, ...] = ("abort_done", "shutdown_done", "handover_done")
-"""The controller's steps that complete a blocking call: weakly fair as one group."""
+FAIRNESS = "; ".join((
+    " /\\ ".join(g.formula for g in WEAK_FAIRNESS),
+    *(g.formula for g in FAIRNESS_GROUPS if not g.weak),
+))
+"""The leads-to properties' fairness assumption, printed from :data:`FAIRNESS_GROUPS`."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +67,7 @@ class Property:
 
 
 def _worker_step(t: Transition) -> bool:
-    return t.actor in ("worker", "clock")
+    return t.machine == "worker"
 
 
 def _pause_resume_alternate(pre: State, t: Transition, post: State) -> Value:
@@ -93,21 +86,21 @@ def _exit_absorbing(pre: State, t: Transition, post: State) -> Value:
 
 
 def _worker_steps_only_on_input(pre: State, t: Transition, post: State) -> Value:
-    if not _worker_step(t) or t.trigger == "fault":
+    if not _worker_step(t) or t.is_fault:
         return True
     if t.actor == "clock":
         return Not(is_state(pre.w, WAITING))
-    return Or(Not(ch_empty(pre.chan)), pre.expired)
+    return Or(Not(chan_empty(pre.chan)), pre.expired)
 
 
 def _pause_served_in_full(pre: State, t: Transition, post: State) -> Value:
-    if t.trigger == "pause_elapsed":
+    if t.trigger == PAUSE_ELAPSED:
         return True
     return Not(And(is_state(pre.w, PAUSE), is_state(post.w, RUN)))
 
 
 def _abort_returns_running(pre: State, t: Transition, post: State) -> Value:
-    if t.trigger != "abort_done":
+    if t.trigger != ABORT_DONE:
         return True
     return And(Not(post.paused), Or(is_state(post.w, WAITING), post.failed))
 
@@ -135,7 +128,7 @@ PROPERTIES: tuple[Property, ...] = (
         "Every command that reaches the head of the queue is one the worker accepts.",
         "invariant",
         "Len(chan) > 0 => Head(chan) \\in 1..99 \\cup {ABORT, EXIT, HANDOVER}",
-        invariant=lambda s: Implies(Not(ch_empty(s.chan)), is_valid_command(ch_head(s.chan))),
+        invariant=lambda s: Implies(Not(chan_empty(s.chan)), is_valid_command(chan_head(s.chan))),
     ),
     Property(
         "PausedOnlyInPausePhase",
@@ -189,7 +182,8 @@ PROPERTIES: tuple[Property, ...] = (
         "step",
         "[][w = throttling_pause /\\ w' = throttling_run => t = pause_elapsed]_vars",
         step=_pause_served_in_full,
-        notes="Commands arriving during a pause do not cut it short (the reference did).",
+        notes=("Commands arriving during a pause do not cut it short (Cloud Hypervisor's "
+               "throttle thread, the pull request this project starts from, did)."),
     ),
     Property(
         "AbortReturnsWithVcpusRunning",

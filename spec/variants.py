@@ -1,11 +1,14 @@
 """The bug zoo: deliberately broken variants of the spec, each caught by a named property.
 
 Each variant is a small override of :data:`autoconverge.spec.SPEC` that reproduces a defect
-seen in the reference system or its prototypes. Every checker (explorer, Hypothesis machine,
-Z3, SPIN, TLC) must find each one; tests assert it, which is how the checkers are shown able
-to fail. ``violates`` names the properties a checker is expected to report violated (at least
-one of them), ``max_trace`` the longest shortest counterexample the explorer should need
-(steps, prefix + cycle for liveness).
+seen in Cloud Hypervisor's throttle thread (the pull request this project starts from) or in
+this project's own prototypes. Every checker (explorer, Hypothesis machine, Z3, SPIN, TLC)
+must find each one; tests assert it, which is how the checkers are shown able to fail.
+``violates`` names the properties a checker is expected to report violated (at least one of
+them), ``max_trace`` the longest shortest counterexample the explorer should need (steps,
+prefix + cycle for liveness). A built variant is a :class:`Spec` named like its variant;
+:func:`variant_of` finds the variant back from the spec (its probe percents, what it
+violates).
 """
 
 from __future__ import annotations
@@ -13,10 +16,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .expr import And, Not, ch_empty, ch_head, ch_tail
+from .expr import And, Not, chan_empty, chan_head, chan_tail
 from .lifecycle import (
+    ABORT_DONE,
+    AWAITING_ABORT,
+    AWAITING_EXIT,
+    CALL_SET,
+    EXPIRE,
+    IDLE,
     PAUSE,
+    RECV_ABORT,
+    RECV_EXIT,
+    RECV_HANDOVER,
+    RECV_SET,
     RUN,
+    SHUTDOWN_DONE,
     THROTTLING,
     WAITING,
     Spec,
@@ -27,20 +41,26 @@ from .lifecycle import (
 
 @dataclass(frozen=True)
 class Variant:
+    """One broken copy of a spec: its name, the defect, what catches it, how to build it."""
+
     name: str
     description: str
     violates: tuple[str, ...]
     max_trace: int
-    build: Callable[[Spec], Spec]
+    change: Callable[[Spec], Spec]
+    """The override: ``spec`` with some transitions replaced or added."""
     probe_percents: tuple[int, ...] = ()
     """Extra percents the controller should try (e.g. 100) for this variant to show."""
+
+    def build(self, spec: Spec) -> Spec:
+        """``spec`` with this variant's change, named after the variant."""
+        return self.change(spec).with_transitions(name=self.name)
 
 
 def _api_accepts_100(spec: Spec) -> Spec:
     return spec.with_transitions(
-        name="api_accepts_100",
         replace={
-            ("call_set", "idle"): {
+            (CALL_SET, IDLE): {
                 "guard": lambda s, p: And(p >= 1, p <= 100, p != s.requested, Not(s.failed)),
             }
         },
@@ -49,9 +69,8 @@ def _api_accepts_100(spec: Spec) -> Spec:
 
 def _sleeps_with_shutdown_queued(spec: Spec) -> Spec:
     return spec.with_transitions(
-        name="sleeps_with_shutdown_queued",
         replace={
-            ("expire", phase): {"guard": lambda s: Not(s.expired)} for phase in THROTTLING
+            (EXPIRE, phase): {"guard": lambda s: Not(s.expired)} for phase in THROTTLING
         },
     )
 
@@ -59,24 +78,22 @@ def _sleeps_with_shutdown_queued(spec: Spec) -> Spec:
 def _spinning_handshake(spec: Spec) -> Spec:
     spin = Transition(
         "poll", WAITING, WAITING, "worker",
-        guard=lambda s: ch_empty(s.chan),
+        guard=lambda s: chan_empty(s.chan),
         doc="the prototype's wait loop: re-check a flag without blocking",
     )
     return spec.with_transitions(
-        name="spinning_handshake",
         add=(spin,),
-        replace={("abort_done", "awaiting_abort"): {"guard": lambda s: True}},
+        replace={(ABORT_DONE, AWAITING_ABORT): {"guard": lambda s: True}},
     )
 
 
 def _no_resume_on_leave(spec: Spec) -> Spec:
     keep_paused = {"calls": (), "effect": lambda s: {
-        "chan": ch_tail(s.chan), "resp": True, "percent": 0, "applied": 0,
+        "chan": chan_tail(s.chan), "resp": True, "percent": 0, "applied": 0,
         "expired": False, "polled": False,
     }}
     return spec.with_transitions(
-        name="no_resume_on_leave",
-        replace={("recv_abort", PAUSE): keep_paused, ("recv_exit", PAUSE): keep_paused},
+        replace={(RECV_ABORT, PAUSE): keep_paused, (RECV_EXIT, PAUSE): keep_paused},
     )
 
 
@@ -84,13 +101,12 @@ def _two_step_update(spec: Spec) -> Spec:
     adopt = Transition(
         "adopt_percent", PAUSE, PAUSE, "worker",
         guard=lambda s: And(s.percent == 0, head_is_set(s)),
-        effect=lambda s: {"chan": ch_tail(s.chan), "percent": ch_head(s.chan),
-                          "applied": ch_head(s.chan)},
+        effect=lambda s: {"chan": chan_tail(s.chan), "percent": chan_head(s.chan),
+                          "applied": chan_head(s.chan)},
         doc="second half of a split update: the percent arrives after the state",
     )
     return spec.with_transitions(
-        name="two_step_update",
-        replace={("recv_set", WAITING): {"effect": lambda s: {
+        replace={(RECV_SET, WAITING): {"effect": lambda s: {
             "paused": True, "expired": False, "polled": False,
         }}},
         add=(adopt,),
@@ -99,12 +115,11 @@ def _two_step_update(spec: Spec) -> Spec:
 
 def _command_cuts_sleep(spec: Spec) -> Spec:
     return spec.with_transitions(
-        name="command_cuts_sleep",
-        replace={("recv_set", PAUSE): {
+        replace={(RECV_SET, PAUSE): {
             "dest": RUN,
             "calls": ("resume",),
-            "effect": lambda s: {"chan": ch_tail(s.chan), "percent": ch_head(s.chan),
-                                 "applied": ch_head(s.chan), "paused": False,
+            "effect": lambda s: {"chan": chan_tail(s.chan), "percent": chan_head(s.chan),
+                                 "applied": chan_head(s.chan), "paused": False,
                                  "expired": False, "polled": False},
         }},
     )
@@ -112,17 +127,15 @@ def _command_cuts_sleep(spec: Spec) -> Spec:
 
 def _shutdown_without_join(spec: Spec) -> Spec:
     return spec.with_transitions(
-        name="shutdown_without_join",
-        replace={("shutdown_done", "awaiting_exit"): {"guard": lambda s: True}},
+        replace={(SHUTDOWN_DONE, AWAITING_EXIT): {"guard": lambda s: True}},
     )
 
 
 def _resume_after_handover(spec: Spec) -> Spec:
     return spec.with_transitions(
-        name="resume_after_handover",
-        replace={("recv_handover", PAUSE): {
+        replace={(RECV_HANDOVER, PAUSE): {
             "calls": ("resume",),
-            "effect": lambda s: {"chan": ch_tail(s.chan), "resp": True, "percent": 0,
+            "effect": lambda s: {"chan": chan_tail(s.chan), "resp": True, "percent": 0,
                                  "applied": 0, "paused": False, "handed": True,
                                  "expired": False, "polled": False},
         }},
@@ -131,7 +144,8 @@ def _resume_after_handover(spec: Spec) -> Spec:
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("api_accepts_100",
-            "The API accepts 100 while the worker only handles 1..99 (the reference code).",
+            "The API accepts 100 while the worker only handles 1..99 (Cloud Hypervisor's "
+            "throttle thread, the pull request this project starts from).",
             ("WorkerAcceptsEveryCommand", "NoDeadlock"), 1, _api_accepts_100,
             probe_percents=(100,)),
     Variant("sleeps_with_shutdown_queued",
@@ -161,6 +175,17 @@ VARIANTS: tuple[Variant, ...] = (
             "The worker resumes the vCPUs after a handover (restarts them during switch-over).",
             ("HandoverKeepsVcpusPaused", "ReturnsOnlyAfterJoin"), 4, _resume_after_handover),
 )
+
+
+def variant_of(spec: Spec) -> Variant | None:
+    """The bug-zoo variant ``spec`` was built as (None for the shipped spec and others)."""
+    return next((v for v in VARIANTS if v.name == spec.name), None)
+
+
+def probe_percents(spec: Spec) -> tuple[int, ...]:
+    """The extra percents a checker should offer ``spec`` (its variant's probes, if any)."""
+    v = variant_of(spec)
+    return v.probe_percents if v is not None else ()
 
 
 def variant(name: str) -> Variant:

@@ -219,7 +219,7 @@ def test_a_type_checking_import_counts(tmp_path: Path) -> None:
     ("autoconverge.spec.lifecycle", "autoconverge.impl.runtime"),
     ("autoconverge.proofs.report", "autoconverge.impl.throttler"),
     ("autoconverge.model.declaration", "autoconverge.proofs.encoding"),
-    ("autoconverge.impl.kvm.vm", "autoconverge.cli.kvm"),
+    ("autoconverge.impl.kvm.guest_vm", "autoconverge.cli.kvm"),
 ])
 def test_a_forbidden_package_edge_is_caught(src: str, dst: str) -> None:
     assert forbidden_edges({src: {dst}, dst: set()}) == [f"{src} -> {dst}"]
@@ -228,10 +228,10 @@ def test_a_forbidden_package_edge_is_caught(src: str, dst: str) -> None:
 def test_a_package_cycle_between_subpackages_is_caught() -> None:
     graph = {
         "autoconverge.impl.migration": set(),
-        "autoconverge.impl.migration.source": {"autoconverge.impl.kvm.vm"},
+        "autoconverge.impl.migration.source": {"autoconverge.impl.kvm.guest_vm"},
         "autoconverge.impl.kvm": set(),
-        "autoconverge.impl.kvm.vm": {"autoconverge.impl.migration.wire"},
-        "autoconverge.impl.migration.wire": set(),
+        "autoconverge.impl.kvm.guest_vm": {"autoconverge.impl.migration.framing"},
+        "autoconverge.impl.migration.framing": set(),
     }
     assert cycles(graph) == []
     assert cycles(package_graph(graph)) == [["autoconverge.impl.kvm",

@@ -15,13 +15,8 @@ import pytest
 
 from autoconverge.impl.kvm import guest
 from autoconverge.impl.kvm.bindings import KvmError
-from autoconverge.impl.kvm.vm import (
-    VCPU_LIMIT,
-    VCPU_STATE_SIZE,
-    GuestVm,
-    VcpuState,
-    paused_share,
-)
+from autoconverge.impl.kvm.guest_vm import VCPU_LIMIT, VCPU_STATE_SIZE, GuestVm, VcpuState
+from autoconverge.impl.kvm.vcpu_thread import paused_share
 from autoconverge.impl.vcpus import VcpuError, Vcpus, VcpuTimeout
 
 pytestmark = pytest.mark.kvm

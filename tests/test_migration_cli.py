@@ -133,14 +133,15 @@ def test_demo_with_the_simulated_guest(capsys: pytest.CaptureFixture[str],
 
 def test_receiver_rejects_a_wrong_key_and_still_takes_the_real_source() -> None:
     from autoconverge.cli.demo import collect_receiver, spawn_receiver
-    from autoconverge.impl.migration.backends import GuestSpec, make_source_guest
+    from autoconverge.impl.migration.backends import make_source_guest
+    from autoconverge.impl.migration.guest_config import GuestConfig
     from autoconverge.impl.migration.policy import make_policy
     from autoconverge.impl.migration.runner import migrate_to
     from autoconverge.impl.migration.source import MigrationConfig
 
     key = b"the-real-key-0123456789abcdefghij"
     proc, port, _ = spawn_receiver("sim", key, run_after=0.05)
-    guest = make_source_guest("sim", GuestSpec(8 << 20, 1, "moderate", 1 << 20))
+    guest = make_source_guest("sim", GuestConfig(8 << 20, 1, "moderate", 1 << 20))
     try:
         cfg = MigrationConfig(max_bandwidth_bps=64e6, timeout_s=30)
         bad = migrate_to("127.0.0.1", port, b"an-attacker-key-0123456789abcdef", guest.vm,

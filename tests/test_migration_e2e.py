@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from autoconverge.impl.migration import wire
+from autoconverge.impl.migration import framing, handshake, messages
 from autoconverge.impl.migration.fakes import (
     TEST_KEY,
     FakeClock,
@@ -26,10 +26,10 @@ from autoconverge.impl.migration.fakes import (
     VirtualLink,
     run_fake_migration,
 )
+from autoconverge.impl.migration.framing import MsgType
 from autoconverge.impl.migration.policy import make_policy
 from autoconverge.impl.migration.source import MigrationConfig, MigrationSource, Sample
 from autoconverge.impl.migration.transport import CancellableSocket
-from autoconverge.impl.migration.wire import MsgType
 
 CAP = 10e6  # bytes/s of virtual link
 # 20k pages/s over a 1024-page working set, a 10 MB/s link: 1024 pages need 0.42 s per pass
@@ -190,8 +190,8 @@ def test_cancel_from_another_thread() -> None:
 
 
 # ----------------------------------------------------------------- scripted destinations
-def scripted(behaviour: Callable[[wire.Channel, socket.socket], None], policy: str = "ch",
-             config: MigrationConfig | None = None, rate: float = 20_000.0
+def scripted(behaviour: Callable[[framing.FrameChannel, socket.socket], None],
+             policy: str = "ch", config: MigrationConfig | None = None, rate: float = 20_000.0
              ) -> tuple[MigrationSource, FakeVm, list[FakeThrottle]]:
     a, b = socket.socketpair()
     clock = FakeClock()
@@ -199,8 +199,9 @@ def scripted(behaviour: Callable[[wire.Channel, socket.socket], None], policy: s
 
     def dest() -> None:
         try:
-            ch = wire.server_handshake(CancellableSocket(b, threading.Event(), 10.0), TEST_KEY)
-            behaviour(ch, b)
+            channel = handshake.server_handshake(CancellableSocket(b, threading.Event(), 10.0),
+                                                 TEST_KEY)
+            behaviour(channel, b)
         except Exception:
             pass
         finally:
@@ -217,7 +218,7 @@ def scripted(behaviour: Callable[[wire.Channel, socket.socket], None], policy: s
         throttles.append(FakeThrottle(v))
         return throttles[-1]
 
-    src = MigrationSource(vm, wire.client_handshake(stream, TEST_KEY), make_policy(policy),
+    src = MigrationSource(vm, handshake.client_handshake(stream, TEST_KEY), make_policy(policy),
                           mk, config or cfg(), clock=clock, link=VirtualLink(stream),
                           cancel_event=ev)
     src.run()
@@ -226,9 +227,9 @@ def scripted(behaviour: Callable[[wire.Channel, socket.socket], None], policy: s
     return src, vm, throttles
 
 
-def _ready(ch: wire.Channel) -> None:
-    ch.expect(MsgType.LAYOUT)
-    ch.send(MsgType.READY, wire.encode_ready(wire.DEFAULT_MAX_PAGES_PAYLOAD))
+def _ready(channel: framing.FrameChannel) -> None:
+    channel.expect(MsgType.LAYOUT)
+    channel.send(MsgType.READY, messages.encode_ready(framing.DEFAULT_MAX_PAGES_PAYLOAD))
 
 
 def check_clean_abort(src: MigrationSource, vm: FakeVm, throttles: list[FakeThrottle]) -> None:
@@ -240,10 +241,10 @@ def check_clean_abort(src: MigrationSource, vm: FakeVm, throttles: list[FakeThro
 
 
 def test_dead_peer_during_precopy() -> None:
-    def die_after_some_pages(ch: wire.Channel, sock: socket.socket) -> None:
-        _ready(ch)
+    def die_after_some_pages(channel: framing.FrameChannel, sock: socket.socket) -> None:
+        _ready(channel)
         for _ in range(20):
-            ch.recv()
+            channel.recv()
         sock.shutdown(socket.SHUT_RDWR)
 
     src, vm, th = scripted(die_after_some_pages)
@@ -252,13 +253,13 @@ def test_dead_peer_during_precopy() -> None:
 
 
 def test_peer_reporting_an_error_during_precopy() -> None:
-    def complain(ch: wire.Channel, sock: socket.socket) -> None:
-        _ready(ch)
+    def complain(channel: framing.FrameChannel, sock: socket.socket) -> None:
+        _ready(channel)
         for _ in range(10):
-            ch.recv()
-        ch.send_error(wire.ErrorCode.VM_SETUP, "out of guest memory")
+            channel.recv()
+        channel.send_error(framing.ErrorCode.VM_SETUP, "out of guest memory")
         while True:
-            ch.recv()
+            channel.recv()
 
     src, vm, th = scripted(complain)
     check_clean_abort(src, vm, th)
@@ -266,12 +267,12 @@ def test_peer_reporting_an_error_during_precopy() -> None:
 
 
 def test_peer_sending_garbage() -> None:
-    def garbage(ch: wire.Channel, sock: socket.socket) -> None:
-        _ready(ch)
-        ch.recv()
+    def garbage(channel: framing.FrameChannel, sock: socket.socket) -> None:
+        _ready(channel)
+        channel.recv()
         sock.sendall(b"\x00garbage" * 100)
         while True:
-            ch.recv()
+            channel.recv()
 
     src, vm, th = scripted(garbage)
     check_clean_abort(src, vm, th)
@@ -280,9 +281,9 @@ def test_peer_sending_garbage() -> None:
 
 def test_peer_vanishing_at_switch_over_resumes_the_source() -> None:
     """Handover paused the guest; no PREPARED comes: the source must resume it."""
-    def vanish_at_done(ch: wire.Channel, sock: socket.socket) -> None:
-        _ready(ch)
-        while ch.recv().type is not MsgType.DONE:
+    def vanish_at_done(channel: framing.FrameChannel, sock: socket.socket) -> None:
+        _ready(channel)
+        while channel.recv().type is not MsgType.DONE:
             pass
         sock.shutdown(socket.SHUT_RDWR)
 
@@ -293,8 +294,8 @@ def test_peer_vanishing_at_switch_over_resumes_the_source() -> None:
 
 def test_refused_layout_is_reported_and_nothing_created() -> None:
     run = run_fake_migration(make_policy("ch"), config=cfg(),
-                             limits=wire.Limits(max_memory_size=1 << 20,
-                                                guest_kinds=("fake",)))
+                             limits=messages.Limits(max_memory_size=1 << 20,
+                                                    guest_kinds=("fake",)))
     r = run.result
     assert r.status == "failed" and "exceeds this receiver's limit" in (r.error or "")
     assert run.dest_vms == [] and run.src_vm.log_starts == 0
@@ -325,12 +326,12 @@ def test_source_dying_mid_stream_discards_the_destination_vm() -> None:
 
 def test_peer_vanishing_after_commit_leaves_the_source_paused() -> None:
     """After COMMIT the guest may run at the destination: never resume it here too."""
-    def vanish_after_commit(ch: wire.Channel, sock: socket.socket) -> None:
-        _ready(ch)
-        while ch.recv().type is not MsgType.DONE:
+    def vanish_after_commit(channel: framing.FrameChannel, sock: socket.socket) -> None:
+        _ready(channel)
+        while channel.recv().type is not MsgType.DONE:
             pass
-        ch.send(MsgType.PREPARED)
-        ch.expect(MsgType.COMMIT)
+        channel.send(MsgType.PREPARED)
+        channel.expect(MsgType.COMMIT)
         sock.shutdown(socket.SHUT_RDWR)
 
     src, vm, th = scripted(vanish_after_commit, rate=0.0)

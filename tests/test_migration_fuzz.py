@@ -12,8 +12,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoconverge.impl.migration import wire
-from autoconverge.impl.migration.errors import MigrationError
+from autoconverge.impl.migration import framing, messages
+from autoconverge.impl.migration.errors import MigrationError, ProtocolError
+from autoconverge.impl.migration.framing import MsgType
 from autoconverge.impl.migration.scripted import (
     LAYOUT,
     PAGES,
@@ -22,7 +23,6 @@ from autoconverge.impl.migration.scripted import (
     run_destination,
     valid_migration_frames,
 )
-from autoconverge.impl.migration.wire import MsgType
 
 PEER_ERRORS = {"ProtocolError", "AuthenticationError", "TransportError", "PeerError",
                "VmSetupError"}
@@ -52,7 +52,7 @@ def test_arbitrary_bytes(data: bytes) -> None:
 
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_after_a_valid_header_prefix(data: bytes) -> None:
-    _check(wire.MAGIC + bytes([wire.VERSION]) + data)
+    _check(framing.MAGIC + bytes([framing.VERSION]) + data)
 
 
 @st.composite
@@ -97,7 +97,7 @@ U32 = st.integers(0, 2 ** 32 - 1)
 def hostile_pages(draw: st.DrawFn) -> bytes:
     """PAGES payloads: often self-consistent (so they reach the bounds checks), often not."""
     n = draw(st.integers(0, 5))
-    runs = np.zeros(n, dtype=wire.RUN_DTYPE)
+    runs = np.zeros(n, dtype=messages.RUN_DTYPE)
     structured = draw(st.booleans())  # ascending, mostly in range: reaches the later checks
     nxt = draw(st.integers(0, PAGES))
     for i in range(n):
@@ -116,7 +116,7 @@ def hostile_pages(draw: st.DrawFn) -> bytes:
     declared = ndata if consistent else draw(st.one_of(st.integers(0, 16), U32))
     data_pages = ndata if consistent else draw(st.integers(0, 10))
     nruns = n if draw(st.integers(0, 4)) else draw(st.sampled_from([n + 1, 2 ** 32 - 1]))
-    head = wire.PAGES_HEAD.pack(nruns, declared)
+    head = messages.PAGES_HEAD.pack(nruns, declared)
     return bytes(head + runs.tobytes() + bytes(data_pages * PS))
 
 
@@ -131,18 +131,18 @@ def hostile_frame(draw: st.DrawFn) -> tuple[MsgType, bytes]:
 @given(st.lists(hostile_frame(), max_size=6), st.booleans())
 def test_authenticated_hostile_frames(frames: list[tuple[MsgType, bytes]],
                                       with_layout: bool) -> None:
-    prefix = [(MsgType.LAYOUT, wire.encode_layout(LAYOUT))] if with_layout else []
+    prefix = [(MsgType.LAYOUT, messages.encode_layout(LAYOUT))] if with_layout else []
     _check(client_frames(prefix + frames))
 
 
 @given(hostile_pages())
 def test_decode_pages_accepts_only_in_bounds_batches(payload: bytes) -> None:
     try:
-        batch = wire.decode_pages(memoryview(payload), LAYOUT)
-    except wire.ProtocolError:
+        batch = messages.decode_pages(memoryview(payload), LAYOUT)
+    except ProtocolError:
         return
     end = batch.first + batch.count
     assert (batch.first >= 0).all() and (end <= PAGES).all()
     mem = bytearray(PAGES * PS)
-    wire.apply_pages(memoryview(mem), batch, PS)
+    messages.apply_pages(memoryview(mem), batch, PS)
     assert len(mem) == PAGES * PS

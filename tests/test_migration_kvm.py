@@ -16,7 +16,8 @@ import pytest
 
 from autoconverge.cli.demo import collect_receiver, spawn_receiver
 from autoconverge.cli.main import main
-from autoconverge.impl.migration.backends import GuestSpec, make_source_guest
+from autoconverge.impl.migration.backends import make_source_guest
+from autoconverge.impl.migration.guest_config import GuestConfig
 from autoconverge.impl.migration.policy import make_policy
 from autoconverge.impl.migration.runner import migrate_to
 from autoconverge.impl.migration.source import MigrationConfig
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.kvm
 # 12 MiB working set, worst-case writer (~350k pages/s), 32 MiB/s link, 300 ms limit: the
 # budget is 2458 pages < 3072, so it needs throttling (ch reaches enough at ~99 %)
 SIZE = ["--memory", "64M", "--working-set", "12M", "--max-bandwidth", "32M"]
-SPEC = GuestSpec(64 << 20, 1, "worst", 12 << 20)
+SPEC = GuestConfig(64 << 20, 1, "worst", 12 << 20)
 KEY = b"kvm-migration-test-key-012345678"
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoconverge.impl.migration.policy import (
-    ChPolicy,
+    CloudHypervisorPolicy,
     NoThrottle,
     Observation,
     PredictivePolicy,
@@ -36,7 +36,7 @@ def test_none_never_throttles() -> None:
 
 
 def test_ch_schedule_matches_the_seed() -> None:
-    p = ChPolicy()
+    p = CloudHypervisorPolicy()
     got = [p.observe(obs(iteration=i)) for i in range(0, 25)]
     # iteration 0 = first full pass; delta iterations 1.. ; steps at 2, 4, 6, ...
     assert got[:6] == [0, 0, 10, 10, 20, 20]
@@ -46,7 +46,7 @@ def test_ch_schedule_matches_the_seed() -> None:
 
 
 def test_ch_ignores_ticks_and_respects_max() -> None:
-    p = ChPolicy(max_percent=35)
+    p = CloudHypervisorPolicy(max_percent=35)
     for i in range(1, 30):
         p.observe(obs("tick", iteration=i))
     assert p.observe(obs("tick", iteration=2)) == 0

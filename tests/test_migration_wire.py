@@ -9,13 +9,14 @@ import threading
 import numpy as np
 import pytest
 
-from autoconverge.impl.migration import wire
+from autoconverge.impl.migration import addresses, framing, handshake, macs, messages
 from autoconverge.impl.migration.errors import (
     AuthenticationError,
     PeerError,
     ProtocolError,
     TransportError,
 )
+from autoconverge.impl.migration.framing import FrameChannel, MsgType
 from autoconverge.impl.migration.scripted import (
     KEY,
     LAYOUT,
@@ -27,7 +28,6 @@ from autoconverge.impl.migration.scripted import (
     run_destination,
     valid_migration_frames,
 )
-from autoconverge.impl.migration.wire import Channel, MsgType
 
 
 def _pair(key_c: bytes = KEY, key_s: bytes = KEY) -> tuple[object, object]:
@@ -38,14 +38,14 @@ def _pair(key_c: bytes = KEY, key_s: bytes = KEY) -> tuple[object, object]:
 
     def server() -> None:
         try:
-            out["server"] = wire.server_handshake(b, key_s)
+            out["server"] = handshake.server_handshake(b, key_s)
         except Exception as exc:
             out["server"] = exc
 
     th = threading.Thread(target=server)
     th.start()
     try:
-        client: object = wire.client_handshake(a, key_c)
+        client: object = handshake.client_handshake(a, key_c)
     except Exception as exc:
         client = exc
     th.join(10)
@@ -55,13 +55,13 @@ def _pair(key_c: bytes = KEY, key_s: bytes = KEY) -> tuple[object, object]:
 
 def test_handshake_and_frames_round_trip() -> None:
     c, s = _pair()
-    assert isinstance(c, Channel) and isinstance(s, Channel)
-    c.send(MsgType.LAYOUT, wire.encode_layout(LAYOUT))
+    assert isinstance(c, FrameChannel) and isinstance(s, FrameChannel)
+    c.send(MsgType.LAYOUT, messages.encode_layout(LAYOUT))
     f = s.recv()
     assert f.type is MsgType.LAYOUT
-    assert wire.decode_layout(f.payload, wire.Limits()) == LAYOUT
-    s.send(MsgType.READY, wire.encode_ready(1 << 20))
-    assert wire.decode_ready(c.expect(MsgType.READY).payload) == 1 << 20
+    assert messages.decode_layout(f.payload, messages.Limits()) == LAYOUT
+    s.send(MsgType.READY, messages.encode_ready(1 << 20))
+    assert messages.decode_ready(c.expect(MsgType.READY).payload) == 1 << 20
     big = bytes(range(256)) * 4096  # > 256 KiB: the multi-part send path
     got: list[bytes] = []
     th = threading.Thread(target=lambda: got.append(bytes(s.recv().payload)))
@@ -86,7 +86,7 @@ def test_unauthenticated_peer_never_reaches_the_vm() -> None:
     assert isinstance(err, AuthenticationError)
     assert res is None and created == []  # no VM was ever created, nothing written
     # the rejected peer was told why (an ERROR frame under the hello key of *our* key)
-    assert out.out[:4] == wire.MAGIC and out.out[5] == MsgType.ERROR
+    assert out.out[:4] == framing.MAGIC and out.out[5] == MsgType.ERROR
 
 
 def test_valid_scripted_migration_is_accepted() -> None:
@@ -104,15 +104,15 @@ def test_replayed_session_is_rejected() -> None:
     recorded = client_frames(frames)
     stream = MemStream(recorded)
     with pytest.raises(AuthenticationError, match="replayed session or wrong key"):
-        wire.server_handshake(stream, KEY)  # os.urandom nonce, not the recorded one
+        handshake.server_handshake(stream, KEY)  # os.urandom nonce, not the recorded one
 
 
 def test_replayed_or_reordered_frame_is_rejected() -> None:
     rec = MemStream()
-    ch = Channel(rec, b"k" * 32, b"k" * 32)
-    ch.send(MsgType.COMMIT)
+    channel = FrameChannel(rec, b"k" * 32, b"k" * 32)
+    channel.send(MsgType.COMMIT)
     one = bytes(rec.out)
-    rd = Channel(MemStream(one + one), b"k" * 32, b"k" * 32)
+    rd = FrameChannel(MemStream(one + one), b"k" * 32, b"k" * 32)
     rd.recv()
     with pytest.raises(ProtocolError, match="sequence number 0, expected 1"):
         rd.recv()
@@ -128,70 +128,70 @@ def test_replayed_or_reordered_frame_is_rejected() -> None:
 ])
 def test_header_checks_come_before_reading_the_payload(mutate, exc, match) -> None:  # type: ignore[no-untyped-def]
     rec = MemStream()
-    Channel(rec, b"k" * 32, b"k" * 32).send(MsgType.COMMIT)
+    FrameChannel(rec, b"k" * 32, b"k" * 32).send(MsgType.COMMIT)
     frame = bytes(rec.out)
     bad = mutate(frame[:24])  # header only: the payload is never needed to reject it
     with pytest.raises(exc, match=match):
-        Channel(MemStream(bad), b"k" * 32, b"k" * 32).recv()
+        FrameChannel(MemStream(bad), b"k" * 32, b"k" * 32).recv()
 
 
 def test_tampered_payload_fails_the_mac() -> None:
     rec = MemStream()
-    Channel(rec, b"k" * 32, b"k" * 32).send(MsgType.LAYOUT, wire.encode_layout(LAYOUT))
+    FrameChannel(rec, b"k" * 32, b"k" * 32).send(MsgType.LAYOUT, messages.encode_layout(LAYOUT))
     frame = bytearray(rec.out)
     frame[30] ^= 1
     with pytest.raises(AuthenticationError, match="bad MAC"):
-        Channel(MemStream(bytes(frame)), b"k" * 32, b"k" * 32).recv()
+        FrameChannel(MemStream(bytes(frame)), b"k" * 32, b"k" * 32).recv()
 
 
 def test_truncated_stream_is_a_transport_error() -> None:
     rec = MemStream()
-    Channel(rec, b"k" * 32, b"k" * 32).send(MsgType.LAYOUT, wire.encode_layout(LAYOUT))
+    FrameChannel(rec, b"k" * 32, b"k" * 32).send(MsgType.LAYOUT, messages.encode_layout(LAYOUT))
     for cut in (0, 10, 30, len(rec.out) - 1):
         with pytest.raises(TransportError):
-            Channel(MemStream(bytes(rec.out[:cut])), b"k" * 32, b"k" * 32).recv()
+            FrameChannel(MemStream(bytes(rec.out[:cut])), b"k" * 32, b"k" * 32).recv()
 
 
 def test_error_frame_becomes_peer_error() -> None:
     rec = MemStream()
-    Channel(rec, b"k" * 32, b"k" * 32).send(
-        MsgType.ERROR, wire.encode_error(wire.ErrorCode.VM_SETUP, "no memory\x07"))
+    FrameChannel(rec, b"k" * 32, b"k" * 32).send(
+        MsgType.ERROR, framing.encode_error(framing.ErrorCode.VM_SETUP, "no memory\x07"))
     with pytest.raises(PeerError, match="no memory"):
-        Channel(MemStream(bytes(rec.out)), b"k" * 32, b"k" * 32).expect(MsgType.READY)
+        FrameChannel(MemStream(bytes(rec.out)), b"k" * 32, b"k" * 32).expect(MsgType.READY)
 
 
 def test_short_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
-        wire.client_handshake(MemStream(), b"short")
+        handshake.client_handshake(MemStream(), b"short")
 
 
 # --------------------------------------------------------------------------- payloads
-LIM = wire.Limits(max_memory_size=1 << 30, max_vcpus=8, guest_kinds=("fake",))
+LIM = messages.Limits(max_memory_size=1 << 30, max_vcpus=8, guest_kinds=("fake",))
 
 
 @pytest.mark.parametrize(("lay", "match"), [
-    (wire.Layout(PAGES * PS, 1000, 1, 64, "fake"), "power of two"),
-    (wire.Layout(PAGES * PS + 1, PS, 1, 64, "fake"), "multiple of the page size"),
-    (wire.Layout(0, PS, 1, 64, "fake"), "multiple of the page size"),
-    (wire.Layout(2 << 30, PS, 1, 64, "fake"), "exceeds this receiver's limit"),
-    (wire.Layout(PAGES * PS, PS, 0, 64, "fake"), "vCPU count 0"),
-    (wire.Layout(PAGES * PS, PS, 9, 64, "fake"), "vCPU count 9"),
-    (wire.Layout(PAGES * PS, PS, 1, 0, "fake"), "state size"),
-    (wire.Layout(PAGES * PS, PS, 1, 64, "kvm-x86"), "not supported here"),
+    (messages.Layout(PAGES * PS, 1000, 1, 64, "fake"), "power of two"),
+    (messages.Layout(PAGES * PS + 1, PS, 1, 64, "fake"), "multiple of the page size"),
+    (messages.Layout(0, PS, 1, 64, "fake"), "multiple of the page size"),
+    (messages.Layout(2 << 30, PS, 1, 64, "fake"), "exceeds this receiver's limit"),
+    (messages.Layout(PAGES * PS, PS, 0, 64, "fake"), "vCPU count 0"),
+    (messages.Layout(PAGES * PS, PS, 9, 64, "fake"), "vCPU count 9"),
+    (messages.Layout(PAGES * PS, PS, 1, 0, "fake"), "state size"),
+    (messages.Layout(PAGES * PS, PS, 1, 64, "kvm-x86"), "not supported here"),
 ])
-def test_layout_validation(lay: wire.Layout, match: str) -> None:
+def test_layout_validation(lay: messages.Layout, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
-        wire.decode_layout(wire.encode_layout(lay), LIM)
+        messages.decode_layout(messages.encode_layout(lay), LIM)
 
 
 def test_layout_length_and_text_checks() -> None:
-    good = wire.encode_layout(LAYOUT)
+    good = messages.encode_layout(LAYOUT)
     with pytest.raises(ProtocolError):
-        wire.decode_layout(good[:-1], LIM)
+        messages.decode_layout(good[:-1], LIM)
     with pytest.raises(ProtocolError):
-        wire.decode_layout(good[:10], LIM)
+        messages.decode_layout(good[:10], LIM)
     with pytest.raises(ProtocolError, match="ASCII"):
-        wire.decode_layout(good[:-4] + b"\xff\xfe\xfd\xfc", LIM)
+        messages.decode_layout(good[:-4] + b"\xff\xfe\xfd\xfc", LIM)
 
 
 @pytest.mark.parametrize(("runs", "ndata", "match"), [
@@ -205,30 +205,30 @@ def test_layout_length_and_text_checks() -> None:
     ([(0, 2, 0)], 1, "does not match"),
 ])
 def test_pages_validation(runs: list[tuple[int, int, int]], ndata: int, match: str) -> None:
-    table = np.zeros(len(runs), dtype=wire.RUN_DTYPE)
+    table = np.zeros(len(runs), dtype=messages.RUN_DTYPE)
     for i, (f, c, k) in enumerate(runs):
         table[i] = (f, c, k, 0)
-    payload = wire.encode_pages_head(table, ndata) + bytes(ndata * PS)
+    payload = messages.encode_pages_head(table, ndata) + bytes(ndata * PS)
     with pytest.raises(ProtocolError, match=match):
-        wire.decode_pages(memoryview(payload), LAYOUT)
+        messages.decode_pages(memoryview(payload), LAYOUT)
 
 
 def test_pages_length_checks() -> None:
-    good = pages_payload([(1, 2, wire.RUN_DATA)], bytes(2 * PS))
-    for bad in (good[:-1], good + b"\0", good[:7], wire.PAGES_HEAD.pack(0, 0),
-                wire.PAGES_HEAD.pack(1000, 0) + good[8:]):
+    good = pages_payload([(1, 2, messages.RUN_DATA)], bytes(2 * PS))
+    for bad in (good[:-1], good + b"\0", good[:7], messages.PAGES_HEAD.pack(0, 0),
+                messages.PAGES_HEAD.pack(1000, 0) + good[8:]):
         with pytest.raises(ProtocolError):
-            wire.decode_pages(memoryview(bad), LAYOUT)
+            messages.decode_pages(memoryview(bad), LAYOUT)
 
 
 def test_apply_pages_writes_data_and_zero_runs() -> None:
     mem = bytearray(b"\xee" * (PAGES * PS))
     data = bytes(range(256)) * 16 * 2
-    batch = wire.decode_pages(memoryview(pages_payload(
-        [(0, 1, wire.RUN_ZERO), (3, 2, wire.RUN_DATA)], data)), LAYOUT)
+    batch = messages.decode_pages(memoryview(pages_payload(
+        [(0, 1, messages.RUN_ZERO), (3, 2, messages.RUN_DATA)], data)), LAYOUT)
     touched = np.zeros(PAGES, dtype=np.bool_)
     touched[0] = True
-    wire.apply_pages(memoryview(mem), batch, PS, touched)
+    messages.apply_pages(memoryview(mem), batch, PS, touched)
     assert mem[:PS] == bytes(PS)
     assert mem[3 * PS:5 * PS] == data
     assert mem[PS:3 * PS] == b"\xee" * 2 * PS
@@ -237,28 +237,29 @@ def test_apply_pages_writes_data_and_zero_runs() -> None:
 
 def test_vcpu_state_validation() -> None:
     st = [b"a" * 64]
-    ok = b"".join(wire.encode_vcpu_state(st))
-    assert wire.decode_vcpu_state(ok, LAYOUT) == st
+    ok = b"".join(messages.encode_vcpu_state(st))
+    assert messages.decode_vcpu_state(ok, LAYOUT) == st
     with pytest.raises(ProtocolError, match="carries 2 vCPUs"):
-        wire.decode_vcpu_state(b"".join(wire.encode_vcpu_state(st * 2)), LAYOUT)
+        messages.decode_vcpu_state(b"".join(messages.encode_vcpu_state(st * 2)), LAYOUT)
     with pytest.raises(ProtocolError, match="entries have 32 bytes"):
-        wire.decode_vcpu_state(b"".join(wire.encode_vcpu_state([b"a" * 32])), LAYOUT)
+        messages.decode_vcpu_state(b"".join(messages.encode_vcpu_state([b"a" * 32])), LAYOUT)
     with pytest.raises(ProtocolError):
-        wire.decode_vcpu_state(ok + b"x", LAYOUT)
+        messages.decode_vcpu_state(ok + b"x", LAYOUT)
 
 
 def test_small_message_validation() -> None:
     with pytest.raises(ProtocolError):
-        wire.decode_iteration_end(wire._ITER.pack(1, 100, 0, 0))
+        messages.decode_iteration_end(messages._ITER.pack(1, 100, 0, 0))
     with pytest.raises(ProtocolError):
-        wire.decode_done(wire._DONE.pack(1, 1, 7))
+        messages.decode_done(messages._DONE.pack(1, 1, 7))
     with pytest.raises(ProtocolError):
-        wire.decode_ready(wire._READY.pack(10))
-    rep = wire.Report(b"h" * 32, (1,), (2,), 5, 6)
-    assert wire.decode_report(wire.encode_report(rep), LAYOUT) == rep
+        messages.decode_ready(messages._READY.pack(10))
+    rep = messages.Report(b"h" * 32, (1,), (2,), 5, 6)
+    assert messages.decode_report(messages.encode_report(rep), LAYOUT) == rep
     with pytest.raises(ProtocolError):
-        wire.decode_report(wire.encode_report(wire.Report(None, (1, 2), (3, 4), 0, 0)), LAYOUT)
-    assert wire.decode_error(b"\x01") == (0, "(malformed error message)")
+        messages.decode_report(
+            messages.encode_report(messages.Report(None, (1, 2), (3, 4), 0, 0)), LAYOUT)
+    assert framing.decode_error(b"\x01") == (0, "(malformed error message)")
 
 
 @pytest.mark.parametrize(("text", "expect"), [
@@ -268,38 +269,39 @@ def test_small_message_validation() -> None:
     ("example.org:65535", ("example.org", 65535)),
 ])
 def test_parse_hostport_ok(text: str, expect: tuple[str, int]) -> None:
-    assert wire.parse_hostport(text) == expect
+    assert addresses.parse_hostport(text) == expect
 
 
 @pytest.mark.parametrize("text", ["", "host", "host:", "host:x", "h:65536", "::1:80", "[::1]80",
                                   "a b:1", "h:-1"])
 def test_parse_hostport_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        wire.parse_hostport(text)
+        addresses.parse_hostport(text)
 
 
 def test_session_frames_use_gmac_and_a_flipped_bit_fails_it() -> None:
     c, s = _pair()
-    assert isinstance(c, Channel) and isinstance(s, Channel)
+    assert isinstance(c, FrameChannel) and isinstance(s, FrameChannel)
     assert c.mac_name == s.mac_name == "gmac"
     rec = MemStream()
-    g1, g2 = wire.gmac_keys(KEY, b"C" * 32, b"S" * 32)
-    tx = Channel(rec, b"k" * 32, b"k" * 32)
+    g1, g2 = handshake.gmac_keys(KEY, b"C" * 32, b"S" * 32)
+    tx = FrameChannel(rec, b"k" * 32, b"k" * 32)
     tx.use_gmac(g1, g2)
-    tx.send(MsgType.LAYOUT, wire.encode_layout(LAYOUT))
+    tx.send(MsgType.LAYOUT, messages.encode_layout(LAYOUT))
     frame = bytes(rec.out)
-    assert len(frame) == wire.HEADER_SIZE + len(wire.encode_layout(LAYOUT)) + wire.GMAC_TAG_SIZE
-    rx = Channel(MemStream(frame), b"k" * 32, b"k" * 32)
+    assert len(frame) == (framing.HEADER_SIZE + len(messages.encode_layout(LAYOUT))
+                          + macs.GMAC_TAG_SIZE)
+    rx = FrameChannel(MemStream(frame), b"k" * 32, b"k" * 32)
     rx.use_gmac(g2, g1)
     assert rx.recv().type is MsgType.LAYOUT
     for pos in (10, 30, len(frame) - 1):  # header (seq), payload, tag
         bad = bytearray(frame)
         bad[pos] ^= 1
-        rx = Channel(MemStream(bytes(bad)), b"k" * 32, b"k" * 32)
+        rx = FrameChannel(MemStream(bytes(bad)), b"k" * 32, b"k" * 32)
         rx.use_gmac(g2, g1)
         with pytest.raises((AuthenticationError, ProtocolError)):
             rx.recv()
-    rx = Channel(MemStream(frame), b"k" * 32, b"k" * 32)
+    rx = FrameChannel(MemStream(frame), b"k" * 32, b"k" * 32)
     rx.use_gmac(g1, g2)  # the other direction's key
     with pytest.raises(AuthenticationError, match="bad MAC"):
         rx.recv()
@@ -309,10 +311,10 @@ def test_client_may_ask_for_hmac_for_the_whole_session() -> None:
     a, b = socket.socketpair()
     a.settimeout(5)
     b.settimeout(5)
-    out: list[Channel] = []
-    th = threading.Thread(target=lambda: out.append(wire.server_handshake(b, KEY)))
+    out: list[FrameChannel] = []
+    th = threading.Thread(target=lambda: out.append(handshake.server_handshake(b, KEY)))
     th.start()
-    c = wire.client_handshake(a, KEY, mac="hmac")
+    c = handshake.client_handshake(a, KEY, mac="hmac")
     th.join(10)
     s = out[0]
     assert c.mac_name == s.mac_name == "hmac"
@@ -324,17 +326,17 @@ def test_client_may_ask_for_hmac_for_the_whole_session() -> None:
     t2.join(10)
     assert got == [b"y" * 8 + big]
     with pytest.raises(ValueError):
-        wire.client_handshake(a, KEY, mac="none")
+        handshake.client_handshake(a, KEY, mac="none")
     a.close()
     b.close()
 
 
 def test_parse_address_unix() -> None:
-    assert wire.parse_address("unix:/tmp/x.sock") == ("unix:/tmp/x.sock", 0)
-    assert wire.parse_address("127.0.0.1:5") == ("127.0.0.1", 5)
+    assert addresses.parse_address("unix:/tmp/x.sock") == ("unix:/tmp/x.sock", 0)
+    assert addresses.parse_address("127.0.0.1:5") == ("127.0.0.1", 5)
     for bad in ("unix:", "unix:" + "a" * 200):
         with pytest.raises(ValueError):
-            wire.parse_address(bad)
+            addresses.parse_address(bad)
 
 
 def test_unix_socket_listen_connect_and_refuse_other_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -371,13 +373,13 @@ def test_frame_builder_round_trips_mixed_zero_and_data_pages(scattered: bool) ->
     mem[7 * ps:9 * ps] = 3  # nonzero first word
     fb = FrameBuilder(memoryview(mem), ps, 64)
     idx = np.sort(rng.choice(pages, 100, replace=False)) if scattered else np.arange(pages)
-    lay = wire.Layout(pages * ps, ps, 1, 64, "fake")
+    lay = messages.Layout(pages * ps, ps, 1, 64, "fake")
     dest = np.full(pages * ps, 0xEE, dtype=np.uint8)  # zero runs must overwrite this
     for start in range(0, len(idx), 64):
         f = fb.build(idx[start:start + 64])
         payload = memoryview(f.head + bytes(f.data))
-        batch = wire.decode_pages(payload, lay)
-        wire.apply_pages(memoryview(dest), batch, ps)
+        batch = messages.decode_pages(payload, lay)
+        messages.apply_pages(memoryview(dest), batch, ps)
         assert f.zero_pages + f.data_pages == f.pages
     got = dest.reshape(pages, ps)[idx]
     assert np.array_equal(got, mem.reshape(pages, ps)[idx])

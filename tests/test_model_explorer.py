@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from autoconverge.model.config import ExplorerConfig, load_config
-from autoconverge.model.explorer import ExplorationResult, check_declaration, explore
+from autoconverge.model.explorer import ExplorationResult, explore
 from autoconverge.model.fairness import tarjan_scc
 from autoconverge.model.trace import replay
 from autoconverge.spec import SPEC, Spec, State, Transition
@@ -48,27 +48,6 @@ def test_regression_mismatch_is_reported() -> None:
     r = explore(SPEC, wrong)
     assert r.ok and r.regression_ok is False
     assert "REGRESSION MISMATCH" in r.format_text()
-
-
-def test_declaration_checks_hold() -> None:
-    checks = check_declaration(SPEC, CFG)
-    assert {c["name"] for c in checks} >= {
-        "EveryWorkerStateReachable", "EveryControllerStateReachable",
-        "EveryTransitionEnabled", "GuardsDisjoint", "ExitOnlyStateWithoutWayOut"}
-    assert all(c["holds"] for c in checks), checks
-
-
-def test_declaration_finds_overlapping_guards_and_dead_transitions() -> None:
-    # a second recv_exit from waiting whose guard overlaps the first: transitions would
-    # silently take the first one
-    twin = Transition("recv_exit", "waiting", "throttling_pause", "worker",
-                      guard=SPEC.find("recv_exit", "waiting").guard)
-    never = Transition("recv_exit", "exit", "exit", "worker", guard=lambda s: s.resp)
-    bad = SPEC.with_transitions(add=(twin, never), name="bad")
-    checks = {c["name"]: c for c in check_declaration(bad, CFG)}
-    assert not checks["GuardsDisjoint"]["holds"]
-    assert "recv_exit@waiting" in checks["GuardsDisjoint"]["detail"]
-    assert not checks["ExitOnlyStateWithoutWayOut"]["holds"]
 
 
 def _domain(v: Variant | None) -> dict[str, tuple[int, ...]]:
@@ -199,9 +178,6 @@ def test_faults_can_be_switched_off() -> None:
     assert CFG.expected_states is not None and r.graph is not None
     assert r.stats["distinct_states"] < CFG.expected_states
     assert not any(s.failed for s in r.graph.reached_records())
-    checks = {c["name"]: c for c in check_declaration(SPEC, cfg)}
-    assert checks["EveryTransitionEnabled"]["holds"]
-    assert "not explored" in checks["EveryTransitionEnabled"]["detail"]
 
 
 def test_initial_state_is_the_specs() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,29 +29,36 @@ def _need_tools() -> None:
         pytest.skip(f"model checkers unavailable: {why}")
 
 
-def _summary(r: dict[str, Any]) -> str:
-    bad = [p for p in r["properties"] if not p["agree"]]
-    return f"states={r['states']} transitions={r['transitions']} disagreements={bad}"
+def _summary(r: crosscheck.CrossCheck) -> str:
+    bad = [p.as_dict() for p in r.properties if not p.agree]
+    return f"states={r.states} transitions={r.transitions} disagreements={bad}"
 
 
 @pytest.mark.covers("*")
 def test_shipped_spec_holds_in_spin_tlc_and_explorer(tmp_path: Path) -> None:
     r = crosscheck.cross_check(SPEC, workdir=tmp_path)
-    assert r["checkers"] == ["explorer", "spin", "tlc"]
-    for p in r["properties"]:
+    assert r.checkers == ["explorer", "spin", "tlc"]
+    for p in r.properties:
         for c in ("explorer", "spin", "tlc"):
-            assert p[c]["holds"], f"{p['name']} fails in {c}"
-    assert r["agree"], _summary(r)
-    assert r["states"]["match"] and r["transitions"]["match"] and r["depth"]["match"]
+            v = p.verdicts[c]
+            assert v is not None and v.holds, f"{p.name} fails in {c}"
+    assert r.agree, _summary(r)
+    assert r.states.match and r.transitions.match and r.depth.match
     expected = crosscheck.explorer_config("ci").expected_states
-    assert r["states"]["spin"] == r["states"]["tlc"] == expected
+    assert r.states.counts["spin"] == r.states.counts["tlc"] == expected
+    # the JSON form (autoconverge verify --cross-check --json)
+    d = r.as_dict()
+    assert d["states"] == {"explorer": expected, "spin": expected, "tlc": expected,
+                           "match": True}
+    assert d["all_hold"] == {"explorer": True, "spin": True, "tlc": True}
+    assert d["properties"][0]["spin"].keys() == {"holds", "states", "time_s"}
     # the generated artifacts are kept where asked
     assert (tmp_path / SPEC.name / "spin" / "safety" / "model.pml").is_file()
     assert (tmp_path / SPEC.name / "tlc" / "Autoconverge.tla").is_file()
 
 
 @pytest.fixture(scope="module")
-def variant_results() -> dict[str, dict[str, Any]]:
+def variant_results() -> dict[str, crosscheck.CrossCheck]:
     """Every variant cross-checked once, two at a time (the work is mostly in subprocesses:
     TLC, gcc, pan), so the parametrized tests below only read the results."""
     if any(tools.skip_reason(c) for c in ("spin", "tlc")):
@@ -66,14 +72,15 @@ def variant_results() -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("var", VARIANTS, ids=lambda v: v.name)
 @pytest.mark.covers("*")
 def test_every_variant_fails_in_spin_and_tlc_like_the_explorer(
-        var: Variant, variant_results: dict[str, dict[str, Any]]) -> None:
+        var: Variant, variant_results: dict[str, crosscheck.CrossCheck]) -> None:
     r = variant_results[var.name]
-    assert r["variant"] == var.name and r["expected"] == list(var.violates)
-    assert r["caught"] == {"explorer": True, "spin": True, "tlc": True}, (
+    assert r.variant is var and r.expected == list(var.violates)
+    assert r.caught == {"explorer": True, "spin": True, "tlc": True}, (
         f"expected one of {var.violates}: "
-        + str({p["name"]: (p["spin"]["holds"], p["tlc"]["holds"]) for p in r["properties"]}))
-    assert r["agree"], _summary(r)
-    assert r["states"]["match"] and r["transitions"]["match"] and r["depth"]["match"]
+        + str({p.name: {c: v.holds for c, v in p.verdicts.items() if v} for p in r.properties}))
+    assert r.agree, _summary(r)
+    assert r.states.match and r.transitions.match and r.depth.match
+    assert r.as_dict()["variant"] == var.name
 
 
 def test_fairness_is_what_makes_liveness_hold_in_tlc(tmp_path: Path) -> None:
@@ -81,7 +88,7 @@ def test_fairness_is_what_makes_liveness_hold_in_tlc(tmp_path: Path) -> None:
     the leads-to properties, so the per-thread weak fairness is load-bearing."""
     text = tla.generate(SPEC, Bounds())
     fair = "Spec == Init /\\ [][Next]_vars\n" \
-           "        /\\ WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(ControllerWaitNext)"
+           "        /\\ WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(CompletionNext)"
     assert fair in text
     (tmp_path / "Autoconverge.tla").write_text(text.replace(fair, "Spec == Init /\\ [][Next]_vars"))
     live = tuple(p.name for p in SPEC.properties if p.kind == "leadsto")

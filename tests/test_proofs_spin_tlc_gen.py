@@ -51,13 +51,13 @@ def _ev(x: Any, env: dict[str, Any]) -> Any:
         return _OPS[x.op](_ev(a[0], env), _ev(a[1], env))
     if x.op == "is_state":
         return _ev(a[0], env) == a[1]
-    if x.op == "ch_len":
+    if x.op == "chan_len":
         return len(_ev(a[0], env))
-    if x.op == "ch_head":
+    if x.op == "chan_head":
         return _ev(a[0], env)[0]
-    if x.op == "ch_tail":
+    if x.op == "chan_tail":
         return tuple(_ev(a[0], env)[1:])
-    if x.op == "ch_push":
+    if x.op == "chan_push":
         return (*_ev(a[0], env), _ev(a[1], env))
     raise AssertionError(f"unexpected op {x.op}")
 
@@ -159,7 +159,8 @@ def test_promela_structure() -> None:
 def test_tla_structure_fairness_per_thread() -> None:
     text = tla.generate(SPEC, Bounds())
     assert text.count("WF_vars(") == 3
-    assert "WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(ControllerWaitNext)" in text
+    assert "WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(CompletionNext)" in text
+    assert "Next == WorkerNext \\/ ClockNext \\/ CompletionNext \\/ UserNext \\/ EndStutter" in text
     assert "EndStutter == (Terminal \\/ CutByBounds) /\\ UNCHANGED vars" in text
     assert "\\E p \\in Percents : call_set_idle(p)" in text
     cfg = tla.generate_cfg(SPEC, Bounds(percents=(1, 50, 99), max_calls=4, channel_capacity=3))

@@ -8,19 +8,20 @@ import z3
 
 from autoconverge.proofs.encoding import (
     CONTROLLER_SORT,
-    GROUP_CLOCK,
-    GROUP_COMPLETION,
-    GROUP_USER,
-    GROUP_WORKER,
     WORKER_SORT,
     Encoding,
     concrete_state,
     fmt_clause,
-    group_of,
     lifted_state,
     states_equal,
 )
 from autoconverge.spec import CONTROLLER_STATES, SPEC, WORKER_STATES, State
+from autoconverge.spec.lifecycle import (
+    CLOCK_GROUP,
+    COMPLETION_GROUP,
+    USER_CALL_GROUP,
+    WORKER_GROUP,
+)
 from autoconverge.spec.variants import variant
 
 DOMAIN = {"p": (0, 1, 50, 99, 100)}
@@ -53,13 +54,20 @@ def test_relation_is_the_declared_one() -> None:
 
 
 def test_fairness_groups_are_per_thread() -> None:
-    groups = {t.label: group_of(t) for t in SPEC.relation()}
-    assert groups["recv_set@waiting"] == GROUP_WORKER
-    assert groups["fault@throttling_pause"] == GROUP_WORKER
-    assert groups["expire@throttling_run"] == GROUP_CLOCK
-    assert groups["shutdown_done@awaiting_exit"] == GROUP_COMPLETION
-    assert groups["call_set@idle"] == GROUP_USER
-    assert groups["call_shutdown@idle"] == GROUP_USER
+    groups = {t.label: t.fairness_group for t in SPEC.relation()}
+    assert groups["recv_set@waiting"] == WORKER_GROUP
+    assert groups["fault@throttling_pause"] == WORKER_GROUP
+    assert groups["expire@throttling_run"] == CLOCK_GROUP
+    assert groups["shutdown_done@awaiting_exit"] == COMPLETION_GROUP
+    assert groups["call_set@idle"] == USER_CALL_GROUP
+    assert groups["call_shutdown@idle"] == USER_CALL_GROUP
+    assert all((t.fairness is None) == t.user_call for t in SPEC.relation())
+    enc = Encoding(SPEC)
+    assert {t.label for t in enc.group(USER_CALL_GROUP.name)} == {
+        t.label for t in SPEC.relation() if t.user_call}
+    # a variant's added transition falls into its thread's group
+    spinning = Encoding(variant("spinning_handshake").build(SPEC))
+    assert "poll@waiting" in [t.label for t in spinning.group(WORKER_GROUP.name)]
 
 
 def test_z3_semantics_match_concrete_semantics() -> None:

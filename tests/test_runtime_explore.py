@@ -7,12 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from autoconverge.impl.runtime import ChannelTimeout
-from autoconverge.impl.virtualtime import (
-    ReplayDivergence,
-    VirtualChannel,
-    VirtualRuntime,
-    explore_schedules,
-)
+from autoconverge.impl.schedules import explore_schedules
+from autoconverge.impl.virtualtime import ReplayDivergence, VirtualChannel, VirtualRuntime
 
 
 class Register:

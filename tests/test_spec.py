@@ -10,8 +10,8 @@ import z3
 
 from autoconverge.spec import PROPERTIES, SPEC, declared_transitions, timing
 from autoconverge.spec import lifecycle as L
-from autoconverge.spec.expr import And, If, Or, Term, ch_head, ch_push, ch_tail, is_state, var
-from autoconverge.spec.variants import VARIANTS
+from autoconverge.spec.expr import And, If, Or, Term, chan_head, chan_push, chan_tail, is_state, var
+from autoconverge.spec.variants import VARIANTS, probe_percents, variant, variant_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +100,7 @@ def test_guards_and_effects_evaluate_in_three_modes() -> None:
     g = t.enabled(zs)
     assert isinstance(g, z3.BoolRef)
     solver = z3.Solver()
-    solver.add(g, ch_head(chan) == 100)
+    solver.add(g, chan_head(chan) == 100)
     assert solver.check() == z3.unsat  # 100 is never accepted by the worker
     # syntax trees
     ts = L.State(**{f: var(f) for f in L.VARIABLES})
@@ -113,7 +113,7 @@ def test_guards_and_effects_evaluate_in_three_modes() -> None:
 def test_expression_helpers_concrete() -> None:
     assert And(True, 1 < 2) is True and Or(False, False) is False
     assert If(True, 1, 2) == 1
-    assert ch_push((1,), 2) == (1, 2) and ch_tail((1, 2)) == (2,)
+    assert chan_push((1,), 2) == (1, 2) and chan_tail((1, 2)) == (2,)
     assert is_state("waiting", "waiting") is True
 
 
@@ -143,6 +143,26 @@ def test_variants_name_real_properties_and_change_the_spec() -> None:
                 for t in built.relation()} != {
             (t.trigger, t.source, t.dest, t.guard, t.effect, t.calls) for t in SPEC.relation()
         }
+
+
+def test_fairness_is_declared_once_as_data() -> None:
+    """The prose every leads-to property carries is printed from the groups; each transition
+    reads its group from them (a variant's added transition too); faults are one trigger."""
+    from autoconverge.spec.properties import FAIRNESS
+
+    assert FAIRNESS == ("WF(worker) /\\ WF(clock) /\\ WF(controller inside "
+                        "abort/shutdown/handover); no fairness on user calls")
+    assert [g.name for g in L.WEAK_FAIRNESS] == ["worker", "clock", "completion"]
+    for t in SPEC.relation():
+        assert t.fairness == (None if t.user_call else
+                              {"worker": "worker", "clock": "clock"}.get(t.actor, "completion"))
+        assert t.is_fault == (t.trigger == L.FAULT)
+    spinning = variant("spinning_handshake").build(SPEC)
+    assert variant_of(spinning) is variant("spinning_handshake")
+    added = spinning.find("poll", L.WAITING)
+    assert added.fairness == "worker" and not added.user_call
+    assert variant_of(SPEC) is None and probe_percents(SPEC) == ()
+    assert probe_percents(variant("api_accepts_100").build(SPEC)) == (100,)
 
 
 @pytest.mark.parametrize("percent", [1, 2, 33, 50, 98, 99])

@@ -46,7 +46,7 @@ def _fake() -> Backend:
 
 def _kvm() -> Backend:
     from autoconverge.impl.kvm import guest
-    from autoconverge.impl.kvm.vm import GuestVm
+    from autoconverge.impl.kvm.guest_vm import GuestVm
 
     vm = GuestVm(16 << 20, 2, workload=guest.preset("moderate", 64))
     return Backend("kvm", vm, vm.is_paused, lambda: sum(vm.progress()), vm.close)

@@ -6,6 +6,7 @@ test sleeps on the wall clock and each run replays from its seed.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -374,6 +375,87 @@ def test_hanging_pause_does_not_hang_the_caller() -> None:
 
     run(scenario, hang_on=[("pause", 2)], hang_ns=None, kill_leftover=True,
         throttler_kw={"call_timeout_ns": 50 * MS})
+
+
+# --- internal errors (a bug in the worker loop, not a vCPU call) --------------------------------
+
+
+class _BuggyCommands:
+    """The worker's end of the commands channel, with one read made to raise."""
+
+    def __init__(self, channel: Any, broken: str) -> None:
+        self._channel = channel
+        self._broken = broken
+
+    def put(self, item: int) -> None:
+        self._channel.put(item)
+
+    def empty(self) -> bool:
+        return bool(self._channel.empty())
+
+    def get_nowait(self) -> int:
+        if self._broken == "get_nowait":
+            raise RuntimeError("injected bug")
+        return int(self._channel.get_nowait())
+
+    def get(self, timeout_ns: int | None = None) -> int:
+        if self._broken == "get" and timeout_ns is None:
+            raise RuntimeError("injected bug")
+        return int(self._channel.get(timeout_ns))
+
+
+@pytest.mark.parametrize(("phase_ms", "phase"), [(10, L.PAUSE), (60, L.RUN)])
+def test_internal_error_while_throttling_exits_through_the_spec_fault(
+    phase_ms: int, phase: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker leaves through the spec's fault transition: vCPUs resumed, error reported,
+    the log still a behaviour of the spec."""
+    from autoconverge.model.tracecheck import SpecFollower
+    from autoconverge.spec import SPEC
+
+    def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
+        t.set_throttle_percent(50)
+        rt.sleep_ns(phase_ms * MS)
+        assert t.worker_state == phase
+        # the queue was empty at the phase's start: the last look before expire raises
+        monkeypatch.setattr(t.worker, "_commands", _BuggyCommands(t.worker._commands,
+                                                                  "get_nowait"))
+        rt.sleep_ns(T)
+        assert t.worker_state == L.EXIT
+        with pytest.raises(ThrottleWorkerError, match="injected bug"):
+            t.shutdown()
+
+    _, t, v, _ = run(scenario)
+    assert not v.paused
+    fault = [e for e in t.events if e.trigger == L.FAULT]
+    assert [(e.source, e.dest) for e in fault] == [(phase, L.EXIT)]
+    end = SpecFollower(SPEC).follow(t.events)
+    assert end.failed and not end.paused and end.w == L.EXIT
+
+
+def test_internal_error_while_waiting_still_exits_and_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blocked on an empty queue the spec has no fault step (fault@waiting needs a queued
+    command); the worker still exits, resumes nothing it had not paused, and reports."""
+
+    def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
+        rt.sleep_ns(MS)  # the worker blocks in the original channel's receive
+        monkeypatch.setattr(t.worker, "_commands", _BuggyCommands(t.worker._commands, "get"))
+        t.set_throttle_percent(50)
+        rt.sleep_ns(T)
+        # back to waiting, where the blocking receive raises (maybe before abort returns)
+        with contextlib.suppress(ThrottleWorkerError):
+            t.set_throttle_percent(0)
+        rt.sleep_ns(MS)
+        assert t.worker_state == L.EXIT
+        with pytest.raises(ThrottleWorkerError, match="injected bug"):
+            t.shutdown()
+
+    _, t, v, _ = run(scenario)
+    assert not v.paused and t.closed
+    assert L.FAULT not in triggers(t)
+    assert triggers(t)[-3:] == [L.ABORT_DONE, L.CALL_SHUTDOWN, L.SHUTDOWN_DONE]
 
 
 # --- concurrency, determinism, spec conformance -------------------------------------------------

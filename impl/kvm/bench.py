@@ -41,12 +41,14 @@ from typing import Any
 
 import numpy as np
 
+from autoconverge.impl.sched import current_policy, realtime_priority, reset_to_sched_other
 from autoconverge.spec import timing
 
-from . import abi, guest
-from . import vm as vm_module
+from . import abi, guest, guest_vm
 from .bindings import Kvm, Vcpu
-from .vm import MAP_NORESERVE, GuestVm, VcpuTimes, ensure_kick_handler, paused_share
+from .guest_vm import MAP_NORESERVE, GuestVm
+from .kick import ensure_kick_handler
+from .vcpu_thread import VcpuTimes, paused_share
 
 NS_PER_MS = 1_000_000
 PERCENTS = (10, 50, 90, 99)
@@ -99,8 +101,8 @@ class _FloorThread:
     def _main(self) -> None:
         run_page = self.run_page
         vcpu_run = self.vcpu.run
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        if current_policy() != os.SCHED_OTHER:
+            reset_to_sched_other()
         while True:
             run_page.immediate_exit = 0
             if self.flag:
@@ -341,7 +343,7 @@ def _unthrottled_rate(vm: GuestVm, seconds: float) -> float:
 
 def bench_duty_cycle(vcpus: int, seconds: float, percents: Sequence[int],
                      timeslices_ns: Sequence[int], rt: bool) -> list[dict[str, Any]]:
-    """Per point: unthrottled, throttler, naive, unthrottled (the reference for progress is
+    """Per point: unthrottled, throttler, naive, unthrottled (the baseline for progress is
     the mean of the two unthrottled windows around it, so load drift mostly cancels)."""
     rows: list[dict[str, Any]] = []
     with GuestVm(16 << 20, vcpus) as vm:
@@ -455,29 +457,14 @@ def bench_dirty_log(memory_mib: int, vcpus: int, seconds: float,
 
 
 @contextmanager
-def realtime_priority(enabled: bool) -> Iterator[None]:
-    """Run the calling thread SCHED_FIFO (priority 1) inside the block, if ``enabled``."""
-    if not enabled:
-        yield
-        return
-    old = os.sched_getscheduler(0)
-    old_param = os.sched_getparam(0)
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    try:
-        yield
-    finally:
-        os.sched_setscheduler(0, old, old_param)
-
-
-@contextmanager
 def background_vcpus(enabled: bool) -> Iterator[None]:
     """GuestVms created inside the block use ``background_vcpus=enabled``."""
-    old = vm_module.BACKGROUND_VCPUS
-    vm_module.BACKGROUND_VCPUS = enabled
+    old = guest_vm.BACKGROUND_VCPUS
+    guest_vm.BACKGROUND_VCPUS = enabled
     try:
         yield
     finally:
-        vm_module.BACKGROUND_VCPUS = old
+        guest_vm.BACKGROUND_VCPUS = old
 
 
 def compare_background(vcpus: Sequence[int], iterations: int, api_trials: int, rt: bool,

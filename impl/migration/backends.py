@@ -1,6 +1,6 @@
 """Guest backends for the CLI: the real KVM guest, or a simulated one for machines without KVM.
 
-``kvm``: :mod:`autoconverge.impl.migration.kvmvm` adapts the KVM layer's guest VM (real vCPU
+``kvm``: :mod:`autoconverge.impl.migration.kvm_guest` adapts the KVM layer's guest VM (real vCPU
 threads, KVM dirty log, the real throttler). ``sim``: the clock-driven :class:`FakeVm` on the
 wall clock, throttled by setting its run fraction (no vCPU threads; useful to try the
 protocol and the policies anywhere, and to measure the transport alone).
@@ -13,26 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from autoconverge.spec import timing
+
 from .fakes import FakeThrottle, FakeVm
+from .guest_config import GuestConfig
+from .messages import Layout
 from .throttling import ThrottleControl, ThrottleFactory, real_throttle_factory
 from .vmapi import DestinationVm, MigratableVm, VmFactory
-from .wire import Layout
 
 Backend = Literal["kvm", "sim"]
 BACKENDS: tuple[Backend, ...] = ("kvm", "sim")
 WORKLOADS = ("idle", "moderate", "worst")
 SIM_RATES_PPS = {"idle": 0.0, "moderate": 20_000.0, "worst": 300_000.0}
 """Simulated dirty rates (pages/s), the worst close to the KVM guest's measured maximum."""
-
-
-@dataclass(frozen=True)
-class GuestSpec:
-    memory_bytes: int = 256 * 1024 * 1024
-    vcpus: int = 1
-    workload: str = "worst"
-    working_set_bytes: int = 64 * 1024 * 1024
-    fill: Literal["half", "random", "zero"] = "half"
-    """Sim guest: static random content in half / all / none of its memory."""
 
 
 class SourceGuest(Protocol):
@@ -66,18 +59,18 @@ def _sim_throttle(vm: MigratableVm) -> ThrottleControl:
     return FakeThrottle(vm)
 
 
-def make_source_guest(backend: Backend, spec: GuestSpec, *,
-                      timeslice_ns: int = 100_000_000) -> SourceGuest:
+def make_source_guest(backend: Backend, config: GuestConfig, *,
+                      timeslice_ns: int = timing.DEFAULT_TIMESLICE_NS) -> SourceGuest:
     if backend == "sim":
-        pages = spec.memory_bytes // 4096
-        ws_pages = max(1, min(spec.working_set_bytes // 4096, pages - 2))
-        vm = FakeVm(WallClock(), pages=pages, vcpus=spec.vcpus,
-                    dirty_rate_pps=SIM_RATES_PPS[spec.workload], working_set=(1, ws_pages),
-                    fill={"half": 0.5, "random": 1.0, "zero": 0.0}[spec.fill])
+        pages = config.memory_bytes // 4096
+        ws_pages = max(1, min(config.working_set_bytes // 4096, pages - 2))
+        vm = FakeVm(WallClock(), pages=pages, vcpus=config.vcpus,
+                    dirty_rate_pps=SIM_RATES_PPS[config.workload], working_set=(1, ws_pages),
+                    fill={"half": 0.5, "random": 1.0, "zero": 0.0}[config.fill])
         return SimGuest(vm, _sim_throttle)
-    from .kvmvm import make_kvm_source_guest
+    from .kvm_guest import make_kvm_source_guest
 
-    return make_kvm_source_guest(spec, real_throttle_factory(timeslice_ns))
+    return make_kvm_source_guest(config, real_throttle_factory(timeslice_ns))
 
 
 def dest_factory(backend: Backend) -> tuple[VmFactory, tuple[str, ...]]:
@@ -91,7 +84,7 @@ def dest_factory(backend: Backend) -> tuple[VmFactory, tuple[str, ...]]:
                           running=False, fill=0.0, prefault=True)
 
         return make, (FakeVm.guest_kind,)
-    from .kvmvm import GUEST_KIND, kvm_dest_factory
+    from .kvm_guest import GUEST_KIND, kvm_dest_factory
 
     factory: Callable[[Layout], DestinationVm] = kvm_dest_factory()
     return factory, (GUEST_KIND,)

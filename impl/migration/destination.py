@@ -2,8 +2,8 @@
 
 The destination creates its VM only after the peer authenticated (the channel comes from
 the handshake) and announced a layout this receiver accepts. Each message is decoded and
-validated in full (see :mod:`.wire`) before anything is written into the VM; message order
-is enforced (LAYOUT, then PAGES / ITERATION_END, then VCPU_STATE, then DONE). After DONE
+validated in full (see :mod:`.messages`) before anything is written into the VM; message
+order is enforced (LAYOUT, then PAGES / ITERATION_END, then VCPU_STATE, then DONE). After DONE
 it takes a snapshot of guest memory for the integrity hash, loads the vCPU state and
 answers PREPARED; it starts the guest only when COMMIT arrives, answers RESUMED, lets the
 guest run ``run_after_s`` and sends REPORT (memory hash at the stop, counters at resume and
@@ -29,14 +29,10 @@ from .errors import (
     TransportError,
     VmSetupError,
 )
-from .transport import Clock, RealClock
-from .vmapi import DestinationVm, VmFactory
-from .wire import (
-    Channel,
-    ErrorCode,
+from .framing import ErrorCode, FrameChannel, MsgType
+from .messages import (
     Layout,
     Limits,
-    MsgType,
     Report,
     apply_pages,
     decode_done,
@@ -48,6 +44,8 @@ from .wire import (
     encode_report,
     expect_empty,
 )
+from .transport import Clock, RealClock
+from .vmapi import DestinationVm, VmFactory
 
 
 @dataclass
@@ -70,12 +68,12 @@ class DestinationResult:
 
 
 class MigrationDestination:
-    def __init__(self, channel: Channel, vm_factory: VmFactory, limits: Limits | None = None,
+    def __init__(self, channel: FrameChannel, vm_factory: VmFactory, limits: Limits | None = None,
                  clock: Clock | None = None, run_after_s: float = 0.2, verify: bool = True,
                  cancel_event: threading.Event | None = None) -> None:
         if not 0 <= run_after_s <= 3600:
             raise ValueError("run_after_s must be in 0..3600")
-        self.ch = channel
+        self.channel = channel
         self.factory = vm_factory
         self.limits = limits or Limits()
         self.clock: Clock = clock or RealClock()
@@ -91,7 +89,7 @@ class MigrationDestination:
         vm: DestinationVm | None = None
         started = False
         try:
-            lay = decode_layout(self.ch.expect(MsgType.LAYOUT).payload, self.limits)
+            lay = decode_layout(self.channel.expect(MsgType.LAYOUT).payload, self.limits)
             res.layout = lay
             try:
                 vm = self.factory(lay)
@@ -107,11 +105,11 @@ class MigrationDestination:
             mirror = np.empty(lay.memory_size, dtype=np.uint8) if self.verify else None
             if mirror is not None:
                 mirror.fill(0)
-            self.ch.send(MsgType.READY, encode_ready(self.ch.max_pages_payload))
+            self.channel.send(MsgType.READY, encode_ready(self.channel.max_pages_payload))
             states: list[bytes] | None = None
             touched = np.zeros(lay.page_count, dtype=np.bool_)  # new guest memory is zero
             while True:
-                f = self.ch.expect(MsgType.PAGES, MsgType.ITERATION_END, MsgType.VCPU_STATE,
+                f = self.channel.expect(MsgType.PAGES, MsgType.ITERATION_END, MsgType.VCPU_STATE,
                                    MsgType.DONE)
                 if f.type is MsgType.PAGES:
                     if states is not None:
@@ -137,18 +135,18 @@ class MigrationDestination:
             res.counters_at_resume = list(vm.progress())
             prepare_ns = int((self.clock.now() - t) * 1e9)
             res.prepare_ms = prepare_ns / 1e6
-            self.ch.send(MsgType.PREPARED)
-            expect_empty(self.ch.expect(MsgType.COMMIT))
+            self.channel.send(MsgType.PREPARED)
+            expect_empty(self.channel.expect(MsgType.COMMIT))
             started = True  # from here on the guest lives here, whatever happens
             vm.start()
-            self.ch.send(MsgType.RESUMED)
+            self.channel.send(MsgType.RESUMED)
             res.status = "completed"
             res.vm = vm
             self.clock.wait(self._cancel, self.run_after_s)
             res.counters_after = list(vm.progress())
             if mirror is not None:
                 res.memory_hash = hashlib.sha256(mirror.data).hexdigest()
-            self.ch.send(MsgType.REPORT, encode_report(Report(
+            self.channel.send(MsgType.REPORT, encode_report(Report(
                 bytes.fromhex(res.memory_hash) if res.memory_hash else None,
                 tuple(res.counters_at_resume), tuple(res.counters_after),
                 int(self.run_after_s * 1e9), prepare_ns)))
@@ -157,7 +155,7 @@ class MigrationDestination:
         except Exception as exc:
             self._fail(res, exc, started)
         finally:
-            res.bytes_received = self.ch.bytes_received
+            res.bytes_received = self.channel.bytes_received
             if vm is not None and not started:
                 try:
                     vm.close()
@@ -173,7 +171,7 @@ class MigrationDestination:
             return
         res.status = "cancelled" if isinstance(exc, MigrationCancelled) else "failed"
         res.error = text
-        if isinstance(exc, PeerError | TransportError) or self.ch.broken:
+        if isinstance(exc, PeerError | TransportError) or self.channel.broken:
             return
         code = (ErrorCode.AUTHENTICATION if isinstance(exc, AuthenticationError) else
                 ErrorCode.PROTOCOL if isinstance(exc, ProtocolError) else
@@ -181,7 +179,7 @@ class MigrationDestination:
                 ErrorCode.CANCELLED if isinstance(exc, MigrationCancelled) else
                 ErrorCode.INTERNAL)
         self._cancel.clear()
-        stream = self.ch.stream
+        stream = self.channel.stream
         if hasattr(stream, "io_timeout_s"):
             stream.io_timeout_s = min(stream.io_timeout_s, 1.0)
-        self.ch.send_error(code, f"destination aborted the migration: {text}")
+        self.channel.send_error(code, f"destination aborted the migration: {text}")

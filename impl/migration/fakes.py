@@ -26,12 +26,13 @@ from autoconverge.impl.throttler import validate_percent
 
 from .destination import DestinationResult, MigrationDestination
 from .errors import MigrationError
+from .handshake import client_handshake, server_handshake
+from .messages import Layout, Limits
 from .policy import Policy
 from .source import MigrationConfig, MigrationResult, MigrationSource, Sample
 from .throttling import ThrottleControl
 from .transport import CancellableSocket
 from .vmapi import MigratableVm
-from .wire import Layout, Limits, client_handshake, server_handshake
 
 COUNTER_STRUCT = struct.Struct("<Q")
 STATE_SIZE = 64
@@ -47,14 +48,14 @@ class FakeClock:
 
     def __init__(self, start: float = 1000.0) -> None:
         self.t = start
-        self._lock = threading.Lock()
+        self._time_lock = threading.Lock()  # guards t (read and advanced from several threads)
 
     def now(self) -> float:
-        with self._lock:
+        with self._time_lock:
             return self.t
 
     def advance(self, dt: float) -> None:
-        with self._lock:
+        with self._time_lock:
             self.t += max(dt, 0.0)
 
     def wait(self, event: threading.Event, timeout_s: float) -> bool:
@@ -105,7 +106,7 @@ class FakeVm:
         self.seq = 0
         self._carry = 0.0
         self._last = clock.now()
-        self._lock = threading.RLock()
+        self._state_lock = threading.RLock()  # guards memory, dirty log, run state and counters
         self.log_starts = 0
         self.log_stops = 0
         self.pause_calls = 0
@@ -115,7 +116,7 @@ class FakeVm:
     # ---------------------------------------------------------------- the "guest"
     def sync(self) -> None:
         """Apply the guest's writes up to the current virtual time."""
-        with self._lock:
+        with self._state_lock:
             now = self.clock.now()
             dt, self._last = now - self._last, now
             if self.paused or self.closed or dt <= 0 or self.rate <= 0:
@@ -142,7 +143,7 @@ class FakeVm:
                 self._dirty[0] = True
 
     def set_throttle(self, fraction: float) -> None:
-        with self._lock:
+        with self._state_lock:
             self.sync()
             self.throttle = fraction
 
@@ -151,14 +152,14 @@ class FakeVm:
         return memoryview(self._mem)
 
     def start_dirty_log(self) -> None:
-        with self._lock:
+        with self._state_lock:
             self.sync()
             self._dirty[:] = False
             self.logging = True
             self.log_starts += 1
 
     def fetch_dirty_bitmap(self) -> np.ndarray:
-        with self._lock:
+        with self._state_lock:
             self.sync()
             if not self.logging:
                 raise RuntimeError("dirty logging is off")
@@ -167,19 +168,19 @@ class FakeVm:
             return bits
 
     def stop_dirty_log(self) -> None:
-        with self._lock:
+        with self._state_lock:
             self.sync()
             self.logging = False
             self.log_stops += 1
 
     def pause(self) -> None:
-        with self._lock:
+        with self._state_lock:
             self.sync()
             self.paused = True
             self.pause_calls += 1
 
     def resume(self) -> None:
-        with self._lock:
+        with self._state_lock:
             self.sync()
             self.paused = False
             self.resume_calls += 1
@@ -188,14 +189,14 @@ class FakeVm:
         return self.paused
 
     def save_vcpu_state(self) -> list[bytes]:
-        with self._lock:
+        with self._state_lock:
             if not self.paused:
                 raise RuntimeError("save_vcpu_state needs paused vCPUs")
             return [_STATE.pack(b"FVCP", i, self.cursor, self.seq).ljust(STATE_SIZE, b"\0")
                     for i in range(self.vcpu_count)]
 
     def progress(self) -> list[int]:
-        with self._lock:
+        with self._state_lock:
             self.sync()
             return [COUNTER_STRUCT.unpack_from(self._mem, 8 * i)[0]
                     for i in range(self.vcpu_count)]
@@ -211,13 +212,13 @@ class FakeVm:
         self.loaded_states = list(states)
 
     def start(self) -> None:
-        with self._lock:
+        with self._state_lock:
             self._last = self.clock.now()
             self.paused = False
             self.started = True
 
     def close(self) -> None:
-        with self._lock:
+        with self._state_lock:
             self.closed = True
             self.paused = True
 
@@ -336,9 +337,9 @@ def run_fake_migration(policy: Policy, *, pages: int = 2048, vcpus: int = 2,
         ev = threading.Event()
         stream = CancellableSocket(b, ev, io_timeout_s=io_timeout_s)
         try:
-            ch = server_handshake(stream, dest_key or key)
-            d = MigrationDestination(ch, fake_vm_factory(dst_clock, rate_pps, working_set,
-                                                         created),
+            channel = server_handshake(stream, dest_key or key)
+            d = MigrationDestination(channel, fake_vm_factory(dst_clock, rate_pps, working_set,
+                                                              created),
                                      limits or Limits(guest_kinds=("fake",)), clock=dst_clock,
                                      run_after_s=run_after_s, cancel_event=ev)
             box["res"] = d.run()
@@ -359,12 +360,12 @@ def run_fake_migration(policy: Policy, *, pages: int = 2048, vcpus: int = 2,
     stream = CancellableSocket(a, ev, io_timeout_s=io_timeout_s)
     try:
         try:
-            ch = client_handshake(stream, key)
+            channel = client_handshake(stream, key)
         except MigrationError as exc:
             result = MigrationResult(status="failed", policy=policy.name, error=str(exc),
                                      source_running=not vm.is_paused())
         else:
-            src = MigrationSource(vm, ch, policy, make_throttle,
+            src = MigrationSource(vm, channel, policy, make_throttle,
                                   config or MigrationConfig(max_bandwidth_bps=10e6),
                                   clock=src_clock, on_progress=on_progress,
                                   link=VirtualLink(stream), cancel_event=ev)

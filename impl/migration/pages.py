@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .wire import PAGES_HEAD, RUN_DATA, RUN_DTYPE, RUN_ZERO, encode_pages_head
+from .messages import PAGES_HEAD, RUN_DATA, RUN_DTYPE, RUN_ZERO, encode_pages_head
 
 
 def bitmap_to_bool(bitmap: np.ndarray, pages: int) -> np.ndarray:

@@ -7,8 +7,9 @@ depends only on the observations so far, so the policies are unit-tested by feed
 observation sequences.
 
 - ``none``: never throttles.
-- ``ch``: the Cloud Hypervisor fork's: from delta iteration 2 on, +10 % at every even delta
-  iteration (2, 4, 6, ...), capped at 99 % (reached at iteration 20).
+- ``ch``: Cloud Hypervisor's, as in its auto-converge pull request (the code this project
+  starts from): from delta iteration 2 on, +10 % at every even delta iteration (2, 4, 6,
+  ...), capped at 99 % (reached at iteration 20).
 - ``qemu``: QEMU's auto-converge. Per sync period (an iteration end at least 1 s after the
   previous period began): if the bytes dirtied in the period exceed
   ``throttle-trigger-threshold`` % of the bytes transferred in it for the second time, step:
@@ -84,8 +85,10 @@ class NoThrottle:
 
 
 @dataclass
-class ChPolicy:
-    """The seed's step schedule: +increment at every ``every``-th delta iteration from ``start``."""
+class CloudHypervisorPolicy:
+    """Policy ``ch``: the step schedule of Cloud Hypervisor's auto-converge pull request (the
+    code this project starts from): +increment at every ``every``-th delta iteration from
+    ``start_iteration``."""
 
     start_iteration: int = 2
     every: int = 2
@@ -225,7 +228,7 @@ def make_policy(name: str, *, tailslow: bool = False, max_cpu_throttle: int = MA
     if name == "none":
         return NoThrottle()
     if name == "ch":
-        return ChPolicy(max_percent=max_cpu_throttle)
+        return CloudHypervisorPolicy(max_percent=max_cpu_throttle)
     if name == "qemu":
         return QemuPolicy(cpu_throttle_tailslow=tailslow, max_cpu_throttle=max_cpu_throttle)
     if name == "predictive":

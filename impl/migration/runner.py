@@ -15,12 +15,13 @@ from collections.abc import Callable
 
 from .destination import DestinationResult, MigrationDestination
 from .errors import AuthenticationError, MigrationError, TransportError
+from .handshake import client_handshake, server_handshake
+from .messages import Limits
 from .policy import Policy
 from .source import MigrationConfig, MigrationResult, MigrationSource, Sample
 from .throttling import ThrottleFactory
 from .transport import CancellableSocket, connect, peer_name
 from .vmapi import MigratableVm, VmFactory
-from .wire import Limits, client_handshake, server_handshake
 
 
 def migrate_to(host: str, port: int, key: bytes, vm: MigratableVm, policy: Policy,
@@ -40,12 +41,12 @@ def migrate_to(host: str, port: int, key: bytes, vm: MigratableVm, policy: Polic
     stream = CancellableSocket(sock, ev, io_timeout_s=io_timeout_s)
     try:
         try:
-            ch = client_handshake(stream, key, mac=config.mac)
+            channel = client_handshake(stream, key, mac=config.mac)
         except MigrationError as exc:
             return MigrationResult(status="failed", policy=policy.name, error=str(exc),
                                    source_running=not vm.is_paused(), dirty_log_stopped=True,
                                    memory_bytes=vm.memory_size)
-        src = MigrationSource(vm, ch, policy, throttle_factory, config,
+        src = MigrationSource(vm, channel, policy, throttle_factory, config,
                               on_progress=on_progress, link=stream,
                               cancel_event=ev)
         if on_source is not None:
@@ -75,7 +76,7 @@ def serve_one(listener: socket.socket, key: bytes, factory: VmFactory, limits: L
             continue
         stream = CancellableSocket(sock, ev, io_timeout_s=min(io_timeout_s, 10.0))
         try:
-            ch = server_handshake(stream, key)
+            channel = server_handshake(stream, key)
         except AuthenticationError as exc:
             log(f"rejected connection from {peer_name(addr)}: {exc}")
             stream.close()
@@ -87,7 +88,7 @@ def serve_one(listener: socket.socket, key: bytes, factory: VmFactory, limits: L
         log(f"authenticated source {peer_name(addr)}")
         stream.io_timeout_s = io_timeout_s
         try:
-            dest = MigrationDestination(ch, factory, limits, run_after_s=run_after_s,
+            dest = MigrationDestination(channel, factory, limits, run_after_s=run_after_s,
                                         verify=verify, cancel_event=ev)
             return dest.run()
         finally:

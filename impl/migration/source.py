@@ -36,19 +36,11 @@ from .errors import (
     ProtocolError,
     TransportError,
 )
-from .pages import FrameBuilder, bitmap_to_bool
-from .policy import Observation, Policy
-from .throttling import ThrottleControl, ThrottleFactory
-from .transport import Clock, RealClock
-from .vmapi import MigratableVm, layout_of
-from .wire import (
-    MAC_NAMES,
-    Channel,
-    ErrorCode,
+from .framing import ErrorCode, FrameChannel, MsgType, decode_error
+from .macs import MAC_NAMES
+from .messages import (
     IterationEnd,
-    MsgType,
     Report,
-    decode_error,
     decode_ready,
     decode_report,
     encode_done,
@@ -57,6 +49,11 @@ from .wire import (
     encode_vcpu_state,
     expect_empty,
 )
+from .pages import FrameBuilder, bitmap_to_bool
+from .policy import Observation, Policy
+from .throttling import ThrottleControl, ThrottleFactory
+from .transport import Clock, RealClock
+from .vmapi import MigratableVm, layout_of
 
 TimeoutStrategy = Literal["cancel", "ignore"]
 Status = Literal["completed", "cancelled", "timeout", "failed"]
@@ -190,14 +187,14 @@ def memory_hash(mem: memoryview) -> str:
 class MigrationSource:
     """Runs one migration of ``vm`` over an authenticated ``channel``; ``cancel()`` anytime."""
 
-    def __init__(self, vm: MigratableVm, channel: Channel, policy: Policy,
+    def __init__(self, vm: MigratableVm, channel: FrameChannel, policy: Policy,
                  throttle_factory: ThrottleFactory, config: MigrationConfig | None = None,
                  clock: Clock | None = None,
                  on_progress: Callable[[Sample], None] | None = None,
                  link: LinkProbe | None = None,
                  cancel_event: threading.Event | None = None) -> None:
         self.vm = vm
-        self.ch = channel
+        self.channel = channel
         self.policy = policy
         self.throttle_factory = throttle_factory
         self.cfg = config or MigrationConfig()
@@ -261,8 +258,8 @@ class MigrationSource:
         err: BaseException | None = None
         try:
             self._check_cancel()
-            self.ch.send(MsgType.LAYOUT, encode_layout(layout_of(self.vm)))
-            limit = decode_ready(self.ch.expect(MsgType.READY).payload)
+            self.channel.send(MsgType.LAYOUT, encode_layout(layout_of(self.vm)))
+            limit = decode_ready(self.channel.expect(MsgType.READY).payload)
             frame_pages = FrameBuilder.frame_pages_for(limit, self._ps, self._frame_bytes())
             self._builder = FrameBuilder(self.vm.memory(), self._ps, frame_pages,
                                          self.cfg.zero_page_detection)
@@ -301,14 +298,14 @@ class MigrationSource:
             r.guest_cpu_stolen_s = self._throttle.stolen_vcpu_seconds()
             self._sync()
             self._send_pass(np.flatnonzero(self._pending), it + 1, ticks=False)
-            self.ch.send(MsgType.VCPU_STATE, *encode_vcpu_state(self.vm.save_vcpu_state()))
+            self.channel.send(MsgType.VCPU_STATE, *encode_vcpu_state(self.vm.save_vcpu_state()))
             r.counters_at_stop = list(self.vm.progress())
-            self.ch.send(MsgType.DONE, encode_done(r.pages_sent, it))
-            expect_empty(self.ch.expect(MsgType.PREPARED))
+            self.channel.send(MsgType.DONE, encode_done(r.pages_sent, it))
+            expect_empty(self.channel.expect(MsgType.PREPARED))
             self._check_cancel()
             self._committed = True
-            self.ch.send(MsgType.COMMIT)
-            expect_empty(self.ch.expect(MsgType.RESUMED))
+            self.channel.send(MsgType.COMMIT)
+            expect_empty(self.channel.expect(MsgType.RESUMED))
             r.downtime_ms = (self.clock.now() - t_stop) * 1e3
             r.status = "completed"
             self.vm.stop_dirty_log()
@@ -316,7 +313,7 @@ class MigrationSource:
             if self.cfg.verify:
                 r.source_hash = memory_hash(self.vm.memory())
             try:
-                rep = decode_report(self.ch.expect(MsgType.REPORT).payload, layout_of(self.vm))
+                rep = decode_report(self.channel.expect(MsgType.REPORT).payload, layout_of(self.vm))
                 self._use_report(rep)
             except MigrationError as exc:
                 r.error = f"migration completed, but the destination's report failed: {exc}"
@@ -386,17 +383,17 @@ class MigrationSource:
 
     def _tell_peer(self, err: BaseException) -> None:
         """Send ERROR if the stream is intact (not mid-frame, not broken); short deadline."""
-        if isinstance(err, PeerError | TransportError) or self.ch.broken:
+        if isinstance(err, PeerError | TransportError) or self.channel.broken:
             return
         code = (ErrorCode.TIMEOUT if isinstance(err, MigrationTimeout) else
                 ErrorCode.CANCELLED if isinstance(err, MigrationCancelled) else
                 ErrorCode.PROTOCOL if isinstance(err, ProtocolError) else
                 ErrorCode.INTERNAL)
         self._cancel.clear()  # the stream shares this event: let the ERROR frame out
-        stream = self.ch.stream
+        stream = self.channel.stream
         if hasattr(stream, "io_timeout_s"):
             stream.io_timeout_s = min(stream.io_timeout_s, 1.0)
-        self.ch.send_error(code, f"source aborted the migration: {err}")
+        self.channel.send_error(code, f"source aborted the migration: {err}")
 
     # ------------------------------------------------------------------------------ passes
     def _send_pass(self, idx: np.ndarray, it: int, *, ticks: bool) -> None:
@@ -408,11 +405,11 @@ class MigrationSource:
             # copied now: content at least as new as every write the log reported so far
             self._pending[chunk] = False
             frame = self._builder.build(chunk)
-            self.ch.send(MsgType.PAGES, frame.head, frame.data)
+            self.channel.send(MsgType.PAGES, frame.head, frame.data)
             r = self.result
             r.pages_sent += frame.pages
             r.zero_pages_sent += frame.zero_pages
-            r.bytes_sent = self.ch.bytes_sent
+            r.bytes_sent = self.channel.bytes_sent
             self._pass_idx, self._pass_pos = idx, start + len(chunk)
             self._limit_link()
             if ticks:
@@ -427,7 +424,7 @@ class MigrationSource:
         cap = self.cfg.max_bandwidth_bps
         if cap is None:
             return
-        sent = self.ch.bytes_sent
+        sent = self.channel.bytes_sent
         delta = sent - self._link_accounted
         self._link_accounted = sent
         now = self.clock.now()
@@ -440,7 +437,7 @@ class MigrationSource:
         self._measure_bandwidth(force=True)
         self._sync()
         dirty = int(np.count_nonzero(self._pending))
-        self.ch.send(MsgType.ITERATION_END, encode_iteration_end(IterationEnd(
+        self.channel.send(MsgType.ITERATION_END, encode_iteration_end(IterationEnd(
             it, self._percent, dirty, self.result.pages_sent)))
         self._observe("iteration", it, dirty * self._ps)
         self._check_timeout()
@@ -477,7 +474,7 @@ class MigrationSource:
     def _measure_bandwidth(self, force: bool = False) -> None:
         """Rate of bytes that left this host (not merely entered the socket buffer)."""
         now = self._now()
-        sent = self.ch.bytes_sent - self._unsent()
+        sent = self.channel.bytes_sent - self._unsent()
         db, dt = sent - self._bw_mark_bytes, now - self._bw_mark_t
         if dt >= MIN_BANDWIDTH_WINDOW_S and (db >= MIN_BANDWIDTH_BYTES or
                                              (force and self._bw == 0.0 and db > 0)):
@@ -512,10 +509,10 @@ class MigrationSource:
             period_s=now - self._obs_t, dirty_bytes_period=self._obs_dirty_new,
             dirty_rate_bps=self._dirty_rate, rate_throttle_percent=self._rate_percent,
             rate_run_share=self._rate_run_share,
-            sent_bytes_period=self.ch.bytes_sent - self._obs_sent,
+            sent_bytes_period=self.channel.bytes_sent - self._obs_sent,
             bandwidth_bps=self._bw, remaining_bytes=remaining,
             downtime_limit_s=self.cfg.downtime_limit_s)
-        self._obs_t, self._obs_sent, self._obs_dirty_new = now, self.ch.bytes_sent, 0
+        self._obs_t, self._obs_sent, self._obs_dirty_new = now, self.channel.bytes_sent, 0
         want = int(self.policy.observe(obs))
         try:
             validate_percent(want)
@@ -533,7 +530,7 @@ class MigrationSource:
 
     def _sample(self, kind: str, it: int, remaining: int, est: float | None) -> None:
         s = Sample(self._now(), kind, it, remaining, self._percent, self._bw, self._dirty_rate,
-                   est, self.ch.bytes_sent)
+                   est, self.channel.bytes_sent)
         self.result.timeline.append(s)
         if self.on_progress is not None:
             self.on_progress(s)
@@ -550,7 +547,7 @@ class MigrationSource:
         """The destination only talks during pre-copy to report an error: look for it."""
         if self._link is None or not self._link.readable():
             return
-        frame = self.ch.recv()
+        frame = self.channel.recv()
         if frame.type is MsgType.ERROR:
             raise PeerError(*decode_error(frame.payload))
         raise ProtocolError(f"unexpected {frame.type.name} from the destination during "

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .vmapi import MigratableVm
+from autoconverge.spec.timing import DEFAULT_TIMESLICE_NS
 
-DEFAULT_TIMESLICE_NS = 100_000_000
+from .vmapi import MigratableVm
 
 
 class ThrottleControl(Protocol):
@@ -48,7 +48,8 @@ class PauseAccounting:
     def __init__(self, vm: MigratableVm, now: Callable[[], float] = time.monotonic) -> None:
         self._vm = vm
         self._now = now
-        self._lock = threading.Lock()
+        # guards _since, _total, _frozen, pauses (throttle worker vs the migration source)
+        self._accounting_lock = threading.Lock()
         self._since: float | None = None
         self._total = 0.0
         self._frozen = False
@@ -56,13 +57,13 @@ class PauseAccounting:
 
     def pause(self) -> None:
         self._vm.pause()
-        with self._lock:
+        with self._accounting_lock:
             if not self._frozen and self._since is None:
                 self._since = self._now()
                 self.pauses += 1
 
     def resume(self) -> None:
-        with self._lock:
+        with self._accounting_lock:
             if self._since is not None:
                 self._total += self._now() - self._since
                 self._since = None
@@ -70,14 +71,14 @@ class PauseAccounting:
 
     def freeze(self) -> None:
         """Stop counting (switch-over pauses are downtime, not throttling)."""
-        with self._lock:
+        with self._accounting_lock:
             if self._since is not None:
                 self._total += self._now() - self._since
                 self._since = None
             self._frozen = True
 
     def paused_seconds(self) -> float:
-        with self._lock:
+        with self._accounting_lock:
             extra = self._now() - self._since if self._since is not None else 0.0
             return self._total + extra
 
@@ -86,7 +87,8 @@ class PauseAccounting:
 
 
 class RealThrottle:
-    """The lead's threaded Throttler on the real runtime, with measured pause accounting."""
+    """The project's threaded :class:`~autoconverge.impl.throttler.Throttler` on the real
+    runtime, with measured pause accounting."""
 
     def __init__(self, vm: MigratableVm, timeslice_ns: int = DEFAULT_TIMESLICE_NS) -> None:
         from ..realtime import RealRuntime

@@ -1,6 +1,6 @@
 """Clock and socket plumbing for migration: cancellable, bounded socket I/O; listen/connect.
 
-:class:`CancellableSocket` is the byte stream under the wire protocol's channel. Every
+:class:`CancellableSocket` is the byte stream under the :class:`~.framing.FrameChannel`. Every
 blocking call waits in short slices (``poll_s``) so that a ``cancel()`` from another thread
 takes effect within one slice, and an I/O deadline (``io_timeout_s`` without any progress)
 turns a dead or stalled peer into a :class:`TransportError` instead of a hang.
@@ -22,10 +22,11 @@ import threading
 import time
 from typing import Protocol
 
+from .addresses import UNIX_PREFIX
 from .errors import MigrationCancelled, TransportError
-from .wire import UNIX_PREFIX, tune_socket
 
 _IOV_MAX = 512
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 class Clock(Protocol):
@@ -46,6 +47,18 @@ class RealClock:
         if timeout_s <= 0:
             return event.is_set()
         return event.wait(timeout_s)
+
+
+def tune_socket(sock: socket.socket, timeout_s: float | None) -> None:
+    """A migration connection's socket options: timeout, large Unix buffers, TCP_NODELAY."""
+    sock.settimeout(timeout_s)
+    if sock.family == socket.AF_UNIX:  # (for TCP: no gain measured, keeps autotuning)
+        # the default (~200 KiB) is far below a frame: sender and receiver would take turns
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class CancellableSocket:

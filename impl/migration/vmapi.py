@@ -5,7 +5,7 @@ its two-method vCPU protocol), vCPU state and progress counters. The destination
 create an empty VM of the announced layout, write memory, load vCPU state, start the vCPUs
 and, on failure, discard the VM. Implementations: the clock-driven fake in
 :mod:`autoconverge.impl.migration.fakes` (tests) and the KVM adapter in
-:mod:`autoconverge.impl.migration.kvmvm`.
+:mod:`autoconverge.impl.migration.kvm_guest`.
 
 Dirty log contract: ``fetch_dirty_bitmap()`` returns a little-endian bit array (bit ``i`` of
 byte ``i // 8`` is page ``i``), ``ceil(pages / 8)`` bytes or more, of the pages written since
@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .wire import Layout
+from .messages import Layout
 
 
 class MigratableVm(Protocol):

@@ -1,46 +1,54 @@
-"""Checks of the declaration itself (not of its behaviour's properties).
+"""Checks of the declaration itself (not of its behaviour's properties), at the explorer's bound.
 
 - every worker and every controller state is reachable (at the configured bound);
-- every declared transition is enabled in some reachable state (``fault`` only when faults
+- every declared transition is enabled in some reachable state (faults only when faults
   are explored);
 - no two transitions of one trigger and source have overlapping guards: ``transitions``
   silently fires the first whose guard passes, so an overlap would hide a transition. Checked
-  with Z3 over *all* states (the guards are evaluated on a Z3 encoding of the state record:
-  enumeration sorts for the machine states, ``Seq(Int)`` for the channel), and confirmed
-  exhaustively on the reachable states;
+  with Z3 over *all* states (the guards are evaluated on the proofs' Z3 encoding of the state
+  record, :func:`.encoding.state_vars`: enumeration sorts for the machine states, ``Seq(Int)``
+  for the channel), and confirmed exhaustively on the reachable states (the explorer's graph,
+  :func:`autoconverge.model.graph.build_graph`);
 - ``exit`` is the only worker state, and ``done`` the only controller state, without a
   transition to another state.
 
-Each check is ``{"name", "holds", "detail"}``.
+Each check is a :class:`DeclarationCheck` (``as_dict()``: ``{"name", "holds", "detail"}``).
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import z3
 
-from autoconverge.spec import CONTROLLER_STATES, SPEC, WORKER_STATES, Spec, State, Transition
+from autoconverge.model.config import ExplorerConfig
+from autoconverge.model.graph import build_graph
+from autoconverge.spec import CONTROLLER_STATES, WORKER_STATES, Spec, Transition
 from autoconverge.spec import lifecycle as L
 
-from .config import ExplorerConfig
-from .graph import build_graph
+from .encoding import state_vars
 
 WORKER_FINAL = L.EXIT
 CONTROLLER_FINAL = L.DONE
 
 
-def z3_state(prefix: str = "") -> State:
-    """A state record of Z3 constants: the proofs' encoding (one Z3 encoding of the spec)."""
-    from autoconverge.proofs.encoding import state_vars
+@dataclass(frozen=True)
+class DeclarationCheck:
+    """One check of the declaration: its name, whether it holds, and what was found."""
 
-    return state_vars(SPEC, prefix)
+    name: str
+    holds: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def _z3_overlap(t1: Transition, t2: Transition) -> str | None:
+def _z3_overlap(spec: Spec, t1: Transition, t2: Transition) -> str | None:
     """A model of a state enabling both (as text), or None if the guards are disjoint."""
-    s = z3_state()
+    s = state_vars(spec, "")
     params = {name: z3.Int(name) for name in (*t1.params, *t2.params)}
     solver = z3.Solver()
     solver.add(t1.enabled(s, **{k: params[k] for k in t1.params}))
@@ -50,26 +58,25 @@ def _z3_overlap(t1: Transition, t2: Transition) -> str | None:
     return None
 
 
-def check_declaration(spec: Spec, config: ExplorerConfig) -> list[dict[str, Any]]:
+def check_declaration(spec: Spec, config: ExplorerConfig) -> list[DeclarationCheck]:
     """Run the declaration checks at ``config``'s bound."""
     g = build_graph(spec, config, {}, {})
     relation = spec.relation()
-    checks: list[dict[str, Any]] = []
+    checks: list[DeclarationCheck] = []
 
     reached = g.reached_records()
     seen_w = {s.w for s in reached}
     seen_c = {s.c for s in reached}
     miss_w = [w for w in WORKER_STATES if w not in seen_w]
     miss_c = [c for c in CONTROLLER_STATES if c not in seen_c]
-    checks.append({
-        "name": "EveryWorkerStateReachable", "holds": not miss_w,
-        "detail": f"unreachable: {miss_w}" if miss_w else f"all {len(WORKER_STATES)} reached",
-    })
-    checks.append({
-        "name": "EveryControllerStateReachable", "holds": not miss_c,
-        "detail": (f"unreachable: {miss_c}" if miss_c
-                   else f"all {len(CONTROLLER_STATES)} reached"),
-    })
+    checks.append(DeclarationCheck(
+        "EveryWorkerStateReachable", not miss_w,
+        f"unreachable: {miss_w}" if miss_w else f"all {len(WORKER_STATES)} reached",
+    ))
+    checks.append(DeclarationCheck(
+        "EveryControllerStateReachable", not miss_c,
+        f"unreachable: {miss_c}" if miss_c else f"all {len(CONTROLLER_STATES)} reached",
+    ))
 
     fired = {(g.labels[li].transition.trigger, g.labels[li].transition.source)
              for edges in g.succ for _, li in edges}
@@ -77,15 +84,15 @@ def check_declaration(spec: Spec, config: ExplorerConfig) -> list[dict[str, Any]
     domain = {"p": config.percents}
     for s in reached:
         for t, _params, _nxt in spec.successors(s, domain):
-            if config.faults or t.trigger != "fault":
+            if config.faults or not t.is_fault:
                 fired.add((t.trigger, t.source))
-    skipped = [t.label for t in relation if t.trigger == "fault" and not config.faults]
+    skipped = [t.label for t in relation if t.is_fault and not config.faults]
     never = [t.label for t in relation
              if (t.trigger, t.source) not in fired and t.label not in skipped]
     detail = f"never enabled: {never}" if never else f"all {len(relation)} enabled somewhere"
     if skipped:
         detail += f" (not explored: {skipped})"
-    checks.append({"name": "EveryTransitionEnabled", "holds": not never, "detail": detail})
+    checks.append(DeclarationCheck("EveryTransitionEnabled", not never, detail))
 
     groups: dict[tuple[str, str, str], list[Transition]] = {}
     for t in relation:
@@ -95,7 +102,7 @@ def check_declaration(spec: Spec, config: ExplorerConfig) -> list[dict[str, Any]
     for (_m, trigger, source), ts in groups.items():
         for t1, t2 in itertools.combinations(ts, 2):
             pairs += 1
-            model = _z3_overlap(t1, t2)
+            model = _z3_overlap(spec, t1, t2)
             if model is not None:
                 overlaps.append(f"{trigger}@{source} -> {t1.dest} / {t2.dest}: z3 {model}")
     # exhaustive confirmation on the reachable records
@@ -111,12 +118,12 @@ def check_declaration(spec: Spec, config: ExplorerConfig) -> list[dict[str, Any]
     for label in sorted(reach_overlaps):
         if not any(o.startswith(label + " ") for o in overlaps):  # pragma: no cover
             overlaps.append(f"{label}: overlap in a reachable state")
-    checks.append({
-        "name": "GuardsDisjoint", "holds": not overlaps,
-        "detail": ("; ".join(overlaps) if overlaps else
-                   f"{pairs} pair(s) of one trigger and source, all disjoint (z3, all states);"
-                   f" {len(reach_overlaps)} overlap(s) in reachable states"),
-    })
+    checks.append(DeclarationCheck(
+        "GuardsDisjoint", not overlaps,
+        "; ".join(overlaps) if overlaps else
+        f"{pairs} pair(s) of one trigger and source, all disjoint (z3, all states);"
+        f" {len(reach_overlaps)} overlap(s) in reachable states",
+    ))
 
     problems: list[str] = []
     for states, final, which in ((WORKER_STATES, WORKER_FINAL, "worker"),
@@ -130,9 +137,9 @@ def check_declaration(spec: Spec, config: ExplorerConfig) -> list[dict[str, Any]
                                 f"{[t.label for t in out]}")
             if st != final and not leaves:
                 problems.append(f"{which} {st} has no way out")
-    checks.append({
-        "name": "ExitOnlyStateWithoutWayOut", "holds": not problems,
-        "detail": "; ".join(problems) if problems else
+    checks.append(DeclarationCheck(
+        "ExitOnlyStateWithoutWayOut", not problems,
+        "; ".join(problems) if problems else
         f"only worker '{WORKER_FINAL}' and controller '{CONTROLLER_FINAL}' are final",
-    })
+    ))
     return checks

@@ -3,7 +3,7 @@
 ``GuestVm`` already speaks the migration protocols (memory, dirty log, pause/resume, vCPU
 state, progress counters; ``paused=True, load_image=False`` makes an empty, parked
 destination VM whose ``start()`` runs the loaded state). This module only chooses the
-workload from a :class:`GuestSpec` and wires the real throttler.
+workload from a :class:`~.guest_config.GuestConfig` and wires the real throttler.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..kvm import guest
-from ..kvm.vm import GUEST_KIND, GuestVm
+from ..kvm.guest_vm import GUEST_KIND, GuestVm
+from .guest_config import GuestConfig
+from .messages import Layout
 from .throttling import ThrottleFactory
-from .wire import Layout
 
 if TYPE_CHECKING:
-    from .backends import GuestSpec
     from .vmapi import DestinationVm, MigratableVm, VmFactory
 
 __all__ = ["GUEST_KIND", "KvmSourceGuest", "kvm_dest_factory", "make_kvm_source_guest"]
@@ -32,16 +32,16 @@ class KvmSourceGuest:
         self.vm.close()
 
 
-def workload_for(spec: GuestSpec, layout: guest.GuestLayout) -> guest.Workload:
-    """The spec's working set split over the vCPUs (each writes its own region)."""
-    per_vcpu = max(1, spec.working_set_bytes // guest.PAGE_SIZE // spec.vcpus)
-    return guest.preset(spec.workload, min(per_vcpu, layout.region_pages))
+def workload_for(config: GuestConfig, layout: guest.GuestLayout) -> guest.Workload:
+    """The configured working set split over the vCPUs (each writes its own region)."""
+    per_vcpu = max(1, config.working_set_bytes // guest.PAGE_SIZE // config.vcpus)
+    return guest.preset(config.workload, min(per_vcpu, layout.region_pages))
 
 
-def make_kvm_source_guest(spec: GuestSpec, throttle_factory: ThrottleFactory
+def make_kvm_source_guest(config: GuestConfig, throttle_factory: ThrottleFactory
                           ) -> KvmSourceGuest:
-    layout = guest.GuestLayout(spec.memory_bytes, spec.vcpus)
-    vm = GuestVm(spec.memory_bytes, spec.vcpus, workload=workload_for(spec, layout))
+    layout = guest.GuestLayout(config.memory_bytes, config.vcpus)
+    vm = GuestVm(config.memory_bytes, config.vcpus, workload=workload_for(config, layout))
     return KvmSourceGuest(vm, throttle_factory)
 
 

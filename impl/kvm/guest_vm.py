@@ -1,31 +1,10 @@
 """``GuestVm``: a small KVM VM running the counter/dirtier guest, with pausable vCPU threads.
 
-One host thread per vCPU runs ``KVM_RUN`` (through ctypes, GIL released). The class
-implements the throttler's :class:`~autoconverge.impl.vcpus.Vcpus` protocol and what a
-migration needs (memory, dirty log, vCPU state, progress counters).
-
-Pause/resume protocol, per vCPU (controller side under one lock; vCPU side in its thread)::
-
-    controller pause():  want_pause = True; kvm_run.immediate_exit = 1; pthread_kill(SIGUSR1)
-                         ... for all vCPUs first, then wait until each is PARKED
-    vCPU loop:           immediate_exit = 0
-                         if want_pause: PARKED (ack); sleep while want_pause;
-                                        WOKEN (ack); sleep while a resume is in progress;
-                                        RUNNING
-                         else KVM_RUN
-    controller resume(): resumes_started += 1; want_pause = False; wake ... for all, then
-                         wait until none is PARKED; resumes_done += 1; wake all; return
-
-Every wait is a lock used as a binary semaphore plus a flag re-checked after each wake-up,
-so a stale token costs one extra loop, never a wrong answer.
-
-The vCPU clears ``immediate_exit`` *before* it reads ``want_pause``, and the controller sets
-``want_pause`` before ``immediate_exit``, so a kick can never be lost: either the vCPU sees
-the flag, or it enters KVM_RUN with ``immediate_exit == 1`` and returns at once; the signal
-only interrupts a KVM_RUN already in progress (it needs a real Python handler: an ignored
-signal does not interrupt). Waits are bounded and raise :class:`VcpuTimeout` naming the
-vCPU. A vCPU with a pending I/O exit first completes it (KVM_RUN with immediate_exit set)
-before it parks, so its saved registers are consistent.
+One job: the VM as the throttler and a migration see it. It implements the throttler's
+:class:`~autoconverge.impl.vcpus.Vcpus` protocol and what a migration needs (memory, dirty
+log, vCPU state, progress counters). It owns one :class:`~.vcpu_thread.VcpuRunner` per vCPU
+and is the controller side of their pause/resume protocol (described in
+:mod:`.vcpu_thread`): controller calls run one at a time, under one lock.
 """
 
 from __future__ import annotations
@@ -39,9 +18,8 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Final, Self
 
 import numpy as np
@@ -50,7 +28,17 @@ import numpy.typing as npt
 from autoconverge.impl.vcpus import VcpuError, VcpuTimeout
 
 from . import abi, guest
-from .bindings import DEV_KVM, Kvm, KvmError, Vcpu, Vm
+from .bindings import DEV_KVM, Kvm, KvmError, Vm
+from .kick import ensure_kick_handler
+from .vcpu_thread import (
+    PARKED,
+    RUNNING,
+    Device,
+    ResumeCounts,
+    VcpuRunner,
+    VcpuTimes,
+    post_token,
+)
 
 PAGE_SIZE: Final = guest.PAGE_SIZE
 MAX_MEMORY: Final = guest.MAX_MEMORY_GIB * guest.GIB
@@ -70,76 +58,6 @@ GUEST_KIND: Final = "autoconverge-kvm-counter-loop/1"
 """Identifies the guest program (migration checks source and destination agree)."""
 VCPU_STATE_SIZE: Final = ctypes.sizeof(abi.KvmRegs) + ctypes.sizeof(abi.KvmSregs)
 MAP_NORESERVE: Final = getattr(mmap, "MAP_NORESERVE", 0x4000)
-
-Device = Callable[[int, int, bytes], None]
-"""MMIO/port-I/O write handler: (vcpu index, address or port, bytes written). Runs on the
-vCPU's thread; while it runs the vCPU cannot answer pause/resume."""
-
-
-# --------------------------------------------------------------------------------------------
-# the kick signal
-
-
-def _kick_handler(signum: int, frame: FrameType | None) -> None:
-    """Does nothing: its only job is to make a blocked KVM_RUN return EINTR."""
-
-
-def ensure_kick_handler(signum: int = signal.SIGUSR1) -> None:
-    """Install a Python handler for ``signum`` unless one is installed already.
-
-    Must first run on the main thread (Python installs handlers only there). An ignored or
-    default-action signal would not interrupt KVM_RUN (or would kill the process).
-    """
-    current = signal.getsignal(signum)
-    if callable(current):
-        return
-    if threading.current_thread() is not threading.main_thread():
-        raise KvmError(errno.EINVAL, f"install {signal.Signals(signum).name} handler",
-                       "create the first GuestVm on the main thread: Python installs signal "
-                       "handlers only there")
-    signal.signal(signum, _kick_handler)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_SCHED_IDLE: Final = getattr(os, "SCHED_IDLE", 5)
-
-
-def _sched_yield() -> None:
-    """sched_yield(2) with the GIL released (ctypes), so a thread waiting for the GIL can run."""
-    _libc.sched_yield()
-
-
-def _set_policy(tid: int, policy: int) -> bool:
-    """Set thread ``tid``'s (0: the caller's) policy, priority 0; False if not permitted."""
-    try:
-        os.sched_setscheduler(tid, policy, os.sched_param(0))
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-def _release(lock: threading.Lock) -> None:
-    """Post a token on a lock used as a binary semaphore (a second post is a no-op)."""
-    with contextlib.suppress(RuntimeError):
-        lock.release()
-
-
-# --------------------------------------------------------------------------------------------
-# per-vCPU state
-
-
-@dataclass(frozen=True)
-class VcpuTimes:
-    """Time accounting of one vCPU thread (monotonic ns, includes the interval in progress)."""
-
-    vcpu: int
-    at_ns: int
-    outside_ns: int
-    """All time outside KVM_RUN since the thread started."""
-    paused_ns: int
-    """Time outside KVM_RUN in the intervals during which the vCPU was parked (paused)."""
-    parks: int
-    exits: int
 
 
 @dataclass(frozen=True)
@@ -185,233 +103,6 @@ class VcpuState:
     @property
     def rip(self) -> int:
         return int(abi.KvmRegs.from_buffer_copy(self.regs).rip)
-
-
-RUNNING: Final = 0
-PARKED: Final = 1
-WOKEN: Final = 2
-"""vCPU thread phases: in its run loop / parked by a pause / woken by a resume in progress."""
-
-
-class _Resumes:
-    """Counts resume() calls started and finished (written by the controller only); a woken
-    vCPU re-enters KVM_RUN once no resume is in progress."""
-
-    __slots__ = ("done", "started")
-
-    def __init__(self) -> None:
-        self.started = 0
-        self.done = 0
-
-
-class _Runner:
-    """One vCPU: its binding, its thread, the flags of the pause protocol, its accounting."""
-
-    def __init__(self, index: int, vcpu: Vcpu, resumes: _Resumes, *,
-                 device: Device | None, cpu: int | None, background: bool) -> None:
-        self.index = index
-        self.resumes = resumes
-        self.name = str(index)
-        self.vcpu = vcpu
-        self.run_page = vcpu.kvm_run
-        self.device = device
-        self.cpu = cpu
-        self.background = background
-        """Run guest code SCHED_IDLE (see GuestVm's ``background_vcpus``)."""
-        # protocol flags (single writer each: controller writes want_pause/stop, vCPU writes
-        # phase/started/finished)
-        self.want_pause = True  # every thread starts parked
-        self.stop = False
-        self.phase = RUNNING
-        self.started = False
-        self.finished = False
-        self.error: BaseException | None = None
-        self.ack = threading.Lock()
-        self.ack.acquire()
-        self.wake = threading.Lock()
-        self.wake.acquire()
-        # accounting: one tuple replaced atomically (outside, paused, out_since, parked_in_it)
-        self.acct: tuple[int, int, int, bool] = (0, 0, time.monotonic_ns(), False)
-        self.parks = 0
-        self.exits = 0
-        self.stopped_ns = 0
-        """When the vCPU last left KVM_RUN before parking."""
-        self.ready_ns = 0
-        """When the vCPU last woke from its park (it then waits for the resume to end)."""
-        self.entered_ns = 0
-        """When the vCPU last entered KVM_RUN."""
-        self.io_exits = 0
-        self.sched_reset: bool | None = None
-        self.thread = threading.Thread(target=self._main, name=f"vcpu{index}", daemon=True)
-        self.ident = 0
-        self.tid = 0
-
-    # vCPU thread ------------------------------------------------------------------------------
-    def _main(self) -> None:
-        try:
-            self._setup_thread()
-            self.started = True
-            _release(self.ack)
-            self._loop()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.finished = True
-            _release(self.ack)
-
-    def _setup_thread(self) -> None:
-        self.tid = threading.get_native_id()
-        try:
-            policy = os.sched_getscheduler(0)
-        except OSError:
-            policy = os.SCHED_OTHER
-        if policy in (os.SCHED_FIFO, os.SCHED_RR):
-            try:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-                self.sched_reset = True
-            except OSError:
-                self.sched_reset = False
-        if self.cpu is not None:
-            os.sched_setaffinity(0, {self.cpu})
-
-    def _loop(self) -> None:
-        run_page = self.run_page
-        vcpu_run = self.vcpu.run
-        now = time.monotonic_ns
-        pending_io = False
-        while True:
-            run_page.immediate_exit = 0
-            if self.want_pause or self.stop:
-                if pending_io:
-                    # finish the I/O instruction so the registers are consistent; returns
-                    # at once (immediate_exit) without running guest code
-                    run_page.immediate_exit = 1
-                    vcpu_run()
-                    run_page.immediate_exit = 0
-                    pending_io = False
-                if not self._park():
-                    return
-                continue
-            t = now()
-            self.entered_ns = t
-            outside, paused, since, parked_in_it = self.acct
-            self.acct = (outside + t - since, paused + (t - since if parked_in_it else 0),
-                         0, False)
-            reason = vcpu_run()
-            self.acct = (self.acct[0], self.acct[1], now(), False)
-            self.exits += 1
-            if reason == abi.EXIT_INTR:
-                continue
-            if reason == abi.EXIT_MMIO:
-                self._mmio()
-                pending_io = True
-                continue
-            if reason == abi.EXIT_IO:
-                self._port_io()
-                pending_io = True
-                continue
-            raise VcpuError(f"vCPU {self.index}: guest stopped with {self._describe(reason)}")
-
-    def _park(self) -> bool:
-        """Park until resumed (two steps, see GuestVm.resume); False when told to stop."""
-        a = self.acct
-        self.acct = (a[0], a[1], a[2], True)
-        self.stopped_ns = a[2]
-        self.parks += 1
-        self.phase = PARKED
-        _release(self.ack)
-        while self.want_pause and not self.stop:
-            self.wake.acquire()
-        if self.stop:
-            return False
-        self.ready_ns = time.monotonic_ns()
-        self.phase = WOKEN
-        _release(self.ack)
-        resumes = self.resumes
-        while resumes.done < resumes.started and not self.want_pause and not self.stop:
-            self.wake.acquire()
-        self.phase = RUNNING
-        if self.background and not self.want_pause:
-            # back to guest code: as a background thread, and after letting whatever else is
-            # runnable on this CPU (typically the thread that called resume(), or the one it
-            # just woke) go first. Without this the controller often sits in this CPU's run
-            # queue behind the vCPU in guest mode until the next scheduler tick (4 ms at
-            # HZ=250): the kernel does not preempt a freshly woken CPU hog for it.
-            self.background = _set_policy(0, _SCHED_IDLE)
-            _sched_yield()
-        return not self.stop
-
-    def _mmio(self) -> None:
-        self.io_exits += 1
-        mmio = self.run_page.exit.mmio
-        length = min(int(mmio.len), 8)
-        if not mmio.is_write:
-            ctypes.memset(ctypes.addressof(mmio.data), 0, 8)  # reads see zeros
-            return
-        if self.device is not None:
-            self.device(self.index, int(mmio.phys_addr), bytes(mmio.data[:length]))
-
-    def _port_io(self) -> None:
-        self.io_exits += 1
-        io = self.run_page.exit.io
-        base = ctypes.addressof(self.run_page) + io.data_offset
-        length = io.size * io.count
-        if io.direction == abi.KVM_EXIT_IO_IN:
-            ctypes.memset(base, 0, length)
-            return
-        if self.device is not None:
-            self.device(self.index, int(io.port), ctypes.string_at(base, length))
-
-    def _describe(self, reason: int) -> str:
-        what = abi.exit_name(reason)
-        try:
-            rip = self.vcpu.get_regs().rip
-            what += f" at rip {rip:#x}"
-        except KvmError:
-            pass
-        if reason == abi.EXIT_FAIL_ENTRY:
-            what += (f" (hardware reason "
-                     f"{self.run_page.exit.fail_entry.hardware_entry_failure_reason:#x})")
-        elif reason == abi.EXIT_INTERNAL_ERROR:
-            what += f" (suberror {self.run_page.exit.internal.suberror})"
-        return what
-
-    # controller side ------------------------------------------------------------------------
-    def kick(self, signum: int) -> None:
-        if self.background and self.tid:
-            # answer at normal priority: a SCHED_IDLE thread can starve behind any busy thread
-            _set_policy(self.tid, os.SCHED_OTHER)
-        self.run_page.immediate_exit = 1
-        if self.ident and not self.finished:
-            with contextlib.suppress(ProcessLookupError):  # it just exited
-                signal.pthread_kill(self.ident, signum)
-
-    def wait(self, condition: Callable[[], bool], action: str, deadline: float,
-             timeout_s: float) -> None:
-        """Wait until ``condition()`` (the vCPU's ack) or raise naming this vCPU."""
-        while True:
-            if self.finished:
-                raise VcpuError(f"vCPU {self.name} stopped running: {self.error}") \
-                    from self.error
-            if condition():
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.ack.acquire(timeout=remaining):
-                if condition() or self.finished:
-                    continue
-                raise VcpuTimeout(self.name, action, timeout_s)
-
-    def times(self, now_ns: int) -> VcpuTimes:
-        outside, paused, since, parked_in_it = self.acct
-        if since:
-            outside += now_ns - since
-            if parked_in_it:
-                paused += now_ns - since
-        return VcpuTimes(self.index, now_ns, outside, paused, self.parks, self.exits)
-
-
-# --------------------------------------------------------------------------------------------
-# the VM
 
 
 def _check_int(name: str, value: object) -> int:
@@ -478,10 +169,11 @@ class GuestVm:
         self.timeout_s = float(timeout_s)
         self.layout = guest.GuestLayout(self.memory_size, self.vcpu_count)
         self._signal = kick_signal
-        self._lock = threading.Lock()
+        # one controller call at a time: pause/resume, dirty log, vCPU state, close
+        self._control_lock = threading.Lock()
         self._closed = False
-        self._runners: list[_Runner] = []
-        self._resumes = _Resumes()
+        self._runners: list[VcpuRunner] = []
+        self._resumes = ResumeCounts()
         self._dirty_logging = False
         self.last_pause: CallTiming | None = None
         """Timing of the last pause() that had work to do."""
@@ -536,7 +228,7 @@ class GuestVm:
             vcpu = vm.create_vcpu(i)
             # every thread starts parked; one resume() below releases them together, so
             # starting thread k+1 does not compete with k busy vCPUs for a core
-            runner = _Runner(i, vcpu, self._resumes, device=device,
+            runner = VcpuRunner(i, vcpu, self._resumes, device=device,
                              cpu=cpus[i % len(cpus)] if cpus else None, background=background)
             self._runners.append(runner)
             if load_image:
@@ -591,14 +283,14 @@ class GuestVm:
         Pages count from here: the first :meth:`fetch_dirty_bitmap` returns the pages
         written since this call.
         """
-        with self._lock:
+        with self._control_lock:
             self._check_open()
             if not self._dirty_logging:
                 self._set_region(abi.KVM_MEM_LOG_DIRTY_PAGES)
                 self._dirty_logging = True
 
     def stop_dirty_log(self) -> None:
-        with self._lock:
+        with self._control_lock:
             if self._dirty_logging and not self._closed:
                 self._set_region(0)
             self._dirty_logging = False
@@ -613,7 +305,7 @@ class GuestVm:
         clears). Either way a write that lands after the fetch shows up in the next one, so
         copying the returned pages after this call is safe.
         """
-        with self._lock:
+        with self._control_lock:
             self._check_open()
             if not self._dirty_logging:
                 raise KvmError(errno.EINVAL, "KVM_GET_DIRTY_LOG",
@@ -682,7 +374,7 @@ class GuestVm:
     # Vcpus protocol -----------------------------------------------------------------------------
     def pause(self) -> None:
         """Kick every vCPU out of KVM_RUN and return once each is parked. Idempotent."""
-        with self._lock:
+        with self._control_lock:
             self._check_open()
             targets = [r for r in self._runners if not (r.want_pause and r.phase == PARKED)]
             start = time.monotonic_ns()
@@ -708,7 +400,7 @@ class GuestVm:
         controller must then wait for a core to see the last answer), and the throttler,
         which counts the vCPUs paused until resume() returns, would over-count the pause.
         """
-        with self._lock:
+        with self._control_lock:
             self._check_open()
             targets = [r for r in self._runners if r.want_pause or r.phase != RUNNING]
             if not targets:
@@ -717,7 +409,7 @@ class GuestVm:
             self._resumes.started += 1
             for r in targets:
                 r.want_pause = False
-                _release(r.wake)
+                post_token(r.wake)
             deadline = time.monotonic() + self.timeout_s
             try:
                 for r in targets:
@@ -726,7 +418,7 @@ class GuestVm:
             finally:  # release the ones that answered even if one did not
                 self._resumes.done = self._resumes.started
                 for r in targets:
-                    _release(r.wake)
+                    post_token(r.wake)
             self.last_resume = CallTiming("resume", start, time.monotonic_ns(),
                                           tuple(r.ready_ns for r in targets))
 
@@ -743,12 +435,12 @@ class GuestVm:
 
     # vCPU state ---------------------------------------------------------------------------------
     def get_vcpu_state(self, vcpu: int) -> VcpuState:
-        with self._lock:
+        with self._control_lock:
             r = self._paused_runner(vcpu)
             return VcpuState(bytes(r.vcpu.get_regs()), bytes(r.vcpu.get_sregs()))
 
     def set_vcpu_state(self, vcpu: int, state: VcpuState) -> None:
-        with self._lock:
+        with self._control_lock:
             r = self._paused_runner(vcpu)
             r.vcpu.set_sregs(abi.KvmSregs.from_buffer_copy(state.sregs))
             r.vcpu.set_regs(abi.KvmRegs.from_buffer_copy(state.regs))
@@ -764,7 +456,7 @@ class GuestVm:
         for i, data in enumerate(states):
             self.set_vcpu_state(i, VcpuState.from_bytes(data))
 
-    def _paused_runner(self, vcpu: int) -> _Runner:
+    def _paused_runner(self, vcpu: int) -> VcpuRunner:
         self._check_open()
         r = self._runners[self._index(vcpu)]
         if not ((r.want_pause and r.phase == PARKED) or r.finished):
@@ -799,7 +491,7 @@ class GuestVm:
         Idempotent. Raises VcpuTimeout naming a vCPU whose thread does not exit within the
         timeout (its resources are then left allocated rather than freed under it).
         """
-        with self._lock:
+        with self._control_lock:
             if self._closed:
                 return
             self._closed = True
@@ -809,7 +501,7 @@ class GuestVm:
         for r in self._runners:
             r.stop = True
             r.kick(self._signal)
-            _release(r.wake)
+            post_token(r.wake)
         deadline = time.monotonic() + timeout_s
         stuck = []
         for r in self._runners:
@@ -846,11 +538,3 @@ class GuestVm:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("paused" if self.is_paused() else "running")
         return (f"<GuestVm {self.memory_size >> 20} MiB, {self.vcpu_count} vCPUs, {state}>")
-
-
-def paused_share(before: Sequence[VcpuTimes], after: Sequence[VcpuTimes]) -> float:
-    """Fraction of vCPU time spent parked (outside KVM_RUN while paused) between two
-    :meth:`GuestVm.vcpu_times` snapshots, over all vCPUs (0.0 .. 1.0)."""
-    paused = sum(a.paused_ns - b.paused_ns for a, b in zip(after, before, strict=True))
-    wall = sum(a.at_ns - b.at_ns for a, b in zip(after, before, strict=True))
-    return paused / wall if wall > 0 else 0.0
