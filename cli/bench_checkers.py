@@ -13,6 +13,7 @@ import sys
 
 from autoconverge.proofs.crosscheck import BENCH_SECTIONS, bench_checkers
 
+from .arguments import seconds
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="explorer config sections (ci, large), 'small', or calls=N,cap=M "
              f"(default: {' '.join(BENCH_SECTIONS)})",
     )
-    p.add_argument("--timeout", type=float, default=900.0, help="per checker run, seconds")
+    p.add_argument("--timeout", type=seconds(), default=900.0, help="per checker run, seconds")
     p.set_defaults(func=_handler)
 
 

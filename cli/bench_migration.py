@@ -24,6 +24,7 @@ from autoconverge.impl.migration.policy import POLICY_NAMES, make_policy
 from autoconverge.impl.migration.progress import PLOT_MISSING, plot_available, write_plot
 from autoconverge.impl.migration.source import MigrationConfig, MigrationResult
 
+from .arguments import integer, output_file
 from .demo import run_demo_once
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 from .migration import guest_config, migration_config, parse_size
@@ -49,9 +50,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--throughput-only", action="store_true",
                    help="skip the policy runs; only the transport measurements")
-    p.add_argument("--throughput-repeat", type=int, default=3, metavar="N",
+    p.add_argument("--throughput-repeat", type=integer(1, 20), default=3, metavar="N",
                    help="runs per transport measurement, reported as median and best (3)")
-    p.add_argument("--plot", metavar="FILE.png")
+    p.add_argument("--plot", metavar="FILE.png", type=output_file(".png"),
+                   help="draw the policy runs (matplotlib)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -76,6 +78,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          f"{', '.join(POLICY_NAMES)}")
     if args.plot and not plot_available():
         raise UsageError(PLOT_MISSING)
+    if not args.no_throughput:
+        throughput_memory(args)  # checked before the first run, not after the policy runs
     args.warmup, args.timeout_strategy, args.no_verify = "0.3", "cancel", False
     guest_cfg = guest_config(args)
     cfg = migration_config(args)
@@ -102,8 +106,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                   / max(by["ch"]["guest_cpu_stolen_s"], 1e-9), 3),
         }
     if not args.no_throughput:
-        if not 1 <= args.throughput_repeat <= 20:
-            raise UsageError("--throughput-repeat must be within 1..20")
         out.update(throughput_section(args))
     if args.plot:
         write_plot(results, args.plot)
@@ -241,12 +243,18 @@ def mac_pages_per_s(mac: str, frame: int = 1 << 20, rounds: int = 64) -> int:
     return round(frame * rounds / 4096 / (time.perf_counter() - t))
 
 
-def measure_throughput(args: argparse.Namespace, fill: str, *, unix: bool = False,
-                       mac: str = "gmac") -> dict[str, Any]:
-    """Cross-process copy of an idle sim guest, no cap: pages/s of the first full pass."""
+def throughput_memory(args: argparse.Namespace) -> int:
+    """``--throughput-memory`` in bytes: a multiple of 4 KiB within 4 MiB..8 GiB."""
     mem = parse_size(args.throughput_memory, "--throughput-memory")
     if mem % 4096 or not 4 * 1024 * 1024 <= mem <= 8 * 1024 ** 3:
         raise UsageError("--throughput-memory must be a multiple of 4K within 4M..8G")
+    return mem
+
+
+def measure_throughput(args: argparse.Namespace, fill: str, *, unix: bool = False,
+                       mac: str = "gmac") -> dict[str, Any]:
+    """Cross-process copy of an idle sim guest, no cap: pages/s of the first full pass."""
+    mem = throughput_memory(args)
     guest_cfg = GuestConfig(mem, 1, "idle", 4096, fill="random" if fill == "random" else "zero")
     cfg = MigrationConfig(max_bandwidth_bps=None, timeout_s=60, verify=False, mac=mac)
     ns = argparse.Namespace(**vars(args))

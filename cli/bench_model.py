@@ -8,15 +8,18 @@ from typing import Any
 
 from autoconverge.model.bench import bench
 
+from .arguments import input_file, integer
 from .errors import EXIT_OK, UsageError
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bench-model", help="benchmark the explicit-state explorer (JSON)")
-    p.add_argument("--config", metavar="FILE", help="explorer config (default: built-in)")
+    p.add_argument("--config", metavar="FILE", type=input_file,
+                   help="explorer config (default: built-in)")
     p.add_argument("--sections", default="ci,large",
                    help="comma-separated config sections (default: ci,large)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per section; best is kept")
+    p.add_argument("--repeat", type=integer(1, 1000), default=1,
+                   help="runs per section; best is kept")
     p.add_argument("--no-variants", action="store_true", help="skip the bug-zoo timing")
     p.set_defaults(func=cmd_bench_model)
 

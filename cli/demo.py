@@ -1,6 +1,6 @@
 """``autoconverge demo``: a receiver child process and the source here, over loopback.
 
-The receiver is ``python -m autoconverge.cli receive`` with a fresh random key; the source
+The receiver is ``python -m autoconverge receive`` with a fresh random key; the source
 runs the built-in busy guest in this process. ``bench-migration`` reuses :func:`run_demo_once`.
 """
 
@@ -54,7 +54,7 @@ def spawn_receiver(backend: str, key: bytes, *, run_after: float = 0.5,
     """
     tmpdir = tempfile.mkdtemp(prefix="autoconverge-")
     port_file = os.path.join(tmpdir, "port")
-    cmd = [sys.executable, "-m", "autoconverge.cli", "receive", "--listen",
+    cmd = [sys.executable, "-m", "autoconverge", "receive", "--listen",
            listen, "--port-file", port_file, "--backend", backend, "--json",
            "--run-after", str(run_after), "--accept-timeout", str(accept_timeout),
            "--io-timeout", str(io_timeout), "--max-memory", str(max_memory)]

@@ -8,6 +8,8 @@ EXIT_VIOLATED = 1
 """Something was violated or failed while running."""
 EXIT_USAGE = 2
 """Bad arguments or a bad environment (a missing tool, an unwritable path)."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (the shell's 128 + SIGINT)."""
 
 
 class UsageError(Exception):

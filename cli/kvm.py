@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import threading
 import time
@@ -26,10 +25,12 @@ from autoconverge.impl.throttler import validate_percent
 from autoconverge.impl.vcpus import VcpuError
 from autoconverge.spec import timing
 
+from .arguments import integer, seconds
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 MAX_SECONDS = 3600.0
 DEFAULT_MEMORY_MIB = 64
+VCPUS = integer(1, VCPU_LIMIT, "an integer vCPU count")
 
 
 def _percent(text: str) -> int:
@@ -43,37 +44,6 @@ def _percent(text: str) -> int:
         ) from None
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
-        raise argparse.ArgumentTypeError(f"seconds must be in (0, {MAX_SECONDS:g}], got {text}")
-    return value
-
-
-def _vcpus(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer vCPU count: {text!r}") from None
-    if not 1 <= value <= VCPU_LIMIT:
-        raise argparse.ArgumentTypeError(f"vCPUs must be in 1..{VCPU_LIMIT}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lo, hi = timing.MIN_TIMESLICE_NS // 1_000_000, timing.MAX_TIMESLICE_NS // 1_000_000
     p = sub.add_parser(
@@ -83,16 +53,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--percent", type=_percent, required=True,
                    help="throttle percent, 0..99 (0: no throttling)")
-    p.add_argument("--seconds", type=_seconds, required=True,
+    p.add_argument("--seconds", type=seconds(0.0, MAX_SECONDS), required=True,
                    help="length of the throttled run (the unthrottled baseline is as long)")
-    p.add_argument("--vcpus", type=_vcpus, required=True, help=f"vCPUs, 1..{VCPU_LIMIT}")
-    p.add_argument("--timeslice-ms", type=int, default=timing.DEFAULT_TIMESLICE_NS // 1_000_000,
+    p.add_argument("--vcpus", type=VCPUS, required=True, help=f"vCPUs, 1..{VCPU_LIMIT}")
+    p.add_argument("--timeslice-ms", type=integer(1),
+                   default=timing.DEFAULT_TIMESLICE_NS // 1_000_000,
                    help=f"throttle timeslice in ms, {lo}..{hi} (default %(default)s)")
-    p.add_argument("--memory-mib", type=int, default=DEFAULT_MEMORY_MIB,
+    p.add_argument("--memory-mib", type=integer(1, 64 * 1024), default=DEFAULT_MEMORY_MIB,
                    help="guest memory in MiB (default %(default)s)")
     p.add_argument("--workload", choices=guest.PRESETS, default="idle",
                    help="what each vCPU does besides counting (default %(default)s)")
-    p.add_argument("--working-set-pages", type=_positive_int, default=256,
+    p.add_argument("--working-set-pages", type=integer(0), default=256,
                    help="pages each vCPU writes for moderate/worst (default %(default)s)")
     p.add_argument("--rt", action="store_true",
                    help="run the controller and throttle thread SCHED_FIFO (vCPUs stay "
@@ -105,17 +76,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "bench-kvm",
         help="benchmark pause/resume, duty cycle and throttler API latency on KVM (JSON)",
     )
-    b.add_argument("--iterations", type=int, default=200,
+    b.add_argument("--iterations", type=integer(1), default=200,
                    help="pause/resume samples per vCPU count (default %(default)s)")
-    b.add_argument("--duty-seconds", type=_seconds, default=2.0,
+    b.add_argument("--duty-seconds", type=seconds(0.0, MAX_SECONDS), default=2.0,
                    help="measurement window per duty-cycle point (default %(default)s)")
-    b.add_argument("--api-trials", type=int, default=30,
+    b.add_argument("--api-trials", type=integer(1), default=30,
                    help="samples of set/abort/shutdown latency (default %(default)s)")
-    b.add_argument("--vcpus", type=_vcpus, action="append",
+    b.add_argument("--vcpus", type=VCPUS, action="append",
                    help="vCPU counts for pause/resume (repeatable; default 1, 2, nproc)")
     b.add_argument("--percents", type=_percent, nargs="+", default=None,
                    help="duty-cycle setpoints (default 10 50 90 99)")
-    b.add_argument("--timeslices-ms", type=int, nargs="+", default=None,
+    b.add_argument("--timeslices-ms", type=integer(1), nargs="+", default=None,
                    help=f"duty-cycle timeslices (default 100 and {lo})")
     b.add_argument("--rt", action="store_true",
                    help="run the controller and throttle thread SCHED_FIFO (needs "
@@ -144,8 +115,6 @@ def _check_rt(rt: bool) -> None:
 
 
 def _open_vm(memory_mib: int, vcpus: int, workload: guest.Workload, device: str) -> GuestVm:
-    if not 1 <= memory_mib <= 64 * 1024:
-        raise UsageError(f"--memory-mib must be in 1..65536, got {memory_mib}")
     try:
         return GuestVm(memory_mib << 20, vcpus, workload=workload, kvm_path=device)
     except (KvmError, ValueError) as exc:

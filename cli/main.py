@@ -2,18 +2,21 @@
 
 Each module in :data:`COMMAND_MODULES` defines ``register(subparsers)``, which adds its
 subcommands with ``set_defaults(func=handler)``; a handler takes the parsed arguments and
-returns the exit code. Exit codes: 0 success / all properties hold, 1 something violated or
-failed, 2 usage error (bad arguments, bad environment).
+returns the exit code. Exit codes (:mod:`.errors`): 0 success / all properties hold, 1 something
+violated or failed, 2 usage error (bad arguments, bad environment), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
-from .errors import EXIT_USAGE, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VIOLATED, UsageError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "autoconverge.cli.verify",
@@ -28,18 +31,35 @@ COMMAND_MODULES: tuple[str, ...] = (
 """Modules that add subcommands, in ``--help`` order; each defines ``register(subparsers)``."""
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit 2), naming the argument.
+
+    argparse's default prints the usage block first; a hurried operator (and a script reading
+    stderr) gets one line, which points at ``--help`` for the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="autoconverge",
         description="Verified vCPU throttling (auto-converge) for pre-copy live migration.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--debug", action="store_true",
+                        help="on an unexpected error, print the traceback too")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=OneLineErrorParser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; every failure is one line on stderr and an exit code, never a
+    traceback (``--debug`` adds it for unexpected errors): 2 for bad input, 1 for a failed
+    run, 130 for Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -49,5 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("autoconverge: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout's reader went away (``| head``): nothing left to say to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_VIOLATED
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"autoconverge: {args.command} failed: {type(exc).__name__}"
+              + (f": {text}" if text else "")
+              + ("" if args.debug else " (--debug shows the traceback)"), file=sys.stderr)
+        return EXIT_VIOLATED
     return code

@@ -26,6 +26,7 @@ from autoconverge.spec import SPEC, Spec
 from autoconverge.spec.diagram import DiagramError, diagram
 from autoconverge.spec.variants import VARIANTS, variant
 
+from .arguments import input_file, output_file
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 
@@ -40,13 +41,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("report", help="write the Markdown proof report for reviewers")
-    r.add_argument("--output", "-o", metavar="FILE", default="-",
+    r.add_argument("--output", "-o", metavar="FILE", default="-", type=output_file(),
                    help="where to write it (default: stdout)")
     r.add_argument("--variant", metavar="NAME", help="report on a bug-zoo variant")
     r.add_argument("--cross-check", action="store_true", help="include SPIN and TLC")
     r.add_argument("--traceability", action="store_true",
                    help="print only the README's traceability table")
-    r.add_argument("--readme", metavar="FILE",
+    r.add_argument("--readme", metavar="FILE", type=input_file,
                    help="refresh the generated blocks (diagrams, traceability) of a README")
     r.add_argument("--quiet", action="store_true", help="no progress on stderr")
     r.set_defaults(func=cmd_report)
@@ -54,7 +55,8 @@ def register(sub: Any) -> None:
     d = sub.add_parser("diagram", help="the state diagram generated from the spec")
     d.add_argument("--format", choices=("mermaid", "svg"), default="mermaid")
     d.add_argument("--machine", choices=("worker", "controller"), default="worker")
-    d.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    d.add_argument("--output", "-o", metavar="FILE", type=output_file(),
+                   help="write to FILE instead of stdout")
     d.set_defaults(func=cmd_diagram)
 
 

@@ -8,7 +8,9 @@ design. Allowed package dependencies (each folder may also import its own subpac
 - ``impl``: ``spec`` (the throttler and the migration run on the declaration);
 - ``model``: ``spec``, and ``impl`` (it explores the real code's interleavings);
 - ``proofs``: ``spec`` and ``model``;
-- ``cli``: everything; nothing imports ``cli``.
+- ``cli``: everything; nothing imports ``cli`` but ``autoconverge/__main__.py``;
+- the ``autoconverge`` package itself (``autoconverge/``): ``cli`` only, for
+  ``python -m autoconverge``.
 
 The checker is shown to catch what it must on small synthetic graphs (a module cycle through
 a lazy import, a package edge the design forbids, a package cycle).
@@ -23,21 +25,28 @@ from pathlib import Path
 
 import pytest
 
+from autoconverge.model.fairness import tarjan_scc
+
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES: tuple[str, ...] = ("spec", "impl", "model", "proofs", "cli")
-"""The top-level folders, each installed as ``autoconverge.<folder>``."""
+ROOT_PACKAGE = "autoconverge"
+"""The folder autoconverge/ installs as the package ``autoconverge`` itself."""
+PACKAGES: tuple[str, ...] = ("spec", "impl", "model", "proofs", "cli", ROOT_PACKAGE)
+"""The top-level folders: ``autoconverge.<folder>``, and ``autoconverge`` itself."""
 ALLOWED: Mapping[str, frozenset[str]] = {
     "spec": frozenset(),
     "impl": frozenset({"spec"}),
     "model": frozenset({"spec", "impl"}),
     "proofs": frozenset({"spec", "model"}),
     "cli": frozenset({"spec", "impl", "model", "proofs"}),
+    ROOT_PACKAGE: frozenset({"cli"}),
 }
 
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
+    if parts[0] == ROOT_PACKAGE:
+        parts.pop(0)
+    if parts and parts[-1] == "__init__":
         parts.pop()
     return ".".join(["autoconverge", *parts])
 
@@ -77,49 +86,17 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one node (iterative Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-    for root in graph:
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph.get(root, ()))))]
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            v, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph.get(child, ())))))
-                elif child in on_stack:
-                    low[v] = min(low[v], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[v])
-            if low[v] == index[v]:
-                scc = []
-                while True:
-                    w = stack.pop()
-                    on_stack.discard(w)
-                    scc.append(w)
-                    if w == v:
-                        break
-                if len(scc) > 1:
-                    found.append(sorted(scc))
-    return found
+    """Strongly connected components with more than one node (the explorer's Tarjan)."""
+    names = sorted(set(graph) | {b for bs in graph.values() for b in bs})
+    number = {n: i for i, n in enumerate(names)}
+    succ = [[number[b] for b in sorted(graph.get(n, ()))] for n in names]
+    components = tarjan_scc(range(len(names)), succ.__getitem__)
+    return sorted(sorted(names[i] for i in c) for c in components if len(c) > 1)
 
 
 def top_package(module: str) -> str:
-    return module.split(".")[1]
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PACKAGES else ROOT_PACKAGE
 
 
 def package_of(module: str, graph: Mapping[str, Iterable[str]]) -> str:

@@ -64,7 +64,7 @@ def two_hosts() -> Iterator[tuple[str, str]]:
 def test_migration_across_a_shaped_veth_link(two_hosts: tuple[str, str]) -> None:
     ns_s, ns_d = two_hosts
     env = dict(os.environ, AUTOCONVERGE_KEY="netns-test-key-0123456789abcdef")
-    cli = [sys.executable, "-m", "autoconverge.cli"]
+    cli = [sys.executable, "-m", "autoconverge"]
     with tempfile.TemporaryDirectory() as tmp:
         port_file = os.path.join(tmp, "port")
         recv = subprocess.Popen(

@@ -1,4 +1,7 @@
-"""The throttler's lifecycle in virtual time: the seed's scenarios, timing, errors, faults.
+"""The throttler's lifecycle in virtual time: scenarios, timing, errors, faults.
+
+The scenarios are those of Cloud Hypervisor's throttle-thread tests (the pull request this
+project starts from).
 
 Every test runs the real Throttler on a seeded VirtualRuntime with RecordingVcpus, so no
 test sleeps on the wall clock and each run replays from its seed.
@@ -65,7 +68,7 @@ def first_event(t: Throttler, pred: Callable[[TraceEvent], bool]) -> TraceEvent:
     return next(e for e in t.events if pred(e))
 
 
-# --- the seed's scenarios ---------------------------------------------------------------------
+# --- Cloud Hypervisor's throttle-thread test scenarios --------------------------------------
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -87,7 +90,7 @@ def test_waiting_to_exit(seed: int) -> None:
     "ShutdownCompletes", "ReturnsOnlyAfterJoin", "VcpusResumed", "PausedOnlyInPausePhase",
 )
 def test_seed_lifecycle_scenario(seed: int) -> None:
-    """Waiting -> 5 -> 10 -> Waiting -> 5 -> 10 -> repeated shutdown, as in the reference."""
+    """Waiting -> 5 -> 10 -> Waiting -> 5 -> 10 -> repeated shutdown (Cloud Hypervisor's test)."""
     marks: dict[str, int] = {}
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:

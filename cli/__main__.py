@@ -1,7 +1,0 @@
-"""``python -m autoconverge.cli``: the same entry point as the ``autoconverge`` script."""
-
-import sys
-
-from autoconverge.cli.main import main
-
-sys.exit(main())
