@@ -36,7 +36,7 @@ def _handler(args: argparse.Namespace) -> int:
     try:
         out = bench_checkers(list(args.bounds), timeout=args.timeout)
     except (KeyError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(f"--bounds {' '.join(args.bounds)}: {exc}") from None
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK if all(r["states_match"] for r in out["rows"]) else EXIT_VIOLATED
