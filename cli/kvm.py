@@ -146,9 +146,8 @@ def measure_throttle(vm: GuestVm, percent: int, seconds: float, timeslice_ns: in
         after = vm.vcpu_times()
         throttled = sum(vm.progress()) - p0
         cpu = time.clock_gettime_ns(time.pthread_getcpuclockid(worker.ident or 0)) - cpu0
-        cycles = t.worker.cycles
-        pause_cost = t.worker.pause_cost_ns
-        resume_cost = t.worker.resume_cost_ns
+        stats = t.stats
+        cycles, pause_cost, resume_cost = stats.cycles, stats.pause_cost_ns, stats.resume_cost_ns
         if percent:
             t.set_throttle_percent(0)
     base2 = unthrottled(seconds / 2)

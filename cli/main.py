@@ -18,17 +18,28 @@ from typing import NoReturn
 
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VIOLATED, UsageError
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "autoconverge.cli.verify",
-    "autoconverge.cli.bench_model",
-    "autoconverge.cli.bench_virtualtime",
-    "autoconverge.cli.migration",
-    "autoconverge.cli.demo",
-    "autoconverge.cli.bench_migration",
-    "autoconverge.cli.kvm",
-    "autoconverge.cli.bench_checkers",
+COMMAND_MODULES: tuple[tuple[str, str], ...] = (
+    ("autoconverge.cli.verify", "verify"),
+    ("autoconverge.cli.bench_model", "verify"),
+    ("autoconverge.cli.bench_virtualtime", "verify"),
+    ("autoconverge.cli.migration", "migration"),
+    ("autoconverge.cli.demo", "migration"),
+    ("autoconverge.cli.bench_migration", "migration"),
+    ("autoconverge.cli.kvm", "kvm"),
+    ("autoconverge.cli.bench_checkers", "crosscheck"),
 )
-"""Modules that add subcommands, in ``--help`` order; each defines ``register(subparsers)``."""
+"""Modules that add subcommands, in ``--help`` order, each with the extra (pyproject's
+``[project.optional-dependencies]``) whose packages it needs; each defines
+``register(subparsers)``. A module whose packages are not installed adds no subcommand, and
+asking for one of its commands says which extra to install."""
+
+MISSING_EXTRAS: dict[str, str] = {}
+"""extra -> the missing package, for the command modules that could not be imported."""
+
+
+def _missing_hint() -> str:
+    return "; ".join(f"some commands need {pkg!r}: pip install 'autoconverge[{extra}]'"
+                     for extra, pkg in sorted(MISSING_EXTRAS.items()))
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -39,7 +50,10 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        hint = f"see {self.prog} --help"
+        if MISSING_EXTRAS and "invalid choice" in message:
+            hint += "; " + _missing_hint()
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} ({hint})\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on an unexpected error, print the traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=OneLineErrorParser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name, extra in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.startswith("autoconverge"):
+                raise  # our own module missing is a bug, not a missing extra
+            MISSING_EXTRAS.setdefault(extra, exc.name)
+            continue
+        module.register(sub)
     return parser
 
 
@@ -70,6 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoconverge: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"autoconverge: error: {args.command} needs the Python package {exc.name!r}, "
+              "which is not installed (pip install 'autoconverge[all]' installs every extra)",
+              file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:
         # stdout's reader went away (``| head``): nothing left to say to anyone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -70,6 +70,16 @@ class _Progress:
             print(f"[{time.perf_counter() - self._t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
+def _require_checkers() -> None:
+    """``--cross-check`` needs SPIN and TLC: say in one line what is missing and how to get it."""
+    from autoconverge.proofs import tools
+
+    missing = [f"{c}: {why}" for c in ("spin", "tlc") if (why := tools.skip_reason(c))]
+    if missing:
+        raise UsageError("--cross-check needs SPIN and TLC, not available here: "
+                         + "; ".join(missing))
+
+
 def _selected_spec(args: argparse.Namespace) -> tuple[Spec, str | None, tuple[int, ...]]:
     if args.variant is None:
         return SPEC, None, ()
@@ -97,58 +107,58 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
         for p in spec.properties
     }
 
-    def merge(name: str, method: str, evidence: dict[str, Any]) -> None:
+    def merge(name: str, method: str, holds: bool, evidence: dict[str, Any]) -> None:
         row = rows.setdefault(name, {"name": name, "kind": "other", "holds": True,
                                      "methods": []})
         row[method] = evidence
         row["methods"].append(method)
-        row["holds"] = bool(row["holds"] and evidence.get("holds", False))
+        row["holds"] = bool(row["holds"] and holds)
 
     config = load_config(probe_percents=probe_percents)
     progress("declaration checks")
-    report["declaration"] = [c.as_dict() for c in check_declaration(spec, config)]
+    declaration = check_declaration(spec, config)
+    report["declaration"] = [c.as_dict() for c in declaration]
+    checks_ok = all(c.holds for c in declaration)
 
     progress("explicit-state exploration")
     result = explore(spec, config)
-    report["explorer"] = result.stats
+    report["explorer"] = result.stats.as_dict()
     for prop in result.properties:
-        name = prop["name"]
-        merge(name, "explorer", prop)
-        rows[name]["distinct_states"] = prop.get("distinct_states")
-        rows[name]["depth"] = prop.get("depth")
+        merge(prop.name, "explorer", prop.holds, prop.as_dict())
+        rows[prop.name]["distinct_states"] = prop.distinct_states
+        rows[prop.name]["depth"] = prop.depth
 
     if proofs:
         from autoconverge.proofs.prove import check_vacuity, prove_all, prove_timing
 
         progress("Z3 proofs (unbounded)")
         for proof in prove_all(spec):
-            merge(proof["name"], "proof", proof)
+            merge(proof.name, "proof", proof.holds, proof.as_dict())
         progress("Z3 timing arithmetic")
-        report["timing"] = prove_timing()
+        timing = prove_timing()
+        report["timing"] = timing.as_dict()
         progress("vacuity checks")
-        report["vacuity"] = check_vacuity(spec)
+        vacuity = check_vacuity(spec)
+        report["vacuity"] = [v.as_dict() for v in vacuity]
+        checks_ok = checks_ok and timing.holds and all(v.holds for v in vacuity)
 
     if cross_check:
         from autoconverge.proofs.crosscheck import cross_check as run_cross_check
 
         progress("SPIN and TLC")
-        cc = run_cross_check(spec, variant=variant_name).as_dict()
-        for prop in cc["properties"]:
+        cc = run_cross_check(spec, variant=variant_name)
+        for agreement in cc.properties:
+            evidence = agreement.as_dict()
             for tool in ("spin", "tlc"):
-                if tool in prop:
-                    merge(prop["name"], tool, prop[tool])
-        report["cross_check"] = {k: v for k, v in cc.items() if k != "properties"}
-        if not cc.get("agree", False):
+                verdict = agreement.verdicts.get(tool)
+                if verdict is not None:
+                    merge(agreement.name, tool, verdict.holds, evidence[tool])
+        report["cross_check"] = {k: v for k, v in cc.as_dict().items() if k != "properties"}
+        checks_ok = checks_ok and cc.agree
+        if not cc.agree:
             progress("the explorer, SPIN and TLC DISAGREE")
 
     report["properties"] = list(rows.values())
-    checks_ok = all(c.get("holds", False) for c in report["declaration"])
-    if "timing" in report:
-        checks_ok = checks_ok and bool(report["timing"].get("holds", False))
-    if "vacuity" in report:
-        checks_ok = checks_ok and all(v.get("holds", False) for v in report["vacuity"])
-    if "cross_check" in report:
-        checks_ok = checks_ok and bool(report["cross_check"].get("agree", False))
     report["ok"] = checks_ok and all(r["holds"] for r in report["properties"])
     return report
 
@@ -216,6 +226,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"{v.name:30} {v.description}")
         return EXIT_OK
     spec, name, probes = _selected_spec(args)
+    if args.cross_check:
+        _require_checkers()
     report = run_verify(spec, variant_name=name, probe_percents=probes,
                         proofs=not args.no_proofs, cross_check=args.cross_check,
                         progress=_Progress(args.quiet))
@@ -230,6 +242,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autoconverge.proofs.report import proof_report, traceability_table
 
     spec, name, probes = _selected_spec(args)
+    if args.cross_check:
+        _require_checkers()
     if args.readme:
         from pathlib import Path
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
+from .errors import AutoconvergeError
+
 T = TypeVar("T")
 
 
-class ChannelTimeout(Exception):
+class ChannelTimeout(AutoconvergeError):
     """``Channel.get`` found nothing before its timeout (or ``get_nowait`` found it empty)."""
 
 
-class JoinTimeout(RuntimeError):
+class JoinTimeout(AutoconvergeError, RuntimeError):
     """A thread did not exit within the join bound; carries the thread's name."""
 
     def __init__(self, name: str, timeout_ns: int) -> None:

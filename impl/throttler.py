@@ -36,6 +36,7 @@ from transitions import MachineError
 from autoconverge.spec import SPEC, Spec, State, timing
 from autoconverge.spec import lifecycle as L
 
+from .errors import AutoconvergeError
 from .runtime import Channel, ChannelTimeout, JoinTimeout, Runtime, Thread
 from .vcpus import Vcpus
 
@@ -45,7 +46,7 @@ _LAG_SMOOTHING = 0.25
 """Weight of the newest observation in the running average of deadline lateness."""
 
 
-class ThrottlerError(RuntimeError):
+class ThrottlerError(AutoconvergeError, RuntimeError):
     """Base class of the throttler's errors."""
 
 
@@ -63,6 +64,26 @@ class ThrottleWorkerError(ThrottlerError):
 
 class ThrottlerTimeout(ThrottlerError):
     """The worker thread did not answer in time (it is stuck in a vCPU call)."""
+
+
+@dataclass(frozen=True)
+class ThrottlerStats:
+    """What the throttle worker has measured so far: a read-only snapshot (``Throttler.stats``).
+
+    Times are the injected runtime's nanoseconds (wall clock under ``RealRuntime``, virtual
+    under ``VirtualRuntime``).
+    """
+
+    cycles: int
+    """Pause phases started (one per timeslice while throttling)."""
+    pause_cost_ns: int
+    """How long the last ``pause()`` call took (compensated in the next pause share)."""
+    resume_cost_ns: int
+    """How long the last ``resume()`` call took (compensated likewise)."""
+    paused_ns: int
+    """Total time the throttler held the vCPUs paused, from each pause() returning to the
+    next resume() starting: the guest CPU time taken from each vCPU (a handover's final pause,
+    owned by the caller, is not counted)."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +270,8 @@ class _Worker(_SpecModel):
         self.pause_cost_ns = 0
         self.resume_cost_ns = 0
         self.cycles = 0
+        self.paused_ns = 0
+        self._paused_since: int | None = None
         self._best_effort = False
         self._lag_ns: dict[str, float] = {L.PAUSE: 0.0, L.RUN: 0.0}
         super().__init__(spec, runtime, recorder, linearization_lock, shared)
@@ -282,10 +305,17 @@ class _Worker(_SpecModel):
             start = self._runtime.now_ns()
             if call == "pause":
                 self._vcpus.pause()
-                self.pause_cost_ns = max(0, self._runtime.now_ns() - start)
+                self._paused_since = self._runtime.now_ns()
+                self.pause_cost_ns = max(0, self._paused_since - start)
             else:
+                self._end_paused_interval(start)
                 self._vcpus.resume()
                 self.resume_cost_ns = max(0, self._runtime.now_ns() - start)
+
+    def _end_paused_interval(self, now_ns: int) -> None:
+        if self._paused_since is not None:
+            self.paused_ns += max(0, now_ns - self._paused_since)
+            self._paused_since = None
 
     def _store(self, updates: Mapping[str, Any], before: State) -> None:
         for name in L.WORKER_VARIABLES:
@@ -381,6 +411,7 @@ class _Worker(_SpecModel):
         self._responses.put(exc)
 
     def _resume_best_effort(self) -> None:
+        self._end_paused_interval(self._runtime.now_ns())
         try:
             self._vcpus.resume()
         except Exception:
@@ -610,9 +641,12 @@ class Throttler:
         return self._recorder.events
 
     @property
-    def worker(self) -> _Worker:
-        assert self._worker_model is not None
-        return self._worker_model
+    def stats(self) -> ThrottlerStats:
+        """What the worker measured so far (cycles, pause/resume cost, time held paused)."""
+        w = self._worker_model
+        assert w is not None
+        return ThrottlerStats(cycles=w.cycles, pause_cost_ns=w.pause_cost_ns,
+                              resume_cost_ns=w.resume_cost_ns, paused_ns=w.paused_ns)
 
     # the API ----------------------------------------------------------------------------------
     def set_throttle_percent(self, percent: int) -> None:
@@ -682,8 +716,8 @@ class Throttler:
                 raise JoinTimeout(self.name, self._call_timeout_ns)
             self._controller.fire(done)
             self._controller.detach()
-            error = self.worker.error
-            self.worker.error = None  # reported once
+            error = self._worker_model.error
+            self._worker_model.error = None  # reported once
             if error is not None:
                 raise ThrottleWorkerError(f"{self.name}: throttling failed: {error}") from error
 
@@ -700,7 +734,7 @@ class Throttler:
                 # guard also holds with ``resp`` set, i.e. right after the worker's answering
                 # step but before its answer is sent, and returning then would leave that
                 # answer in the channel for the next call.
-                if self.worker.state == L.EXIT:
+                if self._worker_model.state == L.EXIT:
                     return
                 raise ThrottlerTimeout(
                     f"{self.name}: worker did not answer {what} within "
@@ -724,6 +758,6 @@ class Throttler:
         self._raise_worker_error()
 
     def _raise_worker_error(self) -> None:
-        w = self.worker
+        w = self._worker_model
         if w.failed and w.error is not None:
             raise ThrottleWorkerError(f"{self.name}: throttling failed: {w.error}") from w.error

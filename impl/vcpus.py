@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from .errors import AutoconvergeError
 
-class VcpuError(RuntimeError):
+
+class VcpuError(AutoconvergeError, RuntimeError):
     """pause() or resume() failed."""
 
 

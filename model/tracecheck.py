@@ -104,7 +104,7 @@ IMPL_FIELDS = ("w", "c", "percent", "applied", "paused", "handed", "failed", "ex
 
 def impl_state(throttler: Any) -> dict[str, Any]:
     """The implementation's values of the spec's variables (channel and answer excluded)."""
-    w = throttler.worker
+    w = throttler._worker_model
     c = throttler._controller
     return {
         "w": w.state, "c": c.state, "percent": w.percent, "applied": w.applied,

@@ -6,7 +6,9 @@ evaluated on:
 
 - concrete Python values (``bool``/``int``/``str``/``tuple``): the implementation and the
   explicit-state explorer;
-- Z3 terms (``z3.ExprRef``): the unbounded proofs in ``autoconverge.proofs``;
+- Z3 terms (``z3.ExprRef``): the unbounded proofs in ``autoconverge.proofs``; this module
+  never imports z3 itself (a value can only be a Z3 term once something imported z3), so
+  the throttler runs without z3 installed;
 - :class:`Term` syntax trees: the Promela and TLA+ generators print them.
 
 Rules for spec authors: never use Python's ``and``/``or``/``not``/``if`` on state values (a
@@ -20,11 +22,10 @@ Channels are FIFO sequences of ints: a ``tuple`` concretely, ``Seq(Int)`` in Z3,
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
-
-import z3
 
 Value: TypeAlias = Any
 """A bool, int, str, tuple, z3.ExprRef or Term: whatever the evaluation mode is."""
@@ -106,10 +107,25 @@ def _lift(x: Any) -> Term:
     return x if isinstance(x, Term) else Term("const", (x,))
 
 
+def _z3() -> Any:
+    """The z3 module if it is loaded, else None (then no value is a Z3 term)."""
+    return sys.modules.get("z3")
+
+
+def _is_z3(x: Any) -> bool:
+    z3 = _z3()
+    return z3 is not None and isinstance(x, z3.ExprRef)
+
+
+def _is_z3_seq(x: Any) -> bool:
+    z3 = _z3()
+    return z3 is not None and isinstance(x, z3.SeqRef)
+
+
 def _mode(xs: Iterable[Any]) -> str:
     mode = "py"
     for x in xs:
-        if isinstance(x, z3.ExprRef):
+        if _is_z3(x):
             return "z3"
         if isinstance(x, Term):
             mode = "term"
@@ -119,7 +135,7 @@ def _mode(xs: Iterable[Any]) -> str:
 def And(*xs: Value) -> Value:
     m = _mode(xs)
     if m == "z3":
-        return z3.And(*xs) if xs else z3.BoolVal(True)
+        return _z3().And(*xs) if xs else _z3().BoolVal(True)
     if m == "term":
         return Term("and", tuple(_lift(x) for x in xs))
     return all(bool(x) for x in xs)
@@ -128,7 +144,7 @@ def And(*xs: Value) -> Value:
 def Or(*xs: Value) -> Value:
     m = _mode(xs)
     if m == "z3":
-        return z3.Or(*xs) if xs else z3.BoolVal(False)
+        return _z3().Or(*xs) if xs else _z3().BoolVal(False)
     if m == "term":
         return Term("or", tuple(_lift(x) for x in xs))
     return any(bool(x) for x in xs)
@@ -137,7 +153,7 @@ def Or(*xs: Value) -> Value:
 def Not(x: Value) -> Value:
     m = _mode((x,))
     if m == "z3":
-        return z3.Not(x)
+        return _z3().Not(x)
     if m == "term":
         return Term("not", (x,))
     return not x
@@ -146,7 +162,7 @@ def Not(x: Value) -> Value:
 def Implies(a: Value, b: Value) -> Value:
     m = _mode((a, b))
     if m == "z3":
-        return z3.Implies(a, b)
+        return _z3().Implies(a, b)
     if m == "term":
         return Term("implies", (_lift(a), _lift(b)))
     return (not a) or bool(b)
@@ -155,7 +171,7 @@ def Implies(a: Value, b: Value) -> Value:
 def If(c: Value, a: Value, b: Value) -> Value:
     m = _mode((c, a, b))
     if m == "z3":
-        return z3.If(c, a, b)
+        return _z3().If(c, a, b)
     if m == "term":
         return Term("ite", (_lift(c), _lift(a), _lift(b)))
     return a if c else b
@@ -175,7 +191,8 @@ def is_state(x: Value, name: str) -> Value:
     Concretely a string comparison; in Z3 the state is a value of an enumeration sort whose
     constructors carry the state names; in a Term it prints as the generator likes.
     """
-    if isinstance(x, z3.ExprRef):
+    if _is_z3(x):
+        z3 = _z3()
         sort = x.sort()
         if isinstance(sort, z3.DatatypeSortRef):
             for i in range(sort.num_constructors()):
@@ -197,16 +214,16 @@ def in_states(x: Value, names: Iterable[str]) -> Value:
 
 
 def chan_len(c: Value) -> Value:
-    if isinstance(c, z3.SeqRef):
-        return z3.Length(c)
+    if _is_z3_seq(c):
+        return _z3().Length(c)
     if isinstance(c, Term):
         return Term("chan_len", (c,))
     return len(c)
 
 
 def chan_empty(c: Value) -> Value:
-    if isinstance(c, z3.SeqRef):
-        return z3.Length(c) == 0
+    if _is_z3_seq(c):
+        return _z3().Length(c) == 0
     if isinstance(c, Term):
         return Term("eq", (Term("chan_len", (c,)), Term("const", (0,))))
     return len(c) == 0
@@ -214,7 +231,7 @@ def chan_empty(c: Value) -> Value:
 
 def chan_head(c: Value) -> Value:
     """The oldest element. Only meaningful when the channel is not empty (guard it)."""
-    if isinstance(c, z3.SeqRef):
+    if _is_z3_seq(c):
         return c[0]
     if isinstance(c, Term):
         return Term("chan_head", (c,))
@@ -226,7 +243,8 @@ _EMPTY_HEAD = -(10**9)
 
 
 def chan_tail(c: Value) -> Value:
-    if isinstance(c, z3.SeqRef):
+    if _is_z3_seq(c):
+        z3 = _z3()
         return z3.SubSeq(c, 1, z3.Length(c) - 1)
     if isinstance(c, Term):
         return Term("chan_tail", (c,))
@@ -234,8 +252,9 @@ def chan_tail(c: Value) -> Value:
 
 
 def chan_push(c: Value, x: Value) -> Value:
-    if isinstance(c, z3.SeqRef):
-        return z3.Concat(c, z3.Unit(x if isinstance(x, z3.ExprRef) else z3.IntVal(x)))
+    if _is_z3_seq(c):
+        z3 = _z3()
+        return z3.Concat(c, z3.Unit(x if _is_z3(x) else z3.IntVal(x)))
     if isinstance(c, Term):
         return Term("chan_push", (c, _lift(x)))
     return (*c, x)

@@ -49,8 +49,8 @@ def test_implementation_uses_the_spec_relation() -> None:
     def main() -> None:
         t = Throttler(RecordingVcpus(rt), runtime=rt)
         relation = set(SPEC.relation())
-        assert set(t.worker._worker_relation) <= relation
-        assert t.worker._worker_relation
+        assert set(t._worker_model._worker_relation) <= relation
+        assert t._worker_model._worker_relation
         t.shutdown()
 
     rt.run(main)

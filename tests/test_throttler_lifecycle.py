@@ -421,7 +421,7 @@ def test_internal_error_while_throttling_exits_through_the_spec_fault(
         rt.sleep_ns(phase_ms * MS)
         assert t.worker_state == phase
         # the queue was empty at the phase's start: the last look before expire raises
-        monkeypatch.setattr(t.worker, "_commands", _BuggyCommands(t.worker._commands,
+        monkeypatch.setattr(t._worker_model, "_commands", _BuggyCommands(t._worker_model._commands,
                                                                   "get_nowait"))
         rt.sleep_ns(T)
         assert t.worker_state == L.EXIT
@@ -444,7 +444,8 @@ def test_internal_error_while_waiting_still_exits_and_reports(
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         rt.sleep_ns(MS)  # the worker blocks in the original channel's receive
-        monkeypatch.setattr(t.worker, "_commands", _BuggyCommands(t.worker._commands, "get"))
+        worker = t._worker_model
+        monkeypatch.setattr(worker, "_commands", _BuggyCommands(worker._commands, "get"))
         t.set_throttle_percent(50)
         rt.sleep_ns(T)
         # back to waiting, where the blocking receive raises (maybe before abort returns)

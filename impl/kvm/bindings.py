@@ -19,6 +19,7 @@ import mmap
 import os
 from typing import Any, Self
 
+from ..errors import AutoconvergeError
 from . import abi
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -29,7 +30,7 @@ _ioctl.restype = ctypes.c_int
 DEV_KVM = "/dev/kvm"
 
 
-class KvmError(OSError):
+class KvmError(AutoconvergeError, OSError):
     """A KVM operation failed: ``errno`` (as in :class:`OSError`) and ``op`` say which/why."""
 
     def __init__(self, errno: int, op: str, detail: str = "") -> None:

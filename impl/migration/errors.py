@@ -7,8 +7,10 @@ failures (dead peer, timeouts), the peer reporting an error, cancellation and ti
 
 from __future__ import annotations
 
+from ..errors import AutoconvergeError
 
-class MigrationError(Exception):
+
+class MigrationError(AutoconvergeError):
     """Base class: the migration ended and this says why."""
 
 
