@@ -34,13 +34,13 @@ def bench(config_path: str | None, sections: list[str], repeat: int = 1,
                 "channel_capacity": cfg.channel_capacity,
                 "percents": list(cfg.percents),
                 "faults": cfg.faults,
-                "distinct_states": st["distinct_states"],
-                "distinct_records": st["distinct_records"],
-                "transitions": st["transitions"],
-                "depth": st["depth"],
-                "explore_seconds": st["seconds_explore"],
-                "states_per_second": st["states_per_second"],
-                "verdict_seconds": st["seconds_total"],
+                "distinct_states": st.distinct_states,
+                "distinct_records": st.distinct_records,
+                "transitions": st.transitions,
+                "depth": st.depth,
+                "explore_seconds": st.seconds_explore,
+                "states_per_second": st.states_per_second,
+                "verdict_seconds": st.seconds_total,
                 "all_hold": r.ok,
                 "regression_ok": r.regression_ok,
             }
@@ -53,7 +53,7 @@ def bench(config_path: str | None, sections: list[str], repeat: int = 1,
         caught = {}
         for v in VARIANTS:
             r = explore(v.build(SPEC), cfg)
-            caught[v.name] = sorted(p["name"] for p in r.properties if not p["holds"])
+            caught[v.name] = sorted(p.name for p in r.properties if not p.holds)
         out["variants"] = {
             "section": sections[0],
             "seconds_all": round(time.perf_counter() - t0, 3),

@@ -21,6 +21,9 @@ Usage::
     result = explore(SPEC, load_config())        # [ci] section of model/explorer.toml
     print(result.format_text()); result.ok
 
+The result is typed (:mod:`.results`): a :class:`~.results.PropertyResult` per property and
+the run's :class:`~.results.ExplorationStats`; ``result.as_dict()`` is its JSON form.
+
 For a bug-zoo variant (:func:`autoconverge.spec.variants.variant_of`), the percent domain is
 extended with the variant's ``probe_percents`` automatically. The checks of the declaration
 itself (reachability, overlapping guards) are :mod:`autoconverge.proofs.declaration`.
@@ -28,10 +31,8 @@ itself (reachability, overlapping guards) are :mod:`autoconverge.proofs.declarat
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from autoconverge.spec import Spec, State, Transition
@@ -40,68 +41,17 @@ from autoconverge.spec.variants import probe_percents
 from .config import ExplorerConfig, load_config
 from .fairness import check_leadsto
 from .graph import StateGraph, build_graph
+from .results import ExplorationResult, ExplorationStats, PropertyResult
 from .trace import format_counterexample, state_dict, step_dicts
 
 __all__ = [
     "ExplorationResult",
+    "ExplorationStats",
     "ExplorerConfig",
+    "PropertyResult",
     "explore",
     "load_config",
 ]
-
-
-@dataclass
-class ExplorationResult:
-    """Verdicts per property plus statistics. ``ok``: every checked property holds."""
-
-    spec: str
-    properties: list[dict[str, Any]]
-    stats: dict[str, Any]
-    graph: StateGraph | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return all(p["holds"] for p in self.properties) and not self.stats.get("truncated")
-
-    @property
-    def regression_ok(self) -> bool | None:
-        """State count and depth match the config's expectation (None: none applies)."""
-        r: bool | None = self.stats.get("regression_ok")
-        return r
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "ok": self.ok, "properties": self.properties,
-                "stats": self.stats}
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.as_dict(), indent=indent, default=str)
-
-    def format_text(self) -> str:
-        st = self.stats
-        lines = [
-            f"explorer: spec {self.spec} at [{st['config']['section']}]: "
-            f"{st['distinct_states']} states ({st['distinct_records']} distinct records), "
-            f"{st['transitions']} transitions, depth {st['depth']}, "
-            f"{st['seconds_total']:.2f} s ({st['states_per_second']:.0f} states/s)",
-            f"  ends: {st['terminal_states']} terminal, {st['bounded_ends']} bounded "
-            f"(call bound or channel capacity), {st['deadlocks']} deadlocked",
-        ]
-        if st.get("regression_ok") is False:
-            lines.append(
-                f"  REGRESSION MISMATCH: expected {st['expected_states']} states / depth "
-                f"{st['expected_depth']}, got {st['distinct_states']} / {st['depth']} "
-                "(update model/explorer.toml if the spec changed on purpose)"
-            )
-        if st.get("truncated"):
-            lines.append(f"  TRUNCATED at max_states={st['config']['max_states']}: "
-                         "no verdict")
-        for p in self.properties:
-            lines.append(f"  {p['name']:30} {p['kind']:9} {'holds' if p['holds'] else 'VIOLATED'}")
-        for p in self.properties:
-            if p["counterexample_text"]:
-                lines.append("")
-                lines.append(p["counterexample_text"])
-        return "\n".join(lines)
 
 
 def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResult:
@@ -124,7 +74,7 @@ def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResu
     g = build_graph(spec, cfg, invariants, steps)
     t_graph = time.perf_counter() - t0
 
-    results: list[dict[str, Any]] = []
+    results: list[PropertyResult] = []
     for p in props:
         cex: dict[str, Any] | None = None
         details: dict[str, Any] = {}
@@ -175,43 +125,43 @@ def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResu
                 }
         else:  # pragma: no cover - a new kind in the spec
             raise ValueError(f"unknown property kind {p.kind!r}")
-        results.append({
-            "name": p.name,
-            "kind": p.kind,
-            "statement": p.statement,
-            "holds": cex is None and not g.truncated,
-            "distinct_states": len(g.nodes),
-            "depth": g.max_depth,
-            "counterexample": cex,
-            "counterexample_text": format_counterexample(cex) if cex else None,
-            "details": details,
-        })
+        results.append(PropertyResult(
+            name=p.name,
+            kind=p.kind,
+            statement=p.statement,
+            holds=cex is None and not g.truncated,
+            distinct_states=len(g.nodes),
+            depth=g.max_depth,
+            counterexample=cex,
+            counterexample_text=format_counterexample(cex) if cex else None,
+            details=details,
+        ))
     total = time.perf_counter() - t0
-    stats: dict[str, Any] = {
-        "spec": spec.name,
-        "distinct_states": len(g.nodes),
-        "distinct_records": len(g.reached_records()),
-        "transitions": g.transitions,
-        "depth": g.max_depth,
-        "terminal_states": g.terminal_nodes,
-        "bounded_ends": g.bounded_ends,
-        "deadlocks": len(g.deadlocks),
-        "seconds_explore": round(t_graph, 4),
-        "seconds_total": round(total, 4),
-        "states_per_second": round(len(g.nodes) / t_graph, 1) if t_graph > 0 else 0.0,
-        "truncated": g.truncated,
-        "config": cfg.as_dict(),
-    }
     applies = (spec.name == cfg.expected_spec and cfg.expected_states is not None
                and cfg.percents == base.percents)
-    stats["expected_states"] = cfg.expected_states if applies else None
-    stats["expected_depth"] = cfg.expected_depth if applies else None
-    stats["regression_ok"] = (
-        (len(g.nodes) == cfg.expected_states
-         and (cfg.expected_depth is None or g.max_depth == cfg.expected_depth))
-        if applies else None
+    stats = ExplorationStats(
+        spec=spec.name,
+        distinct_states=len(g.nodes),
+        distinct_records=len(g.reached_records()),
+        transitions=g.transitions,
+        depth=g.max_depth,
+        terminal_states=g.terminal_nodes,
+        bounded_ends=g.bounded_ends,
+        deadlocks=len(g.deadlocks),
+        seconds_explore=round(t_graph, 4),
+        seconds_total=round(total, 4),
+        states_per_second=round(len(g.nodes) / t_graph, 1) if t_graph > 0 else 0.0,
+        truncated=g.truncated,
+        config=cfg,
+        expected_states=cfg.expected_states if applies else None,
+        expected_depth=cfg.expected_depth if applies else None,
+        regression_ok=(
+            (len(g.nodes) == cfg.expected_states
+             and (cfg.expected_depth is None or g.max_depth == cfg.expected_depth))
+            if applies else None
+        ),
     )
-    return ExplorationResult(spec=spec.name, properties=results, stats=stats, graph=g)
+    return ExplorationResult(spec=spec.name, properties=tuple(results), stats=stats, graph=g)
 
 
 def _node_pred(g: StateGraph, f: Callable[[State], Any]) -> Callable[[int], bool]:

@@ -106,6 +106,20 @@ def _dedupe(parts: list[Value]) -> list[Value]:
     return out
 
 
+def _fold_junction(op: str, args: tuple[Value, ...]) -> Value:
+    """Fold ``and``/``or``: the absorbing constant wins, the neutral one drops out, nested
+    junctions of the same kind flatten, duplicates go."""
+    absorbing = op == "or"  # True absorbs an or, False an and
+    parts: list[Value] = []
+    for a in (simplify(a) for a in args):
+        if a is absorbing:
+            return absorbing
+        if a is not (not absorbing):
+            parts.extend(a.args if is_term(a) and a.op == op else (a,))
+    parts = _dedupe(parts)
+    return (not absorbing) if not parts else parts[0] if len(parts) == 1 else Term(op, tuple(parts))
+
+
 def simplify(x: Value) -> Value:
     """Constant-fold a term: the result is a plain Python value or a Term without foldables."""
     if not isinstance(x, Term):
@@ -115,24 +129,8 @@ def simplify(x: Value) -> Value:
         return simplify(args[0])
     if op in ("var", "state"):
         return x
-    if op == "and":
-        parts: list[Value] = []
-        for a in (simplify(a) for a in args):
-            if a is False:
-                return False
-            if a is not True:
-                parts.extend(a.args if is_term(a) and a.op == "and" else (a,))
-        parts = _dedupe(parts)
-        return True if not parts else parts[0] if len(parts) == 1 else Term("and", tuple(parts))
-    if op == "or":
-        parts = []
-        for a in (simplify(a) for a in args):
-            if a is True:
-                return True
-            if a is not False:
-                parts.extend(a.args if is_term(a) and a.op == "or" else (a,))
-        parts = _dedupe(parts)
-        return False if not parts else parts[0] if len(parts) == 1 else Term("or", tuple(parts))
+    if op in ("and", "or"):
+        return _fold_junction(op, args)
     if op == "not":
         a = simplify(args[0])
         if not is_term(a):

@@ -220,10 +220,9 @@ def run_explorer(spec: Spec, bounds: Bounds, section: str = "ci") -> CheckerRun:
     st = r.stats
     return CheckerRun(
         "explorer", spec.name,
-        {p["name"]: PropertyVerdict(bool(p["holds"]), st["distinct_states"], seconds)
-         for p in r.properties},
-        states=st["distinct_states"], transitions=st["transitions"], depth=st["depth"],
-        seconds={"total": seconds}, details={"config": st.get("config")},
+        {p.name: PropertyVerdict(p.holds, st.distinct_states, seconds) for p in r.properties},
+        states=st.distinct_states, transitions=st.transitions, depth=st.depth,
+        seconds={"total": seconds}, details={"config": st.config.as_dict()},
     )
 
 

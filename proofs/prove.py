@@ -1,15 +1,18 @@
 """Public API of the Z3 proofs, used by ``autoconverge verify`` and the report.
 
-- :func:`prove_all` - one entry per property of a spec (shipped or bug-zoo variant):
-  ``{name, kind, holds, verdict, method, obligations: [{name, formula, holds, verdict,
-  time_s, detail}], time_s, counterexample?, counterexample_text?, ...}``. ``verdict`` is
-  ``proved`` (every obligation discharged, unbounded), ``violated`` (an obligation failed
-  and a real counterexample from Init was found and attached) or ``not proved`` (an
-  obligation failed or timed out; no counterexample within the search bound). ``holds`` is
-  true only for ``proved``: a timeout is never reported as proved.
-- :func:`prove_timing` - the timing arithmetic (``autoconverge.spec.timing``).
+- :func:`prove_all` - a :class:`.results.ProofResult` per property of a spec (shipped or
+  bug-zoo variant): name, kind, method, verdict, every obligation
+  (:class:`.z3_obligations.ObligationResult`), time, counterexample if any, Spacer's verdict.
+  ``verdict`` is ``proved`` (every obligation discharged, unbounded), ``violated`` (an
+  obligation failed and a real counterexample from Init was found and attached) or ``not
+  proved`` (an obligation failed or timed out; no counterexample within the search bound).
+  ``holds`` is true only for ``proved``: a timeout is never reported as proved.
+- :func:`prove_timing` - the timing arithmetic (``autoconverge.spec.timing``): a
+  :class:`.timing_proofs.TimingProof`.
 - :func:`check_vacuity` - every obligation's hypotheses satisfiable, every antecedent
-  reachable from Init.
+  reachable from Init: :class:`.results.VacuityCheck` records.
+
+Each record's ``as_dict()`` is its JSON form (``autoconverge verify --json``).
 
 Methods: ``induction`` (hand-written strengthening, :mod:`z3_safety`), ``induction+spacer``
 (plus Spacer finding its own invariant, re-checked), ``ranking`` (:mod:`z3_liveness`).
@@ -17,6 +20,7 @@ Methods: ``induction`` (hand-written strengthening, :mod:`z3_safety`), ``inducti
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,12 +30,21 @@ import z3
 from autoconverge.spec import Spec, State, Transition, terminal
 
 from .encoding import Encoding, as_bool, fmt_expr
-from .timing_proofs import prove_timing
+from .results import (
+    NOT_PROVED,
+    PROVED,
+    VIOLATED,
+    InductionAttempt,
+    ProofResult,
+    ReachTarget,
+    VacuityCheck,
+)
+from .timing_proofs import TimingProof, prove_timing
 from .z3_bmc import Unrolling, reach_many
 from .z3_liveness import PLANS, LivenessProver
 from .z3_obligations import Outcome, satisfiable
 from .z3_safety import SafetyProver
-from .z3_spacer import spacer
+from .z3_spacer import SpacerResult, spacer
 
 SPACER_PROPERTIES: tuple[str, ...] = (
     "PercentInRange", "PausedOnlyInPausePhase", "HandoverKeepsVcpusPaused",
@@ -42,7 +55,16 @@ SPACER_TIMEOUT_MS = 2_000
 VACUITY_DEPTH = 8
 """Steps from Init within which every antecedent must be reachable."""
 
-__all__ = ["check_vacuity", "format_proof", "prove_all", "prove_property", "prove_timing"]
+__all__ = [
+    "ProofResult",
+    "TimingProof",
+    "VacuityCheck",
+    "check_vacuity",
+    "format_proof",
+    "prove_all",
+    "prove_property",
+    "prove_timing",
+]
 
 
 class _Provers:
@@ -52,52 +74,50 @@ class _Provers:
 
 
 def prove_property(provers: _Provers, name: str, *, use_spacer: bool = True,
-                   counterexamples: bool = True) -> dict[str, Any]:
+                   counterexamples: bool = True) -> ProofResult:
     spec = provers.safety.spec
     prop = spec.property(name)
     if prop.kind == "leadsto":
         if name not in PLANS:
-            return {"name": name, "kind": prop.kind, "holds": False, "verdict": "not proved",
-                    "method": "ranking", "obligations": [], "time_s": 0.0,
-                    "note": "no ranking function written for this property"}
-        result = provers.liveness.prove(name, counterexample=counterexamples)
-    else:
-        result = provers.safety.prove(name)
-        if use_spacer and name in SPACER_PROPERTIES and result["verdict"] != "violated":
-            _add_spacer(result, spacer(spec, name, SPACER_TIMEOUT_MS, enc=provers.safety.enc))
-    result["statement"] = prop.statement
-    result["formula"] = prop.formula
+            return ProofResult(name, prop.kind, "ranking", NOT_PROVED, (), 0.0,
+                               prop.statement, prop.formula,
+                               note="no ranking function written for this property")
+        return provers.liveness.prove(name, counterexample=counterexamples)
+    result = provers.safety.prove(name)
+    if use_spacer and name in SPACER_PROPERTIES and result.verdict != VIOLATED:
+        return _with_spacer(result,
+                            spacer(spec, name, SPACER_TIMEOUT_MS, enc=provers.safety.enc))
     return result
 
 
-def _add_spacer(result: dict[str, Any], sp: dict[str, Any]) -> None:
+def _with_spacer(result: ProofResult, sp: SpacerResult) -> ProofResult:
     """Merge Spacer's verdict: a second, independent method for the same property."""
-    result["spacer"] = sp
-    result["time_s"] = round(result["time_s"] + sp["time_s"], 4)
-    if result["holds"]:
-        result["method"] = "induction+spacer"
-        if sp["verdict"] == "violated":  # an engine is wrong: never hide the disagreement
-            result.update(holds=False, verdict="not proved",
-                          note="Spacer found a counterexample the induction proof missed")
-    elif sp["holds"]:
+    merged = dataclasses.replace(result, spacer=sp, time_s=round(result.time_s + sp.time_s, 4))
+    if result.holds:
+        merged = dataclasses.replace(merged, method="induction+spacer")
+        if sp.verdict == VIOLATED:  # an engine is wrong: never hide the disagreement
+            return dataclasses.replace(
+                merged, verdict=NOT_PROVED,
+                note="Spacer found a counterexample the induction proof missed")
+        return merged
+    if sp.holds:
         # the hand-written strengthening is not inductive here, but Spacer found (and the
         # plain solver re-checked) another inductive invariant: the property is proved
-        result["induction_attempt"] = {
-            "verdict": result["verdict"], "obligations": result["obligations"],
-            "failed_obligations": result.get("failed_obligations", []),
-        }
-        result.update(holds=True, verdict="proved", method="spacer",
-                      obligations=sp["obligations"],
-                      note="the hand-written strengthening is not inductive in this spec; "
-                           "Spacer's invariant (re-checked) proves the property")
-        result.pop("failed_obligations", None)
-    elif sp["verdict"] == "violated":
-        result["note"] = "Spacer: a counterexample is reachable (the Horn clauses are unsat)"
+        assert sp.obligations is not None
+        return dataclasses.replace(
+            merged, verdict=PROVED, method="spacer", obligations=sp.obligations,
+            induction_attempt=InductionAttempt(result.verdict, result.obligations),
+            note="the hand-written strengthening is not inductive in this spec; "
+                 "Spacer's invariant (re-checked) proves the property")
+    if sp.verdict == VIOLATED:
+        return dataclasses.replace(
+            merged, note="Spacer: a counterexample is reachable (the Horn clauses are unsat)")
+    return merged
 
 
 def prove_all(spec: Spec, *, use_spacer: bool = True, counterexamples: bool = True,
-              timeout_ms: int = 5_000) -> list[dict[str, Any]]:
-    """Prove every property of ``spec``; one JSON-ready entry per property."""
+              timeout_ms: int = 5_000) -> list[ProofResult]:
+    """Prove every property of ``spec``; one result per property."""
     provers = _Provers(spec, timeout_ms)
     return [prove_property(provers, p.name, use_spacer=use_spacer,
                            counterexamples=counterexamples)
@@ -116,8 +136,8 @@ def _antecedents(e: z3.BoolRef) -> list[z3.BoolRef]:
     return []
 
 
-def _hypotheses(spec: Spec, provers: _Provers) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _hypotheses(spec: Spec, provers: _Provers) -> list[VacuityCheck]:
+    out: list[VacuityCheck] = []
     checked: dict[int, bool | None] = {}
     for prop in spec.properties:
         if prop.kind == "leadsto" and prop.name not in PLANS:
@@ -151,10 +171,9 @@ def _hypotheses(spec: Spec, provers: _Provers) -> list[dict[str, Any]]:
             detail = "VACUOUS (hypotheses unsatisfiable): " + ", ".join(vacuous)
         if unknown:
             detail += "; satisfiability unknown (timeout): " + ", ".join(unknown)
-        out.append({"name": f"{prop.name}: obligation hypotheses satisfiable",
-                    "property": prop.name, "check": "hypotheses",
-                    "holds": not vacuous and not unknown, "queries": n, "detail": detail,
-                    "time_s": round(time.perf_counter() - t0, 4)})
+        out.append(VacuityCheck(f"{prop.name}: obligation hypotheses satisfiable", prop.name,
+                                "hypotheses", not vacuous and not unknown, detail,
+                                round(time.perf_counter() - t0, 4), queries=n))
     return out
 
 
@@ -177,7 +196,7 @@ def _pending(p: Callable[[State], Any], q: Callable[[State], Any]) -> Callable[[
     return lambda s: z3.And(as_bool(p(s)), z3.Not(as_bool(q(s))))
 
 
-def _reachability(spec: Spec, provers: _Provers, depth: int) -> list[dict[str, Any]]:
+def _reachability(spec: Spec, provers: _Provers, depth: int) -> list[VacuityCheck]:
     enc = provers.safety.enc
     targets: dict[str, Target] = {}
     owners: dict[str, list[str]] = {}
@@ -212,27 +231,26 @@ def _reachability(spec: Spec, provers: _Provers, depth: int) -> list[dict[str, A
     t0 = time.perf_counter()
     found = reach_many(enc, targets, depth)
     dt = time.perf_counter() - t0
-    out: list[dict[str, Any]] = []
+    out: list[VacuityCheck] = []
     for prop in spec.properties:
         names = owners[prop.name]
-        rows = [{"target": n.split(": ", 1)[1], "reached": found[n]["reached"],
-                 "depth": found[n]["depth"]} for n in names]
-        missing = [r["target"] for r in rows if not r["reached"]]
+        rows = tuple(ReachTarget(n.split(": ", 1)[1], found[n]["reached"], found[n]["depth"])
+                     for n in names)
+        missing = [r.target for r in rows if not r.reached]
         detail = ("every antecedent reachable from Init: " + ", ".join(
-            f"{r['target']} in {r['depth']} steps" for r in rows)) if rows else \
+            f"{r.target} in {r.depth} steps" for r in rows)) if rows else \
             "unconditional property: no antecedent"
         if missing:
             detail = f"NOT reachable within {depth} steps: " + ", ".join(missing)
-        out.append({"name": f"{prop.name}: antecedent reachable", "property": prop.name,
-                    "check": "reachability", "holds": not missing, "targets": rows,
-                    "detail": detail,
-                    "time_s": round(dt / max(1, len(spec.properties)), 4)})
+        out.append(VacuityCheck(f"{prop.name}: antecedent reachable", prop.name,
+                                "reachability", not missing, detail,
+                                round(dt / max(1, len(spec.properties)), 4), targets=rows))
     return out
 
 
 def check_vacuity(spec: Spec, *, depth: int = VACUITY_DEPTH,
-                  timeout_ms: int = 5_000) -> list[dict[str, Any]]:
-    """Non-vacuity of every proof of ``spec``: one entry per property and check."""
+                  timeout_ms: int = 5_000) -> list[VacuityCheck]:
+    """Non-vacuity of every proof of ``spec``: one check per property and kind of check."""
     provers = _Provers(spec, timeout_ms)
     return [*_hypotheses(spec, provers), *_reachability(spec, provers, depth)]
 
@@ -240,28 +258,28 @@ def check_vacuity(spec: Spec, *, depth: int = VACUITY_DEPTH,
 # --- text ------------------------------------------------------------------------------------
 
 
-def format_proof(result: dict[str, Any]) -> str:
+def format_proof(result: ProofResult) -> str:
     """A property's proof as readable lines: verdict, method, each obligation."""
-    lines = [f"{result['name']} [{result.get('kind', '?')}]: {result['verdict']} by "
-             f"{result['method']} ({result['time_s']:.2f} s)"]
-    if result.get("strengthening"):
-        lines.append("  Inv = " + " /\\ ".join(x["name"] for x in result["strengthening"]))
-    if result.get("rank"):
-        lines.append(f"  rank = {result['rank']}; helpful = {result['helpful']}")
-    for o in result.get("obligations", []):
-        mark = "ok " if o["holds"] else o["verdict"].upper()
-        lines.append(f"  {mark:7} {o['name']:42} {o['time_s']:7.3f} s  {o['formula']}")
-        if not o["holds"]:
-            lines.extend("          " + x for x in o["detail"].splitlines())
-    sp = result.get("spacer")
-    if sp:
-        lines.append(f"  spacer: {sp['verdict']} ({sp['time_s']:.2f} s) {sp['detail']}")
-        if sp.get("invariant_text"):
-            lines.append(sp["invariant_text"])
-    if result.get("note"):
-        lines.append(f"  note: {result['note']}")
-    if result.get("counterexample_text"):
-        lines.append(result["counterexample_text"])
+    lines = [f"{result.name} [{result.kind}]: {result.verdict} by {result.method} "
+             f"({result.time_s:.2f} s)"]
+    if result.strengthening:
+        lines.append("  Inv = " + " /\\ ".join(x.name for x in result.strengthening))
+    if result.ranking is not None:
+        lines.append(f"  rank = {result.ranking.rank}; helpful = {result.ranking.helpful}")
+    for o in result.obligations:
+        mark = "ok " if o.holds else o.verdict.upper()
+        lines.append(f"  {mark:7} {o.name:42} {o.time_s:7.3f} s  {o.formula}")
+        if not o.holds:
+            lines.extend("          " + x for x in o.detail.splitlines())
+    sp = result.spacer
+    if sp is not None:
+        lines.append(f"  spacer: {sp.verdict} ({sp.time_s:.2f} s) {sp.detail}")
+        if sp.invariant_text:
+            lines.append(sp.invariant_text)
+    if result.note:
+        lines.append(f"  note: {result.note}")
+    if result.counterexample_text:
+        lines.append(result.counterexample_text)
     return "\n".join(lines)
 
 
@@ -275,7 +293,7 @@ if __name__ == "__main__":  # pragma: no cover - manual use
     target = SPEC if len(sys.argv) < 2 else variant(sys.argv[1]).build(SPEC)
     results = prove_all(target)
     if "--json" in sys.argv:
-        print(json.dumps(results, indent=1, default=str))
+        print(json.dumps([r.as_dict() for r in results], indent=1, default=str))
     else:
         for r in results:
             print(format_proof(r))

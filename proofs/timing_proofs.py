@@ -16,11 +16,15 @@ for all values in range at once (nonlinear integer arithmetic: ``p * T``), not s
 - the Z3 branch of ``pause_share_ns`` agrees with Python's integer floor division.
 
 Each obligation's hypotheses are also checked satisfiable (no vacuous proof).
+
+:func:`prove_timing` returns a :class:`TimingProof` of :class:`TimingObligation` records
+(``as_dict()``: the JSON form).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import z3
@@ -29,9 +33,66 @@ from autoconverge.spec import timing
 from autoconverge.spec.lifecycle import MAX_PERCENT, MIN_PERCENT
 
 TIMEOUT_MS = 10_000
+PROVED = "proved"
 
 
-def _check(name: str, formula: str, hyps: list[Any], goal: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TimingObligation:
+    """One timing obligation: ``hypotheses => goal`` for all values in range."""
+
+    name: str
+    formula: str
+    verdict: str
+    """``proved``, ``failed`` (with a counterexample) or ``unknown``."""
+    detail: str
+    hypotheses_satisfiable: bool
+    witness: str | None
+    """A model of the hypotheses (None: they are unsatisfiable, the proof vacuous)."""
+    time_s: float
+
+    @property
+    def holds(self) -> bool:
+        return self.verdict == PROVED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "formula": self.formula, "holds": self.holds,
+            "verdict": self.verdict, "detail": self.detail,
+            "hypotheses_satisfiable": self.hypotheses_satisfiable, "witness": self.witness,
+            "time_s": self.time_s,
+        }
+
+
+@dataclass(frozen=True)
+class TimingProof:
+    """Every timing obligation; ``holds`` iff all are proved and none is vacuous."""
+
+    obligations: tuple[TimingObligation, ...]
+    ranges: dict[str, Any]
+    """The ranges proved over: ``percent``, ``timeslice_ns`` ([min, max]) and
+    ``clock_granularity_ns``."""
+    time_s: float
+    name: str = "TimingArithmetic"
+    method: str = "z3 (nonlinear integer)"
+
+    @property
+    def holds(self) -> bool:
+        return all(o.holds and o.hypotheses_satisfiable for o in self.obligations)
+
+    @property
+    def failed_obligations(self) -> list[str]:
+        """The obligations not proved."""
+        return [o.name for o in self.obligations if not o.holds]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "holds": self.holds, "method": self.method,
+            "ranges": self.ranges, "obligations": [o.as_dict() for o in self.obligations],
+            "time_s": self.time_s,
+        }
+
+
+def _check(name: str, formula: str, hyps: list[Any], goal: Any) -> TimingObligation:
     t0 = time.perf_counter()
     s = z3.Solver()
     s.set("timeout", TIMEOUT_MS)
@@ -40,7 +101,7 @@ def _check(name: str, formula: str, hyps: list[Any], goal: Any) -> dict[str, Any
     s.add(z3.Not(goal))
     r = s.check()
     s.pop()
-    verdict = "proved" if r == z3.unsat else "failed" if r == z3.sat else "unknown"
+    verdict = PROVED if r == z3.unsat else "failed" if r == z3.sat else "unknown"
     detail = "z3: unsat (no counterexample exists)"
     if r == z3.sat:
         detail = f"counterexample: {s.model()}"
@@ -48,14 +109,11 @@ def _check(name: str, formula: str, hyps: list[Any], goal: Any) -> dict[str, Any
         detail = f"not proved: z3 {s.reason_unknown()}"
     hyp_sat = s.check()
     witness = str(s.model()) if hyp_sat == z3.sat else None
-    return {
-        "name": name, "formula": formula, "holds": verdict == "proved", "verdict": verdict,
-        "detail": detail, "hypotheses_satisfiable": hyp_sat == z3.sat,
-        "witness": witness, "time_s": round(time.perf_counter() - t0, 4),
-    }
+    return TimingObligation(name, formula, verdict, detail, hyp_sat == z3.sat, witness,
+                            round(time.perf_counter() - t0, 4))
 
 
-def prove_timing(impl: Any = timing) -> dict[str, Any]:
+def prove_timing(impl: Any = timing) -> TimingProof:
     """Every timing obligation, with verdicts; ``holds`` iff all proved and non-vacuous.
 
     ``impl`` is the module whose functions are proved (tests pass broken copies to show the
@@ -72,7 +130,7 @@ def prove_timing(impl: Any = timing) -> dict[str, Any]:
     comp = [*in_range, timing_.compensable(p, T, cp, cr)]
     over = [*in_range, cp >= 0, cr >= 0, z3.Not(timing_.compensable(p, T, cp, cr))]
     paused = cp + ps + cr
-    obligations = [
+    obligations = (
         _check("floor-division", "pause_share_ns(p, T) = (p * T) div 100 (Z3 branch = "
                "Python //)", in_range, share == (p * T) / 100),
         _check("pause-sleep-non-negative", "compensable => pause_sleep >= 0", comp, ps >= 0),
@@ -105,12 +163,11 @@ def prove_timing(impl: Any = timing) -> dict[str, Any]:
         _check("uncompensable-slice-grows", "not compensable => cp + pause_sleep + cr + "
                "run_sleep >= T (the pause runs over its share, the run share is kept)",
                over, cp + ps + cr + rs >= T),
-    ]
-    holds = all(o["holds"] and o["hypotheses_satisfiable"] for o in obligations)
-    return {
-        "name": "TimingArithmetic", "holds": holds, "method": "z3 (nonlinear integer)",
-        "ranges": {"percent": [MIN_PERCENT, MAX_PERCENT],
-                   "timeslice_ns": [timing_.MIN_TIMESLICE_NS, timing_.MAX_TIMESLICE_NS],
-                   "clock_granularity_ns": gran},
-        "obligations": obligations, "time_s": round(time.perf_counter() - t0, 4),
-    }
+    )
+    return TimingProof(
+        obligations,
+        ranges={"percent": [MIN_PERCENT, MAX_PERCENT],
+                "timeslice_ns": [timing_.MIN_TIMESLICE_NS, timing_.MAX_TIMESLICE_NS],
+                "clock_granularity_ns": gran},
+        time_s=round(time.perf_counter() - t0, 4),
+    )

@@ -47,6 +47,7 @@ from autoconverge.spec.lifecycle import (
     FairnessGroup,
 )
 
+from . import results
 from .encoding import as_bool
 from .z3_bmc import lasso
 from .z3_lemmas import closure
@@ -168,7 +169,7 @@ class LivenessProver:
         self.pre, self.post, self.params = safety.pre, safety.post, safety.params
         self.timeout_ms = safety.timeout_ms
 
-    def prove(self, name: str, counterexample: bool = True) -> dict[str, Any]:
+    def prove(self, name: str, counterexample: bool = True) -> results.ProofResult:
         t0 = time.perf_counter()
         prop = self.safety.spec.property(name)
         assert prop.kind == "leadsto" and prop.leads_from and prop.leads_to
@@ -178,36 +179,30 @@ class LivenessProver:
         obligations.extend(self.rank_obligations(name, plan))
         self.safety.outcomes[name] = obligations
         holds = all(o.holds for o in obligations)
-        result: dict[str, Any] = {
-            "name": name, "kind": "leadsto", "method": "ranking", "holds": holds,
-            "verdict": "proved" if holds else "not proved",
-            "fairness": {g.name: g.statement for g in FAIRNESS_GROUPS},
-            "strengthening": [{"name": lem.name, "formula": lem.formula,
-                               "statement": lem.statement} for lem in inv],
-            "during": plan.during_text, "rank": plan.rank_text, "helpful": plan.helpful_text,
-            "obligations": [o.as_dict() for o in obligations],
-        }
+        note: str | None = None
+        cex: dict[str, Any] | None = None
         if not holds:
-            result["failed_obligations"] = [o.name for o in obligations if not o.holds]
             ranking_failed = any(not o.holds and not o.name.startswith(("init[", "step["))
                                  for o in obligations)
             if not ranking_failed:
-                result["note"] = ("the ranking obligations hold, but a safety lemma they rest "
-                                  "on is not inductive in this spec (see that lemma's "
-                                  "obligation); no lasso search")
+                note = ("the ranking obligations hold, but a safety lemma they rest on is not "
+                        "inductive in this spec (see that lemma's obligation); no lasso search")
             elif counterexample:
                 cex, depth = lasso(self.enc, prop.leads_from, prop.leads_to, LASSO_DEPTH,
                                    name=name, timeout_ms=LASSO_BUDGET_MS)
                 if cex is None:
-                    result["note"] = (f"no fair lasso of up to {depth} steps from Init (search "
-                                      f"limits: {LASSO_DEPTH} steps, "
-                                      f"{LASSO_BUDGET_MS / 1000:.0f} s)")
-                else:
-                    result["verdict"] = "violated"
-                    result["counterexample"] = cex
-                    result["counterexample_text"] = cex["text"]
-        result["time_s"] = round(time.perf_counter() - t0, 4)
-        return result
+                    note = (f"no fair lasso of up to {depth} steps from Init (search limits: "
+                            f"{LASSO_DEPTH} steps, {LASSO_BUDGET_MS / 1000:.0f} s)")
+        return results.ProofResult(
+            name, "leadsto", "ranking",
+            results.PROVED if holds else results.NOT_PROVED if cex is None else results.VIOLATED,
+            tuple(o.result() for o in obligations), round(time.perf_counter() - t0, 4),
+            prop.statement, prop.formula, strengthening=inv,
+            ranking=results.RankingArgument(
+                {g.name: g.statement for g in FAIRNESS_GROUPS}, plan.during_text,
+                plan.rank_text, plan.helpful_text),
+            counterexample=cex, note=note,
+        )
 
     def rank_obligations(self, name: str, plan: RankPlan) -> list[Outcome]:
         prop = self.safety.spec.property(name)

@@ -39,9 +39,37 @@ FAILED = "failed"
 UNKNOWN = "unknown"
 
 
+@dataclass(frozen=True)
+class ObligationResult:
+    """The verdict on one obligation, as reported (:meth:`Outcome.result`)."""
+
+    name: str
+    formula: str
+    verdict: str
+    """``proved``, ``failed`` (with a counterexample to the obligation) or ``unknown``."""
+    time_s: float
+    detail: str = ""
+    cti: dict[str, Any] | None = None
+    """A counterexample to induction (a model of the hypotheses and the negated goal)."""
+
+    @property
+    def holds(self) -> bool:
+        return self.verdict == PROVED
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name, "formula": self.formula, "holds": self.holds,
+            "verdict": self.verdict, "time_s": self.time_s, "detail": self.detail,
+        }
+        if self.cti is not None:
+            d["cti"] = self.cti
+        return d
+
+
 @dataclass
 class Outcome:
-    """The verdict on one obligation."""
+    """The verdict on one obligation, with the query behind it (the prover's working copy:
+    :meth:`result` is what is reported)."""
 
     name: str
     formula: str
@@ -67,14 +95,10 @@ class Outcome:
             return [x for p in self.parts for x in p.leaves()]
         return [self] if self.query is not None else []
 
-    def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "name": self.name, "formula": self.formula, "holds": self.holds,
-            "verdict": self.verdict, "time_s": round(self.time_s, 4), "detail": self.detail,
-        }
-        if self.cti is not None:
-            d["cti"] = self.cti
-        return d
+    def result(self) -> ObligationResult:
+        """The verdict as a record (the time rounded to 0.1 ms)."""
+        return ObligationResult(self.name, self.formula, self.verdict, round(self.time_s, 4),
+                                self.detail, self.cti)
 
 
 @dataclass

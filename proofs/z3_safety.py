@@ -26,6 +26,7 @@ import z3
 
 from autoconverge.spec import Spec, terminal
 
+from . import results
 from .encoding import Encoding, as_bool
 from .z3_bmc import Unrolling, reach
 from .z3_lemmas import LEMMAS, Lemma, closure
@@ -174,13 +175,12 @@ class SafetyProver:
         return out
 
     # properties -------------------------------------------------------------------------
-    def prove(self, name: str) -> dict[str, Any]:
+    def prove(self, name: str) -> results.ProofResult:
         t0 = time.perf_counter()
         prop = self.spec.property(name)
         inv = self.strengthening(name)
         obligations = self.inv_outcomes(inv)
         facts = [(lem, self.pre) for lem in inv]
-        inv_text = " /\\ ".join(lem.name for lem in inv) or "TRUE"
         if prop.kind == "invariant":
             assert prop.invariant is not None
             obligations.append(discharge(
@@ -204,24 +204,13 @@ class SafetyProver:
             raise ValueError(f"{name} is not a safety property")
         self.outcomes[name] = obligations
         holds = all(o.holds for o in obligations)
-        result: dict[str, Any] = {
-            "name": name, "kind": prop.kind, "method": "induction", "holds": holds,
-            "verdict": "proved" if holds else "not proved",
-            "strengthening": [{"name": lem.name, "formula": lem.formula,
-                               "statement": lem.statement} for lem in inv],
-            "strengthening_text": inv_text,
-            "obligations": [o.as_dict() for o in obligations],
-        }
-        if not holds:
-            failed = [o for o in obligations if not o.holds]
-            result["failed_obligations"] = [o.name for o in failed]
-            cex = self.counterexample(name)
-            if cex is not None:
-                result["verdict"] = "violated"
-                result["counterexample"] = cex
-                result["counterexample_text"] = cex["text"]
-        result["time_s"] = round(time.perf_counter() - t0, 4)
-        return result
+        cex = None if holds else self.counterexample(name)
+        return results.ProofResult(
+            name, prop.kind, "induction",
+            results.PROVED if holds else results.NOT_PROVED if cex is None else results.VIOLATED,
+            tuple(o.result() for o in obligations), round(time.perf_counter() - t0, 4),
+            prop.statement, prop.formula, strengthening=inv, counterexample=cex,
+        )
 
     def _step_obligations(self, name: str, facts: list[tuple[Lemma, Any]]) -> list[Outcome]:
         prop = self.spec.property(name)

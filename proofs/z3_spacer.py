@@ -15,11 +15,14 @@ and then re-checked independently by the ordinary solver (``Init => I``, ``I /\\
 exists (the property is violated); ``unknown`` (a timeout) proves nothing. Spacer handles the
 properties whose invariant is quantifier-free; for "every queued element is valid" it needs a
 quantified invariant over the sequence and times out, so those use the hand-written lemmas.
+
+:func:`spacer` returns a :class:`SpacerResult` (``as_dict()``: its JSON form).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import z3
@@ -28,9 +31,49 @@ from autoconverge.spec import Spec
 from autoconverge.spec.lifecycle import VARIABLES
 
 from .encoding import Encoding, as_bool, fmt_clause
-from .z3_obligations import PROVED, UNKNOWN, Outcome, Query, Step, discharge
+from .z3_obligations import PROVED, UNKNOWN, ObligationResult, Outcome, Query, Step, discharge
 
 SPACER_TIMEOUT_MS = 5_000
+ENGINE = "spacer (SolverFor('HORN'))"
+VIOLATED = "violated"
+
+
+@dataclass(frozen=True)
+class SpacerResult:
+    """Spacer's verdict on one safety property, with the invariant it found."""
+
+    name: str
+    verdict: str
+    """``proved`` (invariant found and re-checked), ``violated`` (no inductive invariant
+    exists: a counterexample is reachable) or ``unknown``."""
+    detail: str
+    time_s: float
+    invariant: tuple[str, ...] | None = None
+    """The invariant's conjuncts, printed (None: Spacer found none)."""
+    obligations: tuple[ObligationResult, ...] | None = None
+    """The plain solver's re-check of the invariant (None: Spacer found none)."""
+    engine: str = ENGINE
+
+    @property
+    def holds(self) -> bool:
+        return self.verdict == PROVED
+
+    @property
+    def invariant_text(self) -> str | None:
+        """The invariant, one ``/\\ conjunct`` a line."""
+        if self.invariant is None:
+            return None
+        return "\n".join(f"  /\\ {c}" for c in self.invariant)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "engine": self.engine, "time_s": self.time_s}
+        if self.invariant is not None:
+            out["invariant"] = list(self.invariant)
+            out["invariant_text"] = self.invariant_text
+        if self.obligations is not None:
+            out["obligations"] = [o.as_dict() for o in self.obligations]
+        out.update(verdict=self.verdict, holds=self.holds, detail=self.detail)
+        return out
 
 
 def _vars(s: Any) -> list[z3.ExprRef]:
@@ -38,7 +81,7 @@ def _vars(s: Any) -> list[z3.ExprRef]:
 
 
 def spacer(spec: Spec, name: str, timeout_ms: int = SPACER_TIMEOUT_MS,
-           enc: Encoding | None = None) -> dict[str, Any]:
+           enc: Encoding | None = None) -> SpacerResult:
     """Ask Spacer for an inductive invariant proving the safety property ``name``."""
     t0 = time.perf_counter()
     enc = enc or Encoding(spec)
@@ -64,29 +107,30 @@ def spacer(spec: Spec, name: str, timeout_ms: int = SPACER_TIMEOUT_MS,
     else:
         raise ValueError(f"Spacer is used for invariants and step properties, not {prop.kind}")
     r = solver.check()
-    out: dict[str, Any] = {"name": name, "engine": "spacer (SolverFor('HORN'))",
-                           "time_s": 0.0}
     if r == z3.unsat:
-        out.update(verdict="violated", holds=False,
-                   detail="Spacer: unsat - no inductive invariant exists: a counterexample "
-                          "is reachable from Init")
-    elif r == z3.unknown:
-        out.update(verdict=UNKNOWN, holds=False,
-                   detail=f"Spacer: unknown ({solver.reason_unknown()}) - proves nothing")
-    else:
-        found = _interpretation(solver.model(), inv, _vars(s))
-        conjuncts = [found.arg(i) for i in range(found.num_args())] if z3.is_and(found) \
-            else [found]
-        out["invariant"] = [fmt_clause(c) for c in conjuncts]
-        out["invariant_text"] = "\n".join(f"  /\\ {fmt_clause(c)}" for c in conjuncts)
-        checks = _recheck(enc, name, found)
-        out["obligations"] = [o.as_dict() for o in checks]
-        ok = all(o.holds for o in checks)
-        out.update(verdict=PROVED if ok else UNKNOWN, holds=ok,
-                   detail="Spacer: sat - invariant found and re-checked by the plain solver"
-                   if ok else "Spacer's invariant failed the independent re-check")
-    out["time_s"] = round(time.perf_counter() - t0, 4)
-    return out
+        return SpacerResult(name, VIOLATED,
+                            "Spacer: unsat - no inductive invariant exists: a counterexample "
+                            "is reachable from Init", _since(t0))
+    if r == z3.unknown:
+        return SpacerResult(name, UNKNOWN,
+                            f"Spacer: unknown ({solver.reason_unknown()}) - proves nothing",
+                            _since(t0))
+    found = _interpretation(solver.model(), inv, _vars(s))
+    conjuncts = [found.arg(i) for i in range(found.num_args())] if z3.is_and(found) \
+        else [found]
+    invariant = tuple(fmt_clause(c) for c in conjuncts)
+    checks = _recheck(enc, name, found)
+    ok = all(o.holds for o in checks)
+    return SpacerResult(
+        name, PROVED if ok else UNKNOWN,
+        "Spacer: sat - invariant found and re-checked by the plain solver" if ok
+        else "Spacer's invariant failed the independent re-check",
+        _since(t0), invariant=invariant, obligations=tuple(o.result() for o in checks),
+    )
+
+
+def _since(t0: float) -> float:
+    return round(time.perf_counter() - t0, 4)
 
 
 def _interpretation(model: z3.ModelRef, inv: z3.FuncDeclRef,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from autoconverge.model.config import ExplorerConfig, load_config
-from autoconverge.model.explorer import ExplorationResult, explore
+from autoconverge.model.explorer import ExplorationResult, PropertyResult, explore
 from autoconverge.model.fairness import tarjan_scc
 from autoconverge.model.trace import replay
 from autoconverge.spec import SPEC, Spec, State, Transition
@@ -27,19 +27,36 @@ def shipped() -> ExplorationResult:
 @pytest.mark.covers("*")
 def test_shipped_spec_all_properties_hold(shipped: ExplorationResult) -> None:
     assert shipped.ok, shipped.format_text()
-    names = {p["name"] for p in shipped.properties}
+    names = {p.name for p in shipped.properties}
     assert names == {p.name for p in SPEC.properties}
     for p in shipped.properties:
-        assert p["holds"] and p["counterexample"] is None
-        assert p["distinct_states"] == shipped.stats["distinct_states"]
+        assert p.holds and p.counterexample is None
+        assert p.distinct_states == shipped.stats.distinct_states
 
 
 def test_shipped_state_count_is_regression_data(shipped: ExplorationResult) -> None:
     st = shipped.stats
-    assert (st["distinct_states"], st["depth"]) == (CFG.expected_states, CFG.expected_depth)
+    assert (st.distinct_states, st.depth) == (CFG.expected_states, CFG.expected_depth)
     assert shipped.regression_ok is True
-    assert st["deadlocks"] == 0 and st["terminal_states"] > 0 and st["bounded_ends"] > 0
-    assert st["transitions"] > st["distinct_states"]
+    assert st.deadlocks == 0 and st.terminal_states > 0 and st.bounded_ends > 0
+    assert st.transitions > st.distinct_states
+
+
+def test_json_form(shipped: ExplorationResult) -> None:
+    """``as_dict()`` is what ``autoconverge verify --json`` prints: keys in this order."""
+    d = json.loads(shipped.to_json())
+    assert list(d) == ["spec", "ok", "properties", "stats"]
+    assert list(d["properties"][0]) == [
+        "name", "kind", "statement", "holds", "distinct_states", "depth", "counterexample",
+        "counterexample_text", "details"]
+    assert list(d["stats"]) == [
+        "spec", "distinct_states", "distinct_records", "transitions", "depth",
+        "terminal_states", "bounded_ends", "deadlocks", "seconds_explore", "seconds_total",
+        "states_per_second", "truncated", "config", "expected_states", "expected_depth",
+        "regression_ok"]
+    assert d["stats"]["config"] == shipped.stats.config.as_dict()
+    deadlock = next(p for p in shipped.properties if p.kind == "deadlock")
+    assert deadlock.as_dict()["details"] == {"deadlocked_states": 0}
 
 
 def test_regression_mismatch_is_reported() -> None:
@@ -55,11 +72,12 @@ def _domain(v: Variant | None) -> dict[str, tuple[int, ...]]:
     return {"p": CFG.with_percents(extra).percents}
 
 
-def _check_replay(spec: Spec, prop: dict[str, Any], v: Variant | None) -> None:
-    cex = prop["counterexample"]
+def _check_replay(spec: Spec, prop: PropertyResult, v: Variant | None) -> None:
+    cex = prop.counterexample
+    assert cex is not None
     states = replay(spec, cex, _domain(v))
     assert len(states) == cex["length"] + 1
-    p = spec.property(prop["name"])
+    p = spec.property(prop.name)
     if p.kind == "invariant":
         assert not p.invariant(states[-1])
     elif p.kind == "step":
@@ -82,27 +100,28 @@ def test_every_variant_is_caught_with_short_replayable_trace(v: Variant) -> None
     spec = v.build(SPEC)
     r = explore(spec, CFG)
     assert not r.ok
-    violated = [p for p in r.properties if not p["holds"]]
-    expected = [p for p in violated if p["name"] in v.violates]
-    assert expected, f"{v.name}: violated {[p['name'] for p in violated]}, want {v.violates}"
-    shortest = min(p["counterexample"]["length"] for p in expected)
+    violated = [p for p in r.properties if not p.holds]
+    expected = [p for p in violated if p.name in v.violates]
+    assert expected, f"{v.name}: violated {[p.name for p in violated]}, want {v.violates}"
+    shortest = min(p.counterexample["length"] for p in expected if p.counterexample)
     assert shortest <= v.max_trace, f"{v.name}: shortest trace {shortest} > {v.max_trace}"
     for p in violated:
         _check_replay(spec, p, v)
-        assert p["counterexample_text"].startswith(p["name"])
+        assert p.counterexample_text is not None and p.counterexample_text.startswith(p.name)
     json.loads(r.to_json())
 
 
 def test_liveness_variant_counterexample_is_a_lasso() -> None:
     v = next(v for v in VARIANTS if v.name == "sleeps_with_shutdown_queued")
     r = explore(v.build(SPEC), CFG)
-    prop = next(p for p in r.properties if p["name"] == "ShutdownCompletes")
-    cex = prop["counterexample"]
+    prop = next(p for p in r.properties if p.name == "ShutdownCompletes")
+    cex = prop.counterexample
+    assert cex is not None
     assert cex["kind"] == "liveness" and cex["cycle_start"] < cex["length"]
     cycle = cex["steps"][cex["cycle_start"]:]
     # the cycle is fair: the worker and the clock both move in it
     assert {s["actor"] for s in cycle} >= {"worker", "clock"}
-    assert "cycle" in prop["counterexample_text"]
+    assert prop.counterexample_text is not None and "cycle" in prop.counterexample_text
 
 
 # --- fairness semantics on toy specs -------------------------------------------------------
@@ -142,14 +161,14 @@ def test_weak_fairness_does_not_force_an_intermittently_enabled_group() -> None:
     # quit is enabled only every other spin: weak (not strong) fairness lets it be skipped
     r = explore(_toy_clock(lambda s: s.polled), _toy_cfg())
     prop = r.properties[0]
-    assert not prop["holds"]
-    assert prop["counterexample"]["cycle_start"] < prop["counterexample"]["length"]
+    assert not prop.holds and prop.counterexample is not None
+    assert prop.counterexample["cycle_start"] < prop.counterexample["length"]
 
 
 def test_user_calls_are_not_fair() -> None:
     # the worker can only leave after a user call: the user may never make it
     r = explore(_toy_user(), _toy_cfg())
-    cex = r.properties[0]["counterexample"]
+    cex = r.properties[0].counterexample
     assert cex is not None and cex["length"] == 0 and cex["cycle_start"] == 0  # stutter
 
 
@@ -176,7 +195,7 @@ def test_faults_can_be_switched_off() -> None:
     r = explore(SPEC, cfg)
     assert r.ok
     assert CFG.expected_states is not None and r.graph is not None
-    assert r.stats["distinct_states"] < CFG.expected_states
+    assert r.stats.distinct_states < CFG.expected_states
     assert not any(s.failed for s in r.graph.reached_records())
 
 

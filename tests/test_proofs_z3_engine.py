@@ -70,8 +70,8 @@ def test_unknown_is_never_proved(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(z3_obligations, "_solve", always_unknown)
     monkeypatch.setattr(z3_safety, "MEMO", {})
     r = SafetyProver(SPEC).prove("ExitIsAbsorbing")
-    assert r["holds"] is False and r["verdict"] != "proved"
-    assert any(o["verdict"] == UNKNOWN for o in r["obligations"])
+    assert r.holds is False and r.verdict != "proved"
+    assert any(o.verdict == UNKNOWN for o in r.obligations)
 
 
 def test_satisfiable_detects_contradictory_hypotheses() -> None:

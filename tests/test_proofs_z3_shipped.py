@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
 import pytest
 
-from autoconverge.proofs.prove import format_proof, prove_all
+from autoconverge.proofs.prove import ProofResult, format_proof, prove_all
 from autoconverge.spec import SPEC
 
 
 @pytest.fixture(scope="module")
-def proofs() -> dict[str, dict[str, Any]]:
-    return {r["name"]: r for r in prove_all(SPEC)}
+def proofs() -> dict[str, ProofResult]:
+    return {r.name: r for r in prove_all(SPEC)}
 
 
 @pytest.mark.covers("*")
-def test_every_property_is_proved(proofs: dict[str, dict[str, Any]]) -> None:
+def test_every_property_is_proved(proofs: dict[str, ProofResult]) -> None:
     assert set(proofs) == {p.name for p in SPEC.properties}
     for name, r in proofs.items():
-        assert r["holds"] is True, format_proof(r)
-        assert r["verdict"] == "proved"
-        assert r["obligations"], name
-        for o in r["obligations"]:
-            assert o["holds"] is True and o["verdict"] == "proved", (name, o)
-            assert o["name"] and o["formula"] and o["time_s"] >= 0 and o["detail"]
+        assert r.holds is True, format_proof(r)
+        assert r.verdict == "proved"
+        assert r.obligations, name
+        for o in r.obligations:
+            assert o.holds is True and o.verdict == "proved", (name, o)
+            assert o.name and o.formula and o.time_s >= 0 and o.detail
 
 
-def test_methods(proofs: dict[str, dict[str, Any]]) -> None:
+def test_methods(proofs: dict[str, ProofResult]) -> None:
     for p in SPEC.properties:
-        method = proofs[p.name]["method"]
+        method = proofs[p.name].method
         if p.kind == "leadsto":
             assert method == "ranking"
         else:
@@ -37,43 +37,63 @@ def test_methods(proofs: dict[str, dict[str, Any]]) -> None:
 
 
 def test_safety_obligations_cover_init_consecution_and_property(
-        proofs: dict[str, dict[str, Any]]) -> None:
+        proofs: dict[str, ProofResult]) -> None:
     r = proofs["WorkerAcceptsEveryCommand"]
-    names = [o["name"] for o in r["obligations"]]
+    names = [o.name for o in r.obligations]
     assert names == ["init[QueueValid]", "step[QueueValid]", "property"]
-    assert [x["name"] for x in r["strengthening"]] == ["QueueValid"]
+    assert [x.name for x in r.strengthening or ()] == ["QueueValid"]
     # the property itself is its own strengthening here
-    assert [x["name"] for x in proofs["PercentInRange"]["strengthening"]] == ["PercentInRange"]
-    abort = [o["name"] for o in proofs["AbortReturnsWithVcpusRunning"]["obligations"]]
+    assert [x.name for x in proofs["PercentInRange"].strengthening or ()] == ["PercentInRange"]
+    abort = [o.name for o in proofs["AbortReturnsWithVcpusRunning"].obligations]
     assert "step[QueueShape]" in abort and "step-property[abort_done@awaiting_abort]" in abort
-    assert "deadlock-free" in [o["name"] for o in proofs["NoDeadlock"]["obligations"]]
+    assert "deadlock-free" in [o.name for o in proofs["NoDeadlock"].obligations]
 
 
-def test_spacer_finds_and_prints_invariants(proofs: dict[str, dict[str, Any]]) -> None:
-    sp = proofs["PausedOnlyInPausePhase"]["spacer"]
-    assert sp["verdict"] == "proved" and sp["holds"]
-    assert any("paused" in c for c in sp["invariant"])
-    assert all(o["holds"] for o in sp["obligations"])  # re-checked by the plain solver
-    text = proofs["ReturnsOnlyAfterJoin"]["spacer"]["invariant_text"]
-    assert "c = done => w = exit" in text
+def test_spacer_finds_and_prints_invariants(proofs: dict[str, ProofResult]) -> None:
+    sp = proofs["PausedOnlyInPausePhase"].spacer
+    assert sp is not None and sp.verdict == "proved" and sp.holds
+    assert sp.invariant is not None and any("paused" in c for c in sp.invariant)
+    assert sp.obligations is not None
+    assert all(o.holds for o in sp.obligations)  # re-checked by the plain solver
+    other = proofs["ReturnsOnlyAfterJoin"].spacer
+    assert other is not None and other.invariant_text is not None
+    assert "c = done => w = exit" in other.invariant_text
 
 
-def test_liveness_obligations(proofs: dict[str, dict[str, Any]]) -> None:
+def test_liveness_obligations(proofs: dict[str, ProofResult]) -> None:
     r = proofs["ShutdownCompletes"]
-    names = [o["name"] for o in r["obligations"]]
+    names = [o.name for o in r.obligations]
     for want in ("start", "bounded", "(a) helpful group enabled", "(b/c) worker steps",
                  "(b/c) clock steps", "(b/c) completion steps", "(d) user steps"):
         assert want in names
-    user = next(o for o in r["obligations"] if o["name"] == "(d) user steps")
-    assert "cannot occur while H" in user["detail"]  # the controller is blocked
-    applied = next(o for o in proofs["PercentApplied"]["obligations"]
-                   if o["name"] == "(d) user steps")
-    assert "can occur: call_set@idle" in applied["detail"]  # unfair user calls, any number
-    assert "Len(chan)" in r["rank"]
-    assert set(r["fairness"]) == {"worker", "clock", "completion", "user"}
+    user = next(o for o in r.obligations if o.name == "(d) user steps")
+    assert "cannot occur while H" in user.detail  # the controller is blocked
+    applied = next(o for o in proofs["PercentApplied"].obligations
+                   if o.name == "(d) user steps")
+    assert "can occur: call_set@idle" in applied.detail  # unfair user calls, any number
+    assert r.ranking is not None and "Len(chan)" in r.ranking.rank
+    assert set(r.ranking.fairness) == {"worker", "clock", "completion", "user"}
 
 
-def test_format_proof_is_readable(proofs: dict[str, dict[str, Any]]) -> None:
+def test_format_proof_is_readable(proofs: dict[str, ProofResult]) -> None:
     text = format_proof(proofs["ShutdownCompletes"])
     assert text.startswith("ShutdownCompletes [leadsto]: proved by ranking")
     assert "rank = " in text and "(d) user steps" in text
+
+
+def test_json_form(proofs: dict[str, ProofResult]) -> None:
+    """``as_dict()`` is what ``autoconverge verify --json`` prints: keys in this order."""
+    safety = json.loads(json.dumps(proofs["PercentInRange"].as_dict()))
+    assert list(safety) == [
+        "name", "kind", "method", "holds", "verdict", "strengthening", "strengthening_text",
+        "obligations", "time_s", "spacer", "statement", "formula"]
+    assert safety["strengthening_text"] == "PercentInRange"
+    assert list(safety["spacer"]) == [
+        "name", "engine", "time_s", "invariant", "invariant_text", "obligations", "verdict",
+        "holds", "detail"]
+    live = proofs["ShutdownCompletes"].as_dict()
+    assert list(live) == [
+        "name", "kind", "method", "holds", "verdict", "fairness", "strengthening", "during",
+        "rank", "helpful", "obligations", "time_s", "statement", "formula"]
+    assert list(live["obligations"][0]) == ["name", "formula", "holds", "verdict", "time_s",
+                                            "detail"]

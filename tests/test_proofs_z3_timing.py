@@ -7,7 +7,7 @@ from typing import Any
 
 import z3
 
-from autoconverge.proofs.timing_proofs import prove_timing
+from autoconverge.proofs.timing_proofs import TimingProof, prove_timing
 from autoconverge.spec import timing
 from autoconverge.spec.expr import If
 
@@ -18,17 +18,17 @@ def _broken(**overrides: Any) -> SimpleNamespace:
     return SimpleNamespace(**funcs)
 
 
-def _failed(result: dict[str, Any]) -> set[str]:
-    return {o["name"] for o in result["obligations"] if not o["holds"]}
+def _failed(result: TimingProof) -> set[str]:
+    return set(result.failed_obligations)
 
 
 def test_timing_holds() -> None:
     r = prove_timing()
-    assert r["holds"] is True
-    assert len(r["obligations"]) >= 10
-    for o in r["obligations"]:
-        assert o["verdict"] == "proved" and o["hypotheses_satisfiable"], o
-    assert r["ranges"]["percent"] == [1, 99]
+    assert r.holds is True
+    assert len(r.obligations) >= 10
+    for o in r.obligations:
+        assert o.verdict == "proved" and o.hypotheses_satisfiable, o
+    assert r.ranges["percent"] == [1, 99]
 
 
 def test_unclamped_pause_sleep_goes_negative() -> None:
@@ -36,7 +36,7 @@ def test_unclamped_pause_sleep_goes_negative() -> None:
         return timing.pause_share_ns(p, t) - cp - cr
 
     r = prove_timing(_broken(pause_sleep_ns=raw))
-    assert not r["holds"]
+    assert not r.holds
     assert "uncompensable-clamped" in _failed(r)
     assert "pause-sleep-non-negative" not in _failed(r)
 
