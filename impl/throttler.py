@@ -641,9 +641,14 @@ class Throttler:
         return self._recorder.events
 
     @property
+    def _worker(self) -> _Worker:
+        assert self._worker_model is not None
+        return self._worker_model
+
+    @property
     def stats(self) -> ThrottlerStats:
         """What the worker measured so far (cycles, pause/resume cost, time held paused)."""
-        w = self._worker_model
+        w = self._worker
         assert w is not None
         return ThrottlerStats(cycles=w.cycles, pause_cost_ns=w.pause_cost_ns,
                               resume_cost_ns=w.resume_cost_ns, paused_ns=w.paused_ns)
@@ -716,8 +721,8 @@ class Throttler:
                 raise JoinTimeout(self.name, self._call_timeout_ns)
             self._controller.fire(done)
             self._controller.detach()
-            error = self._worker_model.error
-            self._worker_model.error = None  # reported once
+            error = self._worker.error
+            self._worker.error = None  # reported once
             if error is not None:
                 raise ThrottleWorkerError(f"{self.name}: throttling failed: {error}") from error
 
@@ -734,7 +739,7 @@ class Throttler:
                 # guard also holds with ``resp`` set, i.e. right after the worker's answering
                 # step but before its answer is sent, and returning then would leave that
                 # answer in the channel for the next call.
-                if self._worker_model.state == L.EXIT:
+                if self._worker.state == L.EXIT:
                     return
                 raise ThrottlerTimeout(
                     f"{self.name}: worker did not answer {what} within "
@@ -758,6 +763,6 @@ class Throttler:
         self._raise_worker_error()
 
     def _raise_worker_error(self) -> None:
-        w = self._worker_model
+        w = self._worker
         if w.failed and w.error is not None:
             raise ThrottleWorkerError(f"{self.name}: throttling failed: {w.error}") from w.error
