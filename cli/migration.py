@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from autoconverge.impl.migration.accept import DEFAULT_HANDSHAKE_TIMEOUT_S
 from autoconverge.impl.migration.addresses import UNIX_PREFIX, parse_address
 from autoconverge.impl.migration.backends import (
     BACKENDS,
@@ -34,6 +35,7 @@ from autoconverge.impl.migration.backends import (
 from autoconverge.impl.migration.errors import MigrationError
 from autoconverge.impl.migration.guest_config import GuestConfig
 from autoconverge.impl.migration.handshake import MIN_KEY_BYTES
+from autoconverge.impl.migration.host_memory import default_max_memory
 from autoconverge.impl.migration.macs import MAC_NAMES
 from autoconverge.impl.migration.messages import MAX_VCPUS, Limits
 from autoconverge.impl.migration.policy import POLICY_NAMES, make_policy
@@ -45,8 +47,10 @@ from autoconverge.impl.migration.progress import (
     write_plot,
 )
 from autoconverge.impl.migration.source import MigrationConfig, MigrationResult
+from autoconverge.impl.migration.transport import CONNECT_TIMEOUT_S
 from autoconverge.spec import MAX_PERCENT
 
+from .arguments import output_file, seconds
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 KEY_ENV = "AUTOCONVERGE_KEY"
@@ -100,24 +104,41 @@ def _address(text: str, what: str) -> tuple[str, int]:
         raise UsageError(f"{what}: {exc}") from None
 
 
+KEY_FILE_MAX_BYTES = 4096
+
+
 def load_key(key_file: str | None) -> bytes:
+    """The pre-shared key from ``key_file`` or ``$AUTOCONVERGE_KEY``; UsageError otherwise.
+
+    A key file must be a regular file that only its owner can access (like ``ssh`` private
+    keys: no group or other permission bits) and hold at least 16 bytes (at most 4 KiB)
+    after stripping surrounding whitespace.
+    """
     if key_file:
         try:
             st = os.stat(key_file)
+            if not stat.S_ISREG(st.st_mode):  # (a FIFO would block the open)
+                raise UsageError(f"key file {key_file} is not a regular file")
+            if st.st_mode & 0o077:
+                raise UsageError(
+                    f"key file {key_file} is accessible by group or others (mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {key_file}")
             with open(key_file, "rb") as f:
-                key = f.read().strip()
+                raw = f.read(KEY_FILE_MAX_BYTES + 1)
         except OSError as exc:
             raise UsageError(f"cannot read key file {key_file}: {exc.strerror}") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            print(f"autoconverge: warning: key file {key_file} is accessible by others "
-                  f"(chmod 600 it)", file=sys.stderr)
+        if len(raw) > KEY_FILE_MAX_BYTES:
+            raise UsageError(f"key file {key_file} is longer than {KEY_FILE_MAX_BYTES} bytes: "
+                             f"not a key file?")
+        key, source = raw.strip(), f"key file {key_file}"
     elif os.environ.get(KEY_ENV):
-        key = os.environ[KEY_ENV].encode()
+        key, source = os.environ[KEY_ENV].encode(), f"${KEY_ENV}"
     else:
         raise UsageError(f"no key: pass --key-file FILE or set {KEY_ENV} (the same secret "
                          f"of at least {MIN_KEY_BYTES} bytes on both sides)")
     if len(key) < MIN_KEY_BYTES:
-        raise UsageError(f"the key must have at least {MIN_KEY_BYTES} bytes, got {len(key)}")
+        raise UsageError(f"the key must have at least {MIN_KEY_BYTES} bytes, got {len(key)} "
+                         f"from {source}")
     return key
 
 
@@ -220,17 +241,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    f"unix:PATH = a Unix-domain socket, same host only)")
     _add_key(p)
     p.add_argument("--backend", choices=BACKENDS, default="kvm")
-    p.add_argument("--max-memory", default="16G", metavar="SIZE",
-                   help="largest guest accepted (16G)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="largest guest accepted (default: half of MemAvailable in "
+                   "/proc/meminfo at start-up, halved again for the memory-hash mirror "
+                   "unless --no-verify); a guest that does not fit in MemAvailable when it "
+                   "arrives is refused whatever this says")
     p.add_argument("--max-vcpus", type=int, default=64, metavar="N",
                    help="most vCPUs accepted (64)")
     p.add_argument("--run-after", default="0.5", metavar="S",
                    help="let the guest run S seconds before reporting and exiting (0.5)")
     p.add_argument("--accept-timeout", default="600", metavar="S",
-                   help="give up when no authenticated source connects in S seconds")
-    p.add_argument("--io-timeout", default="30", metavar="S")
+                   help="give up when no source has authenticated S seconds after "
+                   "listening; handshakes still in progress then are dropped (600)")
+    p.add_argument("--handshake-timeout", default=DEFAULT_HANDSHAKE_TIMEOUT_S,
+                   type=seconds(0.0, 3600.0), metavar="S",
+                   help="refuse a connection that has not authenticated S seconds after it "
+                   "was accepted, however much it trickles "
+                   f"({DEFAULT_HANDSHAKE_TIMEOUT_S:g}); handshakes run concurrently, the "
+                   "first source to authenticate wins")
+    p.add_argument("--io-timeout", default="30", metavar="S",
+                   help="after authentication: give up when the source is silent this "
+                   "long (30)")
     p.add_argument("--no-verify", action="store_true", help="skip the memory hash")
-    p.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE")
+    p.add_argument("--port-file", metavar="FILE", type=output_file(),
+                   help="write the bound port to FILE (its folder must exist)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.set_defaults(func=cmd_receive)
 
@@ -238,7 +272,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description="Start the built-in busy guest and migrate it to a "
                        "receiver with pre-copy and a throttle policy.")
     p.add_argument("--to", required=True, metavar="HOST:PORT",
-                   help="the receiver's address (or unix:PATH for a receiver on this host)")
+                   help="the receiver's address ([IPv6]:PORT, or unix:PATH for a receiver "
+                   "on this host)")
+    p.add_argument("--connect-timeout", default=CONNECT_TIMEOUT_S, type=seconds(0.0, 600.0),
+                   metavar="S", help=f"give up connecting after S seconds ({CONNECT_TIMEOUT_S:g})")
     _add_key(p)
     add_guest_arguments(p)
     add_migration_arguments(p, "predictive", "3600")
@@ -249,38 +286,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_receive(args: argparse.Namespace) -> int:
     host, port = _address(args.listen, "--listen")
     key = load_key(args.key_file)
-    max_mem = parse_size(args.max_memory, "--max-memory")
-    _check_range(max_mem, 4096, 1 << 46, "--max-memory")
+    verify = not args.no_verify
+    if args.max_memory is None:
+        max_mem = default_max_memory(verify)
+    else:
+        max_mem = parse_size(args.max_memory, "--max-memory")
+        _check_range(max_mem, 4096, 1 << 46, "--max-memory")
     _check_range(args.max_vcpus, 1, MAX_VCPUS, "--max-vcpus")
     run_after = _float(args.run_after, "--run-after")
     _check_range(run_after, 0, 3600, "--run-after", " s")
     accept_timeout = _float(args.accept_timeout, "--accept-timeout")
     _check_range(accept_timeout, 0.1, 7 * 86400, "--accept-timeout", " s")
+    handshake_timeout: float = args.handshake_timeout
     io_timeout = _io_timeout(args)
     from autoconverge.impl.migration.runner import serve_one
-    from autoconverge.impl.migration.transport import listen, unlink_unix
+    from autoconverge.impl.migration.transport import host_port, listen, unlink_unix
 
     factory, kinds = dest_factory(args.backend)
     limits = Limits(max_memory_size=max_mem, max_vcpus=args.max_vcpus, guest_kinds=kinds)
     try:
         sock = listen(host, port)
     except MigrationError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--listen: {exc}") from None
     unix = host.startswith(UNIX_PREFIX)
-    bound = 0 if unix else sock.getsockname()[1]
+    try:
+        bound = 0 if unix else sock.getsockname()[1]
+        if args.port_file:
+            _write_port_file(args.port_file, bound)
+    except BaseException:
+        sock.close()
+        unlink_unix(host)
+        raise
     log = _logger("receive")
-    log(f"listening on {host}" if unix else f"listening on {host}:{bound}")
-    if args.port_file:
-        tmp = args.port_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{bound}\n")
-        os.replace(tmp, args.port_file)
+    log(f"listening on {host if unix else host_port(host, bound)} (guests up to "
+        f"{max_mem / 1024 ** 2:.0f} MiB{'' if args.max_memory else ' by default'}, "
+        f"handshake timeout {handshake_timeout:g} s)")
     ev = threading.Event()
     with sigint_sets(ev):
         try:
             res = serve_one(sock, key, factory, limits, run_after_s=run_after,
-                            verify=not args.no_verify, io_timeout_s=io_timeout,
-                            accept_timeout_s=accept_timeout, log=log, cancel_event=ev)
+                            verify=verify, io_timeout_s=io_timeout,
+                            accept_timeout_s=accept_timeout,
+                            handshake_timeout_s=handshake_timeout, log=log, cancel_event=ev)
         finally:
             sock.close()
             unlink_unix(host)
@@ -293,12 +340,24 @@ def cmd_receive(args: argparse.Namespace) -> int:
     else:
         log(f"migration {res.status}: {res.error}; the VM was discarded")
     if args.json:
-        out = {"status": res.status, "error": res.error, "iterations": res.iterations,
+        out = {"status": res.status, "error": res.error, "error_type": res.error_type,
+               "peer": res.peer, "handshake_s": res.handshake_s,
+               "refused_peers": res.refused_peers, "iterations": res.iterations,
                "pages_received": res.pages_received, "bytes_received": res.bytes_received,
                "memory_hash": res.memory_hash, "counters_at_resume": res.counters_at_resume,
                "counters_after": res.counters_after, "prepare_ms": res.prepare_ms}
         print(json.dumps(out))
     return EXIT_OK if res.status == "completed" else EXIT_VIOLATED
+
+
+def _write_port_file(path: str, port: int) -> None:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{port}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"--port-file: cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _logger(name: str) -> Callable[[str], None]:
@@ -364,10 +423,11 @@ def run_source(args: argparse.Namespace, host: str, port: int, key: bytes,
             time.sleep(warmup)
         printer = ProgressPrinter(page_size=guest.vm.page_size)
         ev = threading.Event()
+        connect_timeout = getattr(args, "connect_timeout", CONNECT_TIMEOUT_S)  # (not in demo)
         with sigint_sets(ev):
             result = migrate_to(host, port, key, guest.vm, policy, guest.throttle_factory,
                                 cfg, io_timeout_s=io_timeout, on_progress=printer,
-                                cancel_event=ev)
+                                cancel_event=ev, connect_timeout_s=connect_timeout)
         printer.finish()
     finally:
         guest.close()

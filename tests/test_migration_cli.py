@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
@@ -155,4 +156,90 @@ def test_receiver_rejects_a_wrong_key_and_still_takes_the_real_source() -> None:
         guest.close()
     dest, err = collect_receiver(proc, 30)
     assert dest is not None and dest["status"] == "completed", err
-    assert "rejected connection" in err and "HELLO does not carry a valid MAC" in err
+    assert "refused 127.0.0.1:" in err and "HELLO does not carry a valid MAC" in err
+
+
+def test_receive_on_a_port_in_use_is_one_line_exit_2(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setenv(KEY_ENV, "k" * 32)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run_cli(["receive", "--listen", f"127.0.0.1:{port}", "--backend", "sim",
+                                "--accept-timeout", "1"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"autoconverge: error: --listen: cannot listen on 127.0.0.1:{port}: Address already in "
+        f"use"]
+
+
+@pytest.mark.parametrize(("mode", "content", "message"), [
+    (0o644, b"k" * 32, "accessible by group or others (mode 0644); run: chmod 600"),
+    (0o640, b"k" * 32, "(mode 0640)"),
+    (0o600, b"short\n", "at least 16 bytes, got 5 from key file"),
+    (0o600, b"k" * 5000, "longer than 4096 bytes"),
+])
+def test_a_bad_key_file_is_one_line_exit_2(mode: int, content: bytes, message: str,
+                                           capsys: pytest.CaptureFixture[str],
+                                           tmp_path: pathlib.Path) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(content)
+    key.chmod(mode)
+    for argv in (["receive", "--backend", "sim", "--listen", "127.0.0.1:0"],
+                 ["migrate", "--to", "127.0.0.1:9", "--backend", "sim"]):
+        code, _, err = run_cli([*argv, "--key-file", str(key)], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+def test_a_key_file_that_is_not_a_file_is_refused(capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: pathlib.Path) -> None:
+    code, _, err = run_cli(["receive", "--key-file", str(tmp_path)], capsys)
+    assert code == 2 and "is not a regular file" in err
+
+
+def test_port_file_in_a_missing_folder_is_refused_before_listening(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoconverge.impl.migration.transport as transport
+
+    monkeypatch.setenv(KEY_ENV, "k" * 32)
+    listened: list[object] = []
+    monkeypatch.setattr(transport, "listen", lambda *a: listened.append(a))
+    with pytest.raises(SystemExit) as info:
+        main(["receive", "--backend", "sim", "--port-file", "/nonexistent/dir/port"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and listened == []
+    assert len(err.strip().splitlines()) == 1 and "--port-file" in err and "/nonexistent/dir" in err
+
+
+def test_migrate_to_nobody_is_one_line_within_the_connect_timeout(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setenv(KEY_ENV, "k" * 32)
+    t = time.monotonic()
+    code, _, err = run_cli(["migrate", "--to", f"127.0.0.1:{port}", "--connect-timeout", "2",
+                            "--backend", "sim", "--memory", "8M", "--working-set", "1M",
+                            "--warmup", "0"], capsys)
+    assert time.monotonic() - t < 2 + 5
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"migration failed before anything was sent: cannot connect to 127.0.0.1:{port}: "
+        f"Connection refused (the guest keeps running here)"]
+
+
+def test_receive_help_documents_the_hostile_input_options(capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    with pytest.raises(SystemExit):
+        main(["receive", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "MemAvailable" in out and "--handshake-timeout" in out
+    assert "first source to authenticate wins" in out

@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoconverge.impl.migration import framing, messages
+from autoconverge.impl.migration import errors, framing, messages
 from autoconverge.impl.migration.errors import MigrationError, ProtocolError
 from autoconverge.impl.migration.framing import MsgType
 from autoconverge.impl.migration.scripted import (
@@ -24,8 +24,9 @@ from autoconverge.impl.migration.scripted import (
     valid_migration_frames,
 )
 
-PEER_ERRORS = {"ProtocolError", "AuthenticationError", "TransportError", "PeerError",
-               "VmSetupError"}
+PEER_ERRORS = {c.__name__ for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, MigrationError) and c is not MigrationError}
+"""Every documented error a peer can cause: the MigrationError subclasses (not the base)."""
 VALID_FRAMES, VALID_MEMORY = valid_migration_frames()
 VALID_STREAM = client_frames(VALID_FRAMES)
 

@@ -8,7 +8,11 @@ it takes a snapshot of guest memory for the integrity hash, loads the vCPU state
 answers PREPARED; it starts the guest only when COMMIT arrives, answers RESUMED, lets the
 guest run ``run_after_s`` and sends REPORT (memory hash at the stop, counters at resume and
 after). On any failure before COMMIT it sends ERROR (when the stream allows) and discards
-the VM.
+the VM. Whatever the peer causes ends as a :class:`~.errors.MigrationError` subclass whose
+``code`` goes into that ERROR frame: a layout this host has no memory for
+(:class:`~.errors.VmSetupError`, checked against MemAvailable before the VM is created, see
+:mod:`.host_memory`), a vCPU state the VM refuses to load (:class:`~.errors.VmStateError`;
+the KVM layer raises ``KvmError``/``ValueError`` there).
 """
 
 from __future__ import annotations
@@ -21,15 +25,15 @@ from typing import Literal
 import numpy as np
 
 from .errors import (
-    AuthenticationError,
+    ErrorCode,
     MigrationCancelled,
     MigrationError,
-    PeerError,
     ProtocolError,
-    TransportError,
     VmSetupError,
+    VmStateError,
 )
-from .framing import ErrorCode, FrameChannel, MsgType
+from .framing import FrameChannel, MsgType
+from .host_memory import check_fits
 from .messages import (
     Layout,
     Limits,
@@ -65,6 +69,12 @@ class DestinationResult:
     prepare_ms: float = 0.0
     vm: DestinationVm | None = None
     """The running VM after a completed migration (the caller owns it); None otherwise."""
+    peer: str | None = None
+    """The authenticated source's address (set by the receiver's accept loop)."""
+    handshake_s: float | None = None
+    """Seconds from accepting the source's connection to its authentication."""
+    refused_peers: int = 0
+    """Connections refused before the source authenticated."""
 
 
 class MigrationDestination:
@@ -91,6 +101,7 @@ class MigrationDestination:
         try:
             lay = decode_layout(self.channel.expect(MsgType.LAYOUT).payload, self.limits)
             res.layout = lay
+            check_fits(lay.memory_size, self.verify)
             try:
                 vm = self.factory(lay)
                 mem = vm.memory()
@@ -102,9 +113,7 @@ class MigrationDestination:
                                    f"{lay.memory_size} announced")
             # the integrity hash is taken after the guest resumed, over a mirror of guest memory
             # that receives every batch too (no copy during the downtime); fault it in now
-            mirror = np.empty(lay.memory_size, dtype=np.uint8) if self.verify else None
-            if mirror is not None:
-                mirror.fill(0)
+            mirror = self._mirror(lay.memory_size) if self.verify else None
             self.channel.send(MsgType.READY, encode_ready(self.channel.max_pages_payload))
             states: list[bytes] | None = None
             touched = np.zeros(lay.page_count, dtype=np.bool_)  # new guest memory is zero
@@ -131,14 +140,22 @@ class MigrationDestination:
                     decode_done(f.payload)
                     break
             t = self.clock.now()
-            vm.load_vcpu_state(states)
+            try:
+                vm.load_vcpu_state(states)
+            except Exception as exc:  # e.g. KvmError: registers this VM cannot take
+                raise VmStateError(f"the VM cannot load the vCPU state the source sent: "
+                                   f"{type(exc).__name__}: {exc}") from exc
             res.counters_at_resume = list(vm.progress())
             prepare_ns = int((self.clock.now() - t) * 1e9)
             res.prepare_ms = prepare_ns / 1e6
             self.channel.send(MsgType.PREPARED)
             expect_empty(self.channel.expect(MsgType.COMMIT))
+            try:
+                vm.start()
+            except Exception as exc:
+                raise VmStateError(f"the VM did not start from the vCPU state the source "
+                                   f"sent: {type(exc).__name__}: {exc}") from exc
             started = True  # from here on the guest lives here, whatever happens
-            vm.start()
             self.channel.send(MsgType.RESUMED)
             res.status = "completed"
             res.vm = vm
@@ -163,6 +180,16 @@ class MigrationDestination:
                     res.error = f"{res.error}; discarding the VM failed: {exc}"
         return res
 
+    @staticmethod
+    def _mirror(size: int) -> np.ndarray:
+        try:
+            mirror = np.empty(size, dtype=np.uint8)
+            mirror.fill(0)
+        except MemoryError as exc:
+            raise VmSetupError(f"no memory for the {size}-byte memory-hash mirror (receive "
+                               f"--no-verify does without)") from exc
+        return mirror
+
     def _fail(self, res: DestinationResult, exc: BaseException, started: bool) -> None:
         text = str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
         res.error_type = type(exc).__name__
@@ -171,13 +198,11 @@ class MigrationDestination:
             return
         res.status = "cancelled" if isinstance(exc, MigrationCancelled) else "failed"
         res.error = text
-        if isinstance(exc, PeerError | TransportError) or self.channel.broken:
+        # a MigrationError carries its code (None: nothing to send); anything else is a
+        # failure of this side, INTERNAL
+        code = exc.code if isinstance(exc, MigrationError) else ErrorCode.INTERNAL
+        if code is None or self.channel.broken:
             return
-        code = (ErrorCode.AUTHENTICATION if isinstance(exc, AuthenticationError) else
-                ErrorCode.PROTOCOL if isinstance(exc, ProtocolError) else
-                ErrorCode.VM_SETUP if isinstance(exc, VmSetupError) else
-                ErrorCode.CANCELLED if isinstance(exc, MigrationCancelled) else
-                ErrorCode.INTERNAL)
         self._cancel.clear()
         stream = self.channel.stream
         if hasattr(stream, "io_timeout_s"):

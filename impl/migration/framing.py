@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import AuthenticationError, PeerError, ProtocolError, TransportError
-from .macs import TAG_SIZE, Buffer, Gmac, HmacSha256
+from .errors import ErrorCode as ErrorCode  # the ERROR payload's code, declared with the errors
+from .macs import Buffer, Gmac, HmacSha256
 
 MAGIC = b"ACMG"
 VERSION = 2
@@ -61,15 +62,6 @@ class MsgType(enum.IntEnum):
 _MSG_VALUES = frozenset(int(m) for m in MsgType)
 
 
-class ErrorCode(enum.IntEnum):
-    PROTOCOL = 1
-    AUTHENTICATION = 2
-    VM_SETUP = 3
-    CANCELLED = 4
-    INTERNAL = 5
-    TIMEOUT = 6
-
-
 class ByteStream(Protocol):
     """What the channel needs from a connection (a connected ``socket.socket`` fits)."""
 
@@ -100,7 +92,7 @@ class FrameChannel:
         self.recv_seq = 0
         self.max_pages_payload = max_pages_payload
         self._hdr = bytearray(HEADER_SIZE)
-        self._buf = bytearray(64 * 1024 + TAG_SIZE)
+        self._buf = bytearray(0)  # sized by the frames received (a handshake: 68 bytes)
         self.bytes_sent = 0
         self.bytes_received = 0
         self.mac_name = "hmac"
@@ -200,25 +192,14 @@ class FrameChannel:
         """Read, check and authenticate one frame (raises a MigrationError subclass)."""
         hview = memoryview(self._hdr)
         self.read_exact(hview, "frame header")
-        magic, version, mtype, flags, seq, length, reserved = HEADER.unpack(self._hdr)
-        if magic != MAGIC:
-            raise ProtocolError(f"bad frame magic {bytes(magic)!r}: not an autoconverge "
-                                f"migration stream, or the stream is corrupt")
-        if version != VERSION:
-            raise ProtocolError(f"unsupported protocol version {version} (this side speaks "
-                                f"version {VERSION})")
-        if mtype not in _MSG_VALUES:
-            raise ProtocolError(f"unknown message type {mtype}")
-        kind = MsgType(mtype)
-        if flags != 0 or reserved != 0:
-            raise ProtocolError(f"{kind.name} frame has nonzero reserved header fields")
+        kind, seq, length = parse_header(self._hdr)
         limit = self.payload_limit(kind)
         if length > limit:
             raise ProtocolError(f"{kind.name} frame announces {length} payload bytes, more "
                                 f"than the limit of {limit}")
         need = length + self._recv_mac.size
         if len(self._buf) < need:
-            self._buf = bytearray(need)
+            self._buf = bytearray(need)  # grows only: a few times per session at most
         body = memoryview(self._buf)[:need]
         self.read_exact(body, f"{kind.name} frame")
         if not self._recv_mac.verify(self._hdr, seq, body[:length], body[length:need]):
@@ -246,6 +227,28 @@ class FrameChannel:
         """Best effort: tell the peer why we stop; never raises."""
         with contextlib.suppress(Exception):
             self.send(MsgType.ERROR, encode_error(code, text))
+
+
+def parse_header(header: bytes | bytearray) -> tuple[MsgType, int, int]:
+    """Check a frame header's fixed fields; returns (type, sequence number, payload length).
+
+    Raises ProtocolError for a wrong magic or version, an unknown type or nonzero reserved
+    fields. (The length bound depends on the reader: the channel's per-type limits, or the
+    exact sizes of the handshake frames.)
+    """
+    magic, version, mtype, flags, seq, length, reserved = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad frame magic {bytes(magic)!r}: not an autoconverge "
+                            f"migration stream, or the stream is corrupt")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (this side speaks "
+                            f"version {VERSION})")
+    if mtype not in _MSG_VALUES:
+        raise ProtocolError(f"unknown message type {mtype}")
+    kind = MsgType(mtype)
+    if flags != 0 or reserved != 0:
+        raise ProtocolError(f"{kind.name} frame has nonzero reserved header fields")
+    return kind, int(seq), int(length)
 
 
 # ERROR payload: u16 code | u16 text length | UTF-8 text

@@ -14,17 +14,23 @@ From step 2 on each direction uses its own session key
 ``HMAC(PSK, "gmac c2s"/"gmac s2c" | nonces)``, unless HELLO carried ``HELLO_FLAG_HMAC``);
 the proofs are ``HMAC(PSK, "server"/"client" | nonces)``. A recorded session replayed later
 fails, because the other side's nonce differs.
+
+The server side is a machine fed with bytes (:class:`ServerHandshake`), so that the receiver
+can serve many connections' handshakes at once from one thread; it reads exactly the two
+handshake frames (92 + 88 bytes) and refuses any other frame on its 24-byte header, before
+a byte of its payload is read. :func:`server_handshake` drives it on one blocking stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import struct
 from collections.abc import Callable
 
-from .errors import AuthenticationError, PeerError, ProtocolError
+from .errors import AuthenticationError, MigrationError, PeerError, ProtocolError, TransportError
 from .framing import (
     DEFAULT_MAX_PAGES_PAYLOAD,
     HEADER,
@@ -33,10 +39,10 @@ from .framing import (
     MAX_CONTROL_PAYLOAD,
     VERSION,
     ByteStream,
-    ErrorCode,
     FrameChannel,
     MsgType,
     decode_error,
+    parse_header,
 )
 from .macs import MAC_NAMES, TAG_SIZE
 
@@ -49,6 +55,12 @@ HELLO = struct.Struct(f"<{NONCE_SIZE}sI")
 """HELLO payload: client nonce, flags."""
 CHALLENGE = struct.Struct(f"<{NONCE_SIZE}s32s")
 """CHALLENGE payload: server nonce, server proof."""
+PROOF_SIZE = 32
+"""AUTH payload: the client proof (HMAC-SHA256)."""
+HELLO_FRAME_BYTES = HEADER_SIZE + HELLO.size + TAG_SIZE
+"""92: the whole HELLO frame, the most a receiver reads from a peer before its CHALLENGE."""
+AUTH_FRAME_BYTES = HEADER_SIZE + PROOF_SIZE + TAG_SIZE
+"""88: the whole AUTH frame; a receiver reads at most 180 bytes from an unauthenticated peer."""
 
 
 def _derive(psk: bytes, label: bytes, *parts: bytes) -> bytes:
@@ -159,43 +171,194 @@ def _recv_challenge(channel: FrameChannel, psk: bytes, cn: bytes) -> bytes:
     return bytes(body[:length])
 
 
+class _Mailbox:
+    """The byte stream under the :class:`ServerHandshake`'s channel: bytes fed in, bytes out."""
+
+    def __init__(self) -> None:
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+
+    def recv_into(self, buffer: memoryview, nbytes: int = 0, /) -> int:
+        n = min(nbytes or len(buffer), len(self.inbox))
+        buffer[:n] = self.inbox[:n]
+        del self.inbox[:n]
+        return n
+
+    def sendall(self, data: bytes | bytearray | memoryview, /) -> None:
+        self.outbox += data
+
+    def take(self) -> bytes:
+        out = bytes(self.outbox)
+        self.outbox.clear()
+        return out
+
+
+class ServerHandshake:
+    """The receiver's half of the handshake as a machine fed with bytes; it does no I/O.
+
+    Whoever drives it (:func:`server_handshake` on a blocking stream, or the receiver's
+    accept loop on many non-blocking sockets at once, :mod:`.accept`) reads at most
+    :meth:`want` bytes, passes them to :meth:`feed` and sends what ``feed`` returns. Before
+    the peer is authenticated it never needs more than the two handshake frames
+    (:data:`HELLO_FRAME_BYTES` + :data:`AUTH_FRAME_BYTES` bytes): a frame header that
+    announces any other type or length is refused as soon as its 24 bytes are in, and no
+    byte past AUTH is consumed (what follows belongs to the session). A refused peer raises
+    a :class:`MigrationError` subclass from ``feed``; :attr:`farewell` then holds the ERROR
+    frame to send it (best effort). :meth:`refuse` makes that frame for a reason found
+    outside (the handshake deadline, another source won).
+    """
+
+    def __init__(self, psk: bytes, rng: Callable[[int], bytes] = os.urandom,
+                 max_pages_payload: int = DEFAULT_MAX_PAGES_PAYLOAD) -> None:
+        check_key(psk)
+        self._psk = psk
+        self._rng = rng
+        self._box = _Mailbox()
+        hk = hello_key(psk)
+        self._channel = FrameChannel(self._box, hk, hk, max_pages_payload)
+        self._expect: MsgType | None = MsgType.HELLO
+        self._header_checked = False
+        self._cn = b""
+        self._sn = b""
+        self._flags = 0
+        self.farewell = b""
+        """After ``feed`` raised: the ERROR frame to send the refused peer (may be empty)."""
+        self.received = 0
+        """Bytes received from the peer so far."""
+
+    @property
+    def done(self) -> bool:
+        """True once the peer proved it holds the key (:meth:`finish` then gives the channel)."""
+        return self._expect is None
+
+    def _frame_size(self) -> int:
+        return HELLO_FRAME_BYTES if self._expect is MsgType.HELLO else AUTH_FRAME_BYTES
+
+    def want(self) -> int:
+        """How many more bytes the current handshake frame needs (0 once done)."""
+        if self._expect is None:
+            return 0
+        return self._frame_size() - len(self._box.inbox)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Take up to :meth:`want` bytes; returns the bytes to send the peer now (or b"")."""
+        if len(data) > self.want():
+            raise ValueError(f"fed {len(data)} bytes, the handshake wants {self.want()}")
+        self._box.inbox += data
+        self.received += len(data)
+        try:
+            return self._advance()
+        except MigrationError as exc:
+            self.farewell = self.refuse(exc)
+            raise
+
+    def refuse(self, exc: MigrationError) -> bytes:
+        """The ERROR frame that tells this peer why it is refused (b"" if nothing to say)."""
+        if exc.code is None:
+            return b""
+        if self._expect is MsgType.AUTH and not self._flags & HELLO_FLAG_HMAC:
+            # a client sends AUTH right after CHALLENGE and then expects GMAC frames
+            g_c2s, g_s2c = gmac_keys(self._psk, self._cn, self._sn)
+            self._channel.use_gmac(g_s2c, g_c2s)
+        self._box.take()
+        self._channel.send_error(exc.code, f"the receiver refused the connection: {exc}")
+        return self._box.take()
+
+    def finish(self, stream: ByteStream) -> FrameChannel:
+        """The authenticated channel, now on ``stream`` (the connection the bytes came from)."""
+        if not self.done:
+            raise ValueError("the handshake is not finished")
+        self._channel.stream = stream
+        return self._channel
+
+    def _advance(self) -> bytes:
+        inbox, expect = self._box.inbox, self._expect
+        assert expect is not None
+        if not self._header_checked and len(inbox) >= HEADER_SIZE:
+            kind, _, length = parse_header(bytes(inbox[:HEADER_SIZE]))
+            size = HELLO.size if expect is MsgType.HELLO else PROOF_SIZE
+            if kind is not expect or length != size:
+                raise ProtocolError(
+                    f"expected {expect.name} ({size} bytes) from the peer, its frame header "
+                    f"announces {kind.name} with {length} bytes")
+            self._header_checked = True
+        if len(inbox) < self._frame_size():
+            return b""
+        self._header_checked = False
+        if expect is MsgType.HELLO:
+            return self._on_hello()
+        self._on_auth()
+        return b""
+
+    def _on_hello(self) -> bytes:
+        try:
+            frame = self._channel.recv()
+        except AuthenticationError as exc:
+            raise AuthenticationError(
+                "rejected an unauthenticated peer: its HELLO does not carry a valid MAC for "
+                "our key") from exc
+        cn, flags = HELLO.unpack(frame.payload)
+        if flags & ~HELLO_FLAG_HMAC:
+            raise ProtocolError("HELLO has unknown flags set")
+        psk = self._psk
+        sn = self._rng(NONCE_SIZE)
+        c2s, s2c = session_keys(psk, cn, sn)
+        self._cn, self._sn, self._flags = cn, sn, flags
+        self._channel.send_key = s2c
+        self._channel.send(MsgType.CHALLENGE, CHALLENGE.pack(sn, server_proof(psk, cn, sn)))
+        self._channel.recv_key = c2s
+        self._expect = MsgType.AUTH
+        return self._box.take()
+
+    def _on_auth(self) -> None:
+        psk, cn, sn = self._psk, self._cn, self._sn
+        try:
+            auth = self._channel.recv()
+        except AuthenticationError as exc:
+            raise AuthenticationError("rejected the peer: its AUTH message failed "
+                                      "authentication (replayed session or wrong key)") from exc
+        if not hmac.compare_digest(bytes(auth.payload), client_proof(psk, cn, sn)):
+            raise AuthenticationError("rejected the peer: wrong proof of key")
+        if not self._flags & HELLO_FLAG_HMAC:
+            g_c2s, g_s2c = gmac_keys(psk, cn, sn)
+            self._channel.use_gmac(g_s2c, g_c2s)
+        self._expect = None
+
+
 def server_handshake(stream: ByteStream, psk: bytes,
                      rng: Callable[[int], bytes] = os.urandom,
                      max_pages_payload: int = DEFAULT_MAX_PAGES_PAYLOAD) -> FrameChannel:
-    """Authenticate the connecting peer; raises AuthenticationError if it lacks the key."""
-    check_key(psk)
-    hk = hello_key(psk)
-    channel = FrameChannel(stream, hk, hk, max_pages_payload)
-    try:
-        frame = channel.recv()
-    except AuthenticationError as exc:
-        channel.send_error(ErrorCode.AUTHENTICATION, "authentication failed: wrong key")
-        raise AuthenticationError(
-            "rejected an unauthenticated peer: its HELLO does not carry a valid MAC for our "
-            "key") from exc
-    if frame.type is not MsgType.HELLO:
-        channel.send_error(ErrorCode.PROTOCOL, "expected HELLO")
-        raise ProtocolError(f"expected HELLO from the peer, got {frame.type.name}")
-    if len(frame.payload) != HELLO.size:
-        raise ProtocolError(f"HELLO has {len(frame.payload)} bytes, expected {HELLO.size}")
-    cn, hello_flags = HELLO.unpack(frame.payload)
-    if hello_flags & ~HELLO_FLAG_HMAC:
-        raise ProtocolError("HELLO has unknown flags set")
-    sn = rng(NONCE_SIZE)
-    c2s, s2c = session_keys(psk, cn, sn)
-    channel.send_key = s2c
-    channel.send(MsgType.CHALLENGE, CHALLENGE.pack(sn, server_proof(psk, cn, sn)))
-    channel.recv_key = c2s
-    try:
-        auth = channel.recv()
-    except AuthenticationError as exc:
-        raise AuthenticationError("rejected the peer: its AUTH message failed authentication "
-                                  "(replayed session or wrong key)") from exc
-    if auth.type is not MsgType.AUTH or len(auth.payload) != 32:
-        raise ProtocolError(f"expected AUTH from the peer, got {auth.type.name}")
-    if not hmac.compare_digest(bytes(auth.payload), client_proof(psk, cn, sn)):
-        raise AuthenticationError("rejected the peer: wrong proof of key")
-    if not hello_flags & HELLO_FLAG_HMAC:
-        g_c2s, g_s2c = gmac_keys(psk, cn, sn)
-        channel.use_gmac(g_s2c, g_c2s)
-    return channel
+    """Authenticate the connecting peer on a blocking stream (drives :class:`ServerHandshake`).
+
+    Raises AuthenticationError if it lacks the key, ProtocolError for anything but the
+    handshake's two frames, TransportError if the stream fails; a refused peer is sent an
+    ERROR frame first (best effort).
+    """
+    hs = ServerHandshake(psk, rng, max_pages_payload)
+    buf = memoryview(bytearray(max(HELLO_FRAME_BYTES, AUTH_FRAME_BYTES)))
+    while not hs.done:
+        n = hs.want()
+        try:
+            got = stream.recv_into(buf[:n], n)
+        except TimeoutError as exc:
+            raise TransportError("timed out waiting for the peer's handshake") from exc
+        except OSError as exc:
+            raise TransportError(f"connection to the peer broke during the handshake: "
+                                 f"{exc}") from exc
+        if got == 0:
+            raise TransportError(f"the peer closed the connection during the handshake "
+                                 f"(after {hs.received} bytes)")
+        try:
+            out = hs.feed(buf[:got])
+        except MigrationError:
+            if hs.farewell:
+                with contextlib.suppress(Exception):
+                    stream.sendall(hs.farewell)
+            raise
+        if out:
+            try:
+                stream.sendall(out)
+            except OSError as exc:
+                raise TransportError(f"connection to the peer broke during the handshake: "
+                                     f"{exc}") from exc
+    return hs.finish(stream)

@@ -68,7 +68,10 @@ class ProgressPrinter:
 
 
 def summary(r: MigrationResult) -> str:
-    """Human-readable result, several lines."""
+    """Human-readable result: several lines, one if it failed before anything was sent."""
+    if not r.converged and r.bytes_sent == 0 and r.source_running:
+        return (f"migration {r.status} before anything was sent: {r.error} (the guest keeps "
+                f"running here)")
     lines = []
     if r.converged:
         lines.append(f"migration completed with policy {r.policy}: converged after "

@@ -30,13 +30,13 @@ import numpy as np
 from autoconverge.impl.throttler import validate_percent
 
 from .errors import (
+    ErrorCode,
     MigrationCancelled,
     MigrationError,
     PeerError,
     ProtocolError,
-    TransportError,
 )
-from .framing import ErrorCode, FrameChannel, MsgType, decode_error
+from .framing import FrameChannel, MsgType, decode_error
 from .macs import MAC_NAMES
 from .messages import (
     IterationEnd,
@@ -76,6 +76,8 @@ class LinkProbe(Protocol):
 
 class MigrationTimeout(MigrationCancelled):
     """The timeout passed and the strategy is ``cancel``."""
+
+    code = ErrorCode.TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ class MigrationResult:
     source_running: bool | None = None
     """After the run: True if the source guest runs (aborted), False if paused (moved)."""
     dirty_log_stopped: bool = False
+    handshake_s: float | None = None
+    """Seconds from starting to connect to being authenticated by the receiver."""
     timeline: list[Sample] = field(default_factory=list)
 
     @property
@@ -383,12 +387,9 @@ class MigrationSource:
 
     def _tell_peer(self, err: BaseException) -> None:
         """Send ERROR if the stream is intact (not mid-frame, not broken); short deadline."""
-        if isinstance(err, PeerError | TransportError) or self.channel.broken:
+        code = err.code if isinstance(err, MigrationError) else ErrorCode.INTERNAL
+        if code is None or self.channel.broken:
             return
-        code = (ErrorCode.TIMEOUT if isinstance(err, MigrationTimeout) else
-                ErrorCode.CANCELLED if isinstance(err, MigrationCancelled) else
-                ErrorCode.PROTOCOL if isinstance(err, ProtocolError) else
-                ErrorCode.INTERNAL)
         self._cancel.clear()  # the stream shares this event: let the ERROR frame out
         stream = self.channel.stream
         if hasattr(stream, "io_timeout_s"):

@@ -27,6 +27,10 @@ from .errors import MigrationCancelled, TransportError
 
 _IOV_MAX = 512
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+CONNECT_TIMEOUT_S = 10.0
+"""The source gives up connecting after this long (``migrate --connect-timeout``)."""
+LISTEN_BACKLOG = 128
+"""Connections the kernel queues for the receiver (it accepts them at once, see .accept)."""
 
 
 class Clock(Protocol):
@@ -158,7 +162,7 @@ class CancellableSocket:
             self.sock.close()
 
 
-def connect(host: str, port: int, timeout_s: float = 10.0) -> socket.socket:
+def connect(host: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socket:
     """TCP to ``host:port``, or a Unix-domain stream socket if ``host`` is ``unix:PATH``."""
     if host.startswith(UNIX_PREFIX):
         path = host[len(UNIX_PREFIX):]
@@ -173,12 +177,14 @@ def connect(host: str, port: int, timeout_s: float = 10.0) -> socket.socket:
             sock.close()
             raise TransportError(f"cannot connect to {host}: {exc.strerror or exc}") from exc
         return sock
+    where = host_port(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
     except TimeoutError as exc:
-        raise TransportError(f"connecting to {host}:{port} timed out") from exc
-    except OSError as exc:
-        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        raise TransportError(f"connecting to {where} timed out after {timeout_s:g} s") from exc
+    except (OSError, UnicodeError) as exc:
+        raise TransportError(f"cannot connect to {where}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from exc
     return sock
 
 
@@ -208,17 +214,23 @@ def listen(host: str, port: int) -> socket.socket:
             raise TransportError(f"cannot listen on {host}: {exc.strerror or exc}") from exc
         finally:
             os.umask(old)
-        sock.listen(4)
+        sock.listen(LISTEN_BACKLOG)
         return sock
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = host_port(host, port)
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (OSError, UnicodeError) as exc:
+        raise TransportError(f"cannot listen on {where}: {getattr(exc, 'strerror', None) or exc}"
+                             ) from exc
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock.bind(sockaddr)
     except OSError as exc:
         sock.close()
-        raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock.listen(4)
+        raise TransportError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    sock.listen(LISTEN_BACKLOG)
     return sock
 
 
@@ -230,7 +242,12 @@ def unlink_unix(host: str) -> None:
 
 
 def peer_name(addr: object) -> str:
-    """``host:port`` of a TCP peer, ``unix socket peer`` for a Unix-domain one."""
+    """``host:port`` (``[v6]:port``) of a TCP peer, ``unix socket peer`` for a Unix one."""
     if isinstance(addr, tuple) and len(addr) >= 2:
-        return f"{addr[0]}:{addr[1]}"
+        return host_port(str(addr[0]), int(addr[1]))
     return "unix socket peer"
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:4444``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
