@@ -5,15 +5,24 @@ unthrottled progress (S/2 before and S/2 after the throttled part, so drift canc
 throttles it for S seconds with the project's throttler and reports the achieved throttle
 both as vCPU time share (time parked outside KVM_RUN over all vCPU time) and as the drop of
 guest progress relative to the unthrottled rate.
+
+``autoconverge throttle --pid PID --percent P --seconds S`` throttles a Linux process and its
+descendants instead (no KVM guest: cgroup v2 freezer where writable, else SIGSTOP/SIGCONT;
+:mod:`autoconverge.impl.process_tree`) and reports the achieved throttle as the drop of the
+tree's CPU time rate, measured the same way, next to the time share the throttler held it
+stopped. The process is resumed on every way out (also on SIGTERM, SIGHUP and Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from autoconverge.impl.kvm import guest
@@ -48,14 +57,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lo, hi = timing.MIN_TIMESLICE_NS // 1_000_000, timing.MAX_TIMESLICE_NS // 1_000_000
     p = sub.add_parser(
         "throttle",
-        help="run a KVM guest, throttle it and report the achieved throttle",
+        help="throttle a KVM guest (or a process tree: --pid) and report the achieved throttle",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     p.add_argument("--percent", type=_percent, required=True,
                    help="throttle percent, 0..99 (0: no throttling)")
     p.add_argument("--seconds", type=seconds(0.0, MAX_SECONDS), required=True,
                    help="length of the throttled run (the unthrottled baseline is as long)")
-    p.add_argument("--vcpus", type=VCPUS, required=True, help=f"vCPUs, 1..{VCPU_LIMIT}")
+    p.add_argument("--vcpus", type=VCPUS, default=None,
+                   help=f"vCPUs of the KVM guest, 1..{VCPU_LIMIT} (required without --pid)")
+    p.add_argument("--pid", type=integer(1), default=None,
+                   help="throttle this process and its descendants instead of a KVM guest")
+    p.add_argument("--mechanism", choices=("auto", "cgroup", "signal"), default="auto",
+                   help="with --pid: cgroup v2 freezer, SIGSTOP/SIGCONT, or auto (the "
+                        "freezer where writable; default %(default)s)")
     p.add_argument("--timeslice-ms", type=integer(1),
                    default=timing.DEFAULT_TIMESLICE_NS // 1_000_000,
                    help=f"throttle timeslice in ms, {lo}..{hi} (default %(default)s)")
@@ -172,9 +187,69 @@ def measure_throttle(vm: GuestVm, percent: int, seconds: float, timeslice_ns: in
     }
 
 
+@contextlib.contextmanager
+def _exit_on_signals(*signals: int) -> Iterator[None]:
+    """Turn ``signals`` into SystemExit in the main thread, so every ``finally`` (and each
+    ``with``'s exit, which resumes the processes) runs; the old handlers come back after."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, leave) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def throttle_pid(pid: int, mechanism: str, percent: int, seconds: float,
+                 timeslice_ns: int) -> dict[str, Any]:
+    """Throttle process ``pid``'s tree; the processes run again on every way out."""
+    from autoconverge.impl.process_tree import ProcessTreeVcpus
+    from autoconverge.model.conformance_duty import measure_duty
+
+    try:
+        tree = ProcessTreeVcpus(pid, mechanism=mechanism)  # type: ignore[arg-type]
+    except (ValueError, OSError, VcpuError) as exc:
+        raise UsageError(f"--pid {pid}: {exc}") from None
+    with _exit_on_signals(signal.SIGTERM, signal.SIGHUP), tree:
+        if tree.is_paused():
+            raise UsageError(f"--pid {pid}: the process is stopped; continue it first")
+        processes = len(tree.tree())
+        result = measure_duty(tree, tree.progress, percent, seconds, timeslice_ns,
+                              name="throttle-cli")
+    return {"pid": pid, "mechanism": tree.mechanism, "processes": processes,
+            **result.as_dict()}
+
+
+def _print_pid_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    achieved = result["achieved_progress_percent"]
+    print(f"pid {result['pid']} ({result['mechanism']}): requested "
+          f"{result['requested_percent']} %: "
+          + (f"CPU time reduced by {achieved:.2f} %" if achieved is not None else
+             "no CPU time used unthrottled, nothing to compare")
+          + f" (held stopped {result['paused_time_share_percent']:.2f} % of the time; "
+          f"{result['seconds']:g} s, timeslice {result['timeslice_ms']:g} ms, "
+          f"{result['cycles']} cycles)")
+
+
 def cmd_throttle(args: argparse.Namespace) -> int:
     timeslice_ns = _check_timeslice(args.timeslice_ms)
     _check_rt(args.rt)
+    if args.pid is not None:
+        if args.vcpus is not None:
+            raise UsageError("--pid throttles a process, --vcpus a KVM guest: give one")
+        with realtime_priority(args.rt):
+            result = throttle_pid(args.pid, args.mechanism, args.percent, args.seconds,
+                                  timeslice_ns)
+        _print_pid_result(result, args.json)
+        return int(EXIT_OK)
+    if args.vcpus is None:
+        raise UsageError("--vcpus is required (or --pid PID to throttle a process)")
     try:
         workload = guest.preset(args.workload, args.working_set_pages)
     except ValueError as exc:

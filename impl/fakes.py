@@ -1,4 +1,5 @@
-"""Test doubles: :class:`RecordingVcpus`, a :class:`~autoconverge.impl.vcpus.Vcpus` that records.
+"""Test doubles: :class:`RecordingVcpus`, a :class:`~autoconverge.impl.vcpus.Vcpus` that records,
+and :class:`ClockVcpus`, a backend on the wall clock whose progress is the time it ran.
 
 It keeps every ``pause()``/``resume()`` call with its start and end time (from the injected
 runtime's clock, so virtual time under :class:`~autoconverge.impl.virtualtime.VirtualRuntime`),
@@ -8,10 +9,16 @@ and run intervals, per-cycle duty cycles and an alternation check, for tests to 
 
 Conventions (as in :mod:`autoconverge.spec.timing`): the vCPUs count as paused from the start
 of a successful ``pause()`` to the end of the next successful ``resume()``.
+
+Both fakes keep the conformance kit's backend contract (:mod:`autoconverge.model.conformance`);
+:func:`recording_backend` and :func:`clock_backend` are factories for it
+(``autoconverge conformance autoconverge.impl.fakes:clock_backend``).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -100,6 +107,10 @@ class RecordingVcpus:
 
     def resume(self) -> None:
         self._call("resume")
+
+    def is_paused(self) -> bool:
+        """The record's own view: the last successful call was a pause."""
+        return self.paused
 
     @property
     def pause_count(self) -> int:
@@ -210,3 +221,70 @@ def alternation_error(calls: Sequence[VcpuCall]) -> str | None:
         prev_end = c.end_ns
         expected = "resume" if expected == "pause" else "pause"
     return None
+
+
+class ClockVcpus:
+    """A conformant backend without vCPUs: ``progress()`` is the nanoseconds it ran.
+
+    ``pause()`` and ``resume()`` take effect at once (after an optional cost, slept on the
+    wall clock) and are idempotent; ``is_paused()`` is the state they set; ``progress()``
+    grows by exactly the wall-clock time spent running, so a duty-cycle measurement on it
+    measures the throttler's timing alone.
+    """
+
+    def __init__(self, *, pause_cost_s: float = 0.0, resume_cost_s: float = 0.0,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pause_cost_s = pause_cost_s
+        self._resume_cost_s = resume_cost_s
+        self._paused = False
+        self._ran_ns = 0
+        self._since_ns = clock()
+
+    def pause(self) -> None:
+        if self._pause_cost_s:
+            time.sleep(self._pause_cost_s)
+        self._stop()
+
+    def resume(self) -> None:
+        if self._resume_cost_s:
+            time.sleep(self._resume_cost_s)
+        self._start()
+
+    def is_paused(self) -> bool:
+        with self._lock:
+            return self._paused
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {'paused' if self._paused else 'running'}>"
+
+    def progress(self) -> int:
+        with self._lock:
+            return self._ran_ns + (0 if self._paused else self._clock() - self._since_ns)
+
+    # the state changes, for subclasses (the broken backends) ---------------------------------
+    def _stop(self) -> None:
+        with self._lock:
+            if not self._paused:
+                self._ran_ns += self._clock() - self._since_ns
+                self._paused = True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._paused:
+                self._since_ns = self._clock()
+                self._paused = False
+
+
+def recording_backend() -> RecordingVcpus:
+    """A conformance-kit factory: a fresh :class:`RecordingVcpus` on the wall clock (no
+    ``progress()``: the kit skips its progress checks)."""
+    from .realtime import RealRuntime
+
+    return RecordingVcpus(RealRuntime())
+
+
+def clock_backend() -> ClockVcpus:
+    """A conformance-kit factory: a fresh :class:`ClockVcpus` (every check, duty cycle too)."""
+    return ClockVcpus()
