@@ -26,7 +26,7 @@ COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("autoconverge.cli.demo", "migration"),
     ("autoconverge.cli.bench_migration", "migration"),
     ("autoconverge.cli.kvm", "kvm"),
-    ("autoconverge.cli.conformance", "verify"),
+    ("autoconverge.cli.conformance", "conformance"),
     ("autoconverge.cli.bench_checkers", "crosscheck"),
 )
 """Modules that add subcommands, in ``--help`` order, each with the extra (pyproject's

@@ -9,6 +9,12 @@ Contract for implementations:
   once every vCPU is back in its run loop. Both are idempotent.
 - Both bound their own waiting and raise :class:`VcpuTimeout` (naming the vCPU that did not
   answer) instead of hanging; any other failure raises :class:`VcpuError`.
+
+What the conformance kit (``autoconverge conformance``, :mod:`autoconverge.model.conformance`)
+also reads, to check a backend against the spec: ``is_paused()``, the backend's own truth
+(the hypervisor's or kernel's view, never a copy of the last request); optionally
+``progress()``, a counter (or per-vCPU counters) that grows only while the vCPUs run; and
+optionally ``close()``, called once when the kit is done with a backend.
 """
 
 from __future__ import annotations
