@@ -52,8 +52,8 @@ with Throttler(v, runtime=RealRuntime(), timeslice_ns=20_000_000) as t:
     t.set_throttle_percent(0)
     t.set_throttle_percent(30)
 assert not v.paused and t.closed and t.stats.cycles >= 0
-print(",".join(m for m in %r if m in sys.modules) or "none")
-""" % (HEAVY,)
+print(",".join(m for m in HEAVY if m in sys.modules) or "none")
+""".replace("HEAVY", repr(HEAVY))
 
 
 def test_the_public_api_is_listed_and_importable() -> None:
