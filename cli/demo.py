@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from autoconverge.impl.migration.addresses import UNIX_PREFIX
@@ -45,21 +46,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def spawn_receiver(backend: str, key: bytes, *, run_after: float = 0.5,
                    accept_timeout: float = 120.0, io_timeout: float = 30.0,
-                   verify: bool = True, max_memory: int = 64 * 1024 ** 3,
-                   listen: str = "127.0.0.1:0",
+                   verify: bool = True, max_memory: int | None = None,
+                   listen: str = "127.0.0.1:0", extra: Sequence[str] = (),
                    ) -> tuple[subprocess.Popen[str], int, str]:
     """Start ``autoconverge receive`` as a child process on ``listen``; returns its port.
 
-    (Port 0 for a ``unix:PATH`` listener: it is ready once the port file exists.)
+    (Port 0 for a ``unix:PATH`` listener: it is ready once the port file exists.) ``extra``
+    arguments are passed to ``receive`` as they are.
     """
     tmpdir = tempfile.mkdtemp(prefix="autoconverge-")
     port_file = os.path.join(tmpdir, "port")
     cmd = [sys.executable, "-m", "autoconverge", "receive", "--listen",
            listen, "--port-file", port_file, "--backend", backend, "--json",
            "--run-after", str(run_after), "--accept-timeout", str(accept_timeout),
-           "--io-timeout", str(io_timeout), "--max-memory", str(max_memory)]
+           "--io-timeout", str(io_timeout)]
+    if max_memory is not None:  # else the receiver's host-sized default
+        cmd += ["--max-memory", str(max_memory)]
     if not verify:
         cmd.append("--no-verify")
+    cmd.extend(extra)
     env = dict(os.environ)
     env[KEY_ENV] = key.decode()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from autoconverge.cli import demo
 from autoconverge.impl.migration import errors, handshake, host_memory, messages
 from autoconverge.impl.migration.backends import Backend, make_source_guest
 from autoconverge.impl.migration.destination import DestinationResult, MigrationDestination
@@ -104,32 +105,11 @@ class Receiver:
 
 def spawn_receiver(*extra: str, backend: str = "sim", accept_timeout: float = 30.0,
                    handshake_timeout: float = HANDSHAKE_S) -> Receiver:
-    """Start ``autoconverge receive`` on 127.0.0.1:0 (like cli/demo.py's spawn_receiver)."""
-    tmpdir = tempfile.mkdtemp(prefix="autoconverge-hostile-")
-    port_file = os.path.join(tmpdir, "port")
-    cmd = [sys.executable, "-m", "autoconverge", "receive", "--listen", "127.0.0.1:0",
-           "--port-file", port_file, "--backend", backend, "--json", "--run-after", "0.05",
-           "--accept-timeout", str(accept_timeout), "--handshake-timeout",
-           str(handshake_timeout), *extra]
-    env = dict(os.environ, AUTOCONVERGE_KEY=KEY.decode())
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with open(port_file) as f:
-                text = f.read().strip()
-            if text:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"the receiver did not start: {proc.communicate()[1]}")
-        time.sleep(0.01)
-    os.unlink(port_file)
-    os.rmdir(tmpdir)
-    rec = Receiver(proc, int(text), time.monotonic())
+    """Start ``autoconverge receive`` on 127.0.0.1:0 with short deadlines."""
+    proc, port, _ = demo.spawn_receiver(
+        backend, KEY, run_after=0.05, accept_timeout=accept_timeout,
+        extra=("--handshake-timeout", str(handshake_timeout), *extra))
+    rec = Receiver(proc, port, time.monotonic())
 
     def read_err() -> None:
         assert proc.stderr is not None
