@@ -1,5 +1,6 @@
 """Test doubles: :class:`RecordingVcpus`, a :class:`~autoconverge.impl.vcpus.Vcpus` that records,
-and :class:`ClockVcpus`, a backend on the wall clock whose progress is the time it ran.
+:class:`ClockVcpus`, a backend on the wall clock whose progress is the time it ran, and
+:class:`PartialVcpus`, several vCPUs whose pause()/resume() fail or hang part-way.
 
 It keeps every ``pause()``/``resume()`` call with its start and end time (from the injected
 runtime's clock, so virtual time under :class:`~autoconverge.impl.virtualtime.VirtualRuntime`),
@@ -275,6 +276,153 @@ class ClockVcpus:
             if self._paused:
                 self._since_ns = self._clock()
                 self._paused = False
+
+
+class PartialVcpus:
+    """Several vCPUs, paused and resumed one at a time, that fail the way real backends fail.
+
+    A real backend pauses its vCPUs one by one (a kick and an acknowledgement each), so a
+    ``pause()`` that fails on the third vCPU leaves the first two paused, and a ``resume()``
+    that fails part-way leaves the rest paused: the all-or-nothing view of
+    :class:`RecordingVcpus` (a failed call changes nothing) cannot show what a throttler
+    must clean up after such a failure. Here each call walks vCPUs ``0..n-1`` in order
+    (``vcpu_cost_ns`` each), changing the state of each; pausing a paused vCPU or resuming a
+    running one is a no-op (the calls are idempotent, as the contract requires).
+
+    ``fail_on``: calls that raise part-way, as a mapping from ``(action, number)`` (the
+    1-based count of that action, as in :class:`RecordingVcpus`) to how many vCPUs the call
+    handles before it raises (0: none, fails at once). The exception is :class:`VcpuError`
+    unless ``errors`` maps the same key to another (a
+    :class:`~autoconverge.impl.vcpus.VcpuTimeout`, or a ``KeyboardInterrupt``: any
+    ``BaseException``). ``hang_on``: calls that block part-way until :meth:`release` is
+    called, as a collection of keys (blocking before the first vCPU) or a mapping from key to
+    how many vCPUs the call handles before it blocks; after the release the call carries on
+    (and fails if ``fail_on`` says so). A :meth:`release` with no call blocked lets the next
+    hanging call through at once.
+
+    :meth:`is_paused` is the backend's truth: any vCPU paused (the throttler promised running
+    vCPUs only if none is); :attr:`vcpu_paused` has each vCPU's state. :attr:`calls` records
+    each call like :class:`RecordingVcpus` does, so the interval and alternation helpers of
+    this module apply; :attr:`log` records each vCPU change as ``(time, action, vcpu)``.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        n_vcpus: int = 4,
+        *,
+        vcpu_cost_ns: int = 0,
+        fail_on: Mapping[tuple[Action, int], int] | None = None,
+        errors: Mapping[tuple[Action, int], BaseException] | None = None,
+        hang_on: Collection[tuple[Action, int]] | Mapping[tuple[Action, int], int] = (),
+    ) -> None:
+        if n_vcpus < 1:
+            raise ValueError(f"need at least one vCPU, got {n_vcpus}")
+        self._runtime = runtime
+        self.n_vcpus = n_vcpus
+        self._cost_ns = vcpu_cost_ns
+        self._fail_on = dict(fail_on or {})
+        self._errors = dict(errors or {})
+        if isinstance(hang_on, Mapping):
+            self._hang_on: dict[tuple[Action, int], int] = dict(hang_on)
+        else:
+            self._hang_on = dict.fromkeys(hang_on, 0)
+        for what, table in (("fail_on", self._fail_on), ("hang_on", self._hang_on)):
+            for key, k in table.items():
+                if not 0 <= k <= n_vcpus:
+                    raise ValueError(f"{what}[{key}] = {k}: not in 0..{n_vcpus}")
+        if not self._errors.keys() <= self._fail_on.keys():
+            raise ValueError("errors: every key must also be a key of fail_on")
+        self._gate: Channel[None] = runtime.channel()
+        self.vcpu_paused: list[bool] = [False] * n_vcpus
+        self.calls: list[VcpuCall] = []
+        self.log: list[tuple[int, Action, int]] = []
+        self.counts: dict[Action, int] = {"pause": 0, "resume": 0}
+        self.hanging: VcpuCall | None = None
+        """The call blocked in a hang right now, if any."""
+
+    def pause(self) -> None:
+        self._call("pause")
+
+    def resume(self) -> None:
+        self._call("resume")
+
+    def is_paused(self) -> bool:
+        """The backend's truth: some vCPU is paused."""
+        return any(self.vcpu_paused)
+
+    @property
+    def paused(self) -> bool:
+        """Same as :meth:`is_paused` (the attribute tests read on :class:`RecordingVcpus`)."""
+        return self.is_paused()
+
+    def all_paused(self) -> bool:
+        return all(self.vcpu_paused)
+
+    @property
+    def paused_vcpus(self) -> list[int]:
+        return [i for i, p in enumerate(self.vcpu_paused) if p]
+
+    @property
+    def pause_count(self) -> int:
+        return self.counts["pause"]
+
+    @property
+    def resume_count(self) -> int:
+        return self.counts["resume"]
+
+    def release(self) -> None:
+        """Let the hanging call (or the next one to hang) carry on."""
+        self._gate.put(None)
+
+    def _call(self, action: Action) -> None:
+        rt = self._runtime
+        number = self.counts[action] + 1
+        self.counts[action] = number
+        call = VcpuCall(action, number, rt.now_ns())
+        self.calls.append(call)
+        key = (action, number)
+        hang_at = self._hang_on.get(key)
+        fail_at = self._fail_on.get(key)
+        try:
+            for i in range(self.n_vcpus):
+                if i == hang_at:
+                    self.hanging = call
+                    try:
+                        self._gate.get(None)
+                    finally:
+                        self.hanging = None
+                if i == fail_at:
+                    break
+                if self._cost_ns > 0:
+                    rt.sleep_ns(self._cost_ns)
+                if self.vcpu_paused[i] != (action == "pause"):
+                    self.vcpu_paused[i] = action == "pause"
+                    self.log.append((rt.now_ns(), action, i))
+            if hang_at == self.n_vcpus:
+                self.hanging = call
+                try:
+                    self._gate.get(None)
+                finally:
+                    self.hanging = None
+        except BaseException as killed:  # the runtime killed the thread while it hung
+            call.outcome = "error"  # end_ns stays None: the call never returned
+            call.error = killed
+            raise
+        call.end_ns = rt.now_ns()
+        if fail_at is not None:
+            exc = self._errors.get(key) or VcpuError(
+                f"injected failure of {action} #{number} after {fail_at} of "
+                f"{self.n_vcpus} vCPUs"
+            )
+            call.outcome = "error"
+            call.error = exc
+            raise exc
+        call.outcome = "ok"
+
+    def __repr__(self) -> str:
+        states = "".join("P" if p else "r" for p in self.vcpu_paused)
+        return f"<{type(self).__name__} [{states}]>"
 
 
 def recording_backend() -> RecordingVcpus:
