@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                 raise  # our own module missing is a bug, not a missing extra
             MISSING_EXTRAS.setdefault(extra, exc.name)
             continue
+        before = set(sub.choices)
         module.register(sub)
+        for command in set(sub.choices) - before:
+            sub.choices[command].set_defaults(extra=extra)
     return parser
 
 
@@ -95,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"autoconverge: error: {args.command} needs the Python package {exc.name!r}, "
-              "which is not installed (pip install 'autoconverge[all]' installs every extra)",
+        print(f"autoconverge: error: {args.command} needs the Python module {exc.name!r}, "
+              f"which is not installed: pip install 'autoconverge[{args.extra}]'",
               file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

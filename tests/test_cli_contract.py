@@ -165,3 +165,37 @@ def test_a_failure_during_a_run_is_one_line_and_exit_1(
     assert cli_main.main(["--debug", "diagram"]) == EXIT_VIOLATED
     err = capsys.readouterr().err
     assert "Traceback" in err and "disk on fire" in err
+
+
+def test_a_missing_extra_is_named_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    real_import = cli_main.importlib.import_module
+
+    def without_numpy(name: str) -> object:
+        if name == "autoconverge.cli.demo":
+            raise ModuleNotFoundError("No module named 'numpy'", name="numpy")
+        return real_import(name)
+
+    monkeypatch.setattr(cli_main.importlib, "import_module", without_numpy)
+    monkeypatch.setattr(cli_main, "MISSING_EXTRAS", {})
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(["demo"])
+    assert info.value.code == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'autoconverge[migration]'" in err[0]
+
+
+def test_a_module_missing_at_run_time_names_the_commands_extra(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def needs_z3(args: argparse.Namespace) -> int:
+        raise ModuleNotFoundError("No module named 'z3'", name="z3")
+
+    parser = cli_main.build_parser()
+    monkeypatch.setattr(cli_main, "build_parser", lambda: parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.choices["verify"].set_defaults(func=needs_z3)
+    assert cli_main.main(["verify"]) == EXIT_USAGE
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "autoconverge: error: verify needs the Python module 'z3', which is not installed: "
+        "pip install 'autoconverge[verify]'"]
