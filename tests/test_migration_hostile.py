@@ -601,3 +601,37 @@ def test_a_source_dropped_after_its_challenge_reads_why(mac: str) -> None:
     assert info.value.peer_code == ErrorCode.BUSY
     a.close()
     b.close()
+
+
+def test_a_slow_loris_receiver_cannot_hold_the_source() -> None:
+    """A 'receiver' that accepts and then trickles one byte every 0.2 s: the source gives up
+    at its handshake deadline (not after minutes of per-byte I/O timeouts) and its guest
+    keeps running here."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"\x00")
+                except OSError:
+                    return
+                stop.wait(0.2)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    g = make_source_guest("sim", SIM_GUEST)
+    try:
+        t0 = time.monotonic()
+        result = migrate_to("127.0.0.1", listener.getsockname()[1], KEY, g.vm,
+                            make_policy("ch"), g.throttle_factory, MigrationConfig(timeout_s=60),
+                            io_timeout_s=10, handshake_timeout_s=HANDSHAKE_S)
+        took = time.monotonic() - t0
+        assert result.status == "failed" and "handshake" in (result.error or "")
+        assert result.source_running
+        assert took <= 2 * HANDSHAKE_S + 1.0, took
+    finally:
+        stop.set()
+        g.close()
+        listener.close()

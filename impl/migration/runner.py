@@ -31,10 +31,13 @@ def migrate_to(host: str, port: int, key: bytes, vm: MigratableVm, policy: Polic
                on_progress: Callable[[Sample], None] | None = None,
                cancel_event: threading.Event | None = None,
                on_source: Callable[[MigrationSource], None] | None = None,
-               connect_timeout_s: float = CONNECT_TIMEOUT_S) -> MigrationResult:
+               connect_timeout_s: float = CONNECT_TIMEOUT_S,
+               handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S) -> MigrationResult:
     """Connect, authenticate and migrate ``vm``; never raises MigrationError (see result).
 
-    Connecting gives up after ``connect_timeout_s`` (or ``io_timeout_s``, if shorter).
+    Connecting gives up after ``connect_timeout_s`` (or ``io_timeout_s``, if shorter); the
+    handshake must be over ``handshake_timeout_s`` after connecting, however slowly the
+    receiver sends its bytes (a hostile or stuck receiver cannot hold the source).
     """
     ev = cancel_event if cancel_event is not None else threading.Event()
     t0 = time.monotonic()
@@ -47,7 +50,9 @@ def migrate_to(host: str, port: int, key: bytes, vm: MigratableVm, policy: Polic
     stream = CancellableSocket(sock, ev, io_timeout_s=io_timeout_s)
     try:
         try:
+            stream.deadline = time.monotonic() + handshake_timeout_s
             channel = client_handshake(stream, key, mac=config.mac)
+            stream.deadline = None
         except MigrationError as exc:
             return MigrationResult(status="failed", policy=policy.name, error=str(exc),
                                    source_running=not vm.is_paused(), dirty_log_stopped=True,

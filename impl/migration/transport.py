@@ -23,7 +23,7 @@ import time
 from typing import Protocol
 
 from .addresses import UNIX_PREFIX
-from .errors import MigrationCancelled, TransportError
+from .errors import HandshakeTimeout, MigrationCancelled, TransportError
 
 _IOV_MAX = 512
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -77,11 +77,16 @@ class CancellableSocket:
         self.io_timeout_s = io_timeout_s
         self.poll_s = poll_s
         self.cancel_reason = "migration cancelled"
+        self.deadline: float | None = None
+        """An absolute ``time.monotonic()`` by which the current exchange (the handshake)
+        must be over, however the peer paces its bytes; None: only the I/O timeout."""
         tune_socket(sock, poll_s)
 
     def _check(self) -> None:
         if self.cancel.is_set():
             raise MigrationCancelled(self.cancel_reason)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise HandshakeTimeout("the peer did not complete the handshake in time")
 
     def sendall(self, data: bytes | bytearray | memoryview, /) -> None:
         view = memoryview(data).cast("B")
