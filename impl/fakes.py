@@ -71,7 +71,21 @@ class Cycle:
         return 100.0 * self.paused_ns / self.period_ns if self.period_ns else 100.0
 
 
-class RecordingVcpus:
+class _CallCounts:
+    """How many pause() and resume() calls a double has seen (failed ones included)."""
+
+    counts: dict[Action, int]
+
+    @property
+    def pause_count(self) -> int:
+        return self.counts["pause"]
+
+    @property
+    def resume_count(self) -> int:
+        return self.counts["resume"]
+
+
+class RecordingVcpus(_CallCounts):
     """Records pause/resume calls; optional cost, failure and hang injection.
 
     ``fail_on``: calls that raise after their cost, as ``(action, number)`` pairs (raising
@@ -112,14 +126,6 @@ class RecordingVcpus:
     def is_paused(self) -> bool:
         """The record's own view: the last successful call was a pause."""
         return self.paused
-
-    @property
-    def pause_count(self) -> int:
-        return self.counts["pause"]
-
-    @property
-    def resume_count(self) -> int:
-        return self.counts["resume"]
 
     @property
     def in_progress(self) -> VcpuCall | None:
@@ -278,7 +284,7 @@ class ClockVcpus:
                 self._paused = False
 
 
-class PartialVcpus:
+class PartialVcpus(_CallCounts):
     """Several vCPUs, paused and resumed one at a time, that fail the way real backends fail.
 
     A real backend pauses its vCPUs one by one (a kick and an acknowledgement each), so a
@@ -362,14 +368,6 @@ class PartialVcpus:
     @property
     def paused_vcpus(self) -> list[int]:
         return [i for i, p in enumerate(self.vcpu_paused) if p]
-
-    @property
-    def pause_count(self) -> int:
-        return self.counts["pause"]
-
-    @property
-    def resume_count(self) -> int:
-        return self.counts["resume"]
 
     def release(self) -> None:
         """Let the hanging call (or the next one to hang) carry on."""

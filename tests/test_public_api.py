@@ -141,3 +141,10 @@ def test_cross_check_without_spin_is_one_line_and_exit_2(tmp_path: os.PathLike[s
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "spin" in lines[0] and "apt-get install" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_every_extra_the_cli_names_is_declared() -> None:
+    from autoconverge.cli.main import COMMAND_MODULES
+
+    declared = set(importlib.metadata.metadata("autoconverge").get_all("Provides-Extra") or [])
+    assert {extra for _, extra in COMMAND_MODULES} <= declared
