@@ -3,6 +3,11 @@
 - ``autoconverge receive --listen HOST:PORT``: wait for one authenticated source, receive
   its guest, resume it, report (``--json``).
 - ``autoconverge migrate --to HOST:PORT``: start the built-in busy guest here and migrate it.
+  Exit codes (:data:`MIGRATE_EXIT_CODES`): 0 completed, 1 failed before the commit point (or
+  the memory hashes differ), 2 usage, 3 in doubt, 4 unverified, 130 interrupted. In doubt,
+  the paused source guest is kept until the operator decides (``--in-doubt keep``, default):
+  SIGUSR1 resumes it here, SIGTERM/SIGINT discards it; ``--in-doubt discard`` discards it at
+  once, saying so.
 
 The pre-shared key comes from ``--key-file`` or the environment variable
 ``AUTOCONVERGE_KEY`` (at least 16 bytes; the same on both sides). Arguments are validated
@@ -29,6 +34,7 @@ from autoconverge.impl.migration.addresses import UNIX_PREFIX, parse_address
 from autoconverge.impl.migration.backends import (
     BACKENDS,
     WORKLOADS,
+    SourceGuest,
     dest_factory,
     make_source_guest,
 )
@@ -46,14 +52,31 @@ from autoconverge.impl.migration.progress import (
     summary,
     write_plot,
 )
-from autoconverge.impl.migration.source import MigrationConfig, MigrationResult
+from autoconverge.impl.migration.source import MigrationConfig, MigrationResult, MigrationSource
 from autoconverge.impl.migration.transport import CONNECT_TIMEOUT_S
 from autoconverge.spec import MAX_PERCENT
 
 from .arguments import output_file, seconds
-from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_VIOLATED, UsageError
 
 KEY_ENV = "AUTOCONVERGE_KEY"
+EXIT_IN_DOUBT = 3
+"""COMMIT left but the destination did not confirm it: the guest may run there; the source
+copy is kept paused (``--in-doubt``)."""
+EXIT_UNVERIFIED = 4
+"""The destination runs the guest, but verification was asked for and no hash came back."""
+OUTCOME_EXIT = {"completed": EXIT_OK, "unverified": EXIT_UNVERIFIED,
+                "in_doubt": EXIT_IN_DOUBT, "mismatch": EXIT_VIOLATED, "aborted": EXIT_VIOLATED}
+"""``migrate``'s (and ``demo``'s) exit code for each ``outcome`` of the result."""
+MIGRATE_EXIT_CODES = (
+    f"exit codes: {EXIT_OK} completed (the destination runs the guest; the memory hashes "
+    f"match unless --no-verify); {EXIT_VIOLATED} failed, cancelled or timed out before the "
+    f"commit point (the guest runs on here), or the memory hashes differ; {EXIT_USAGE} usage "
+    f"error; {EXIT_IN_DOUBT} in doubt: COMMIT was sent but the destination did not confirm "
+    f"it, so it may be running the guest; the source guest stays paused (see --in-doubt); "
+    f"{EXIT_UNVERIFIED} unverified: the destination runs the guest, but verification was "
+    f"asked for and no memory hash came back; {EXIT_INTERRUPTED} interrupted before the "
+    f"migration started. The JSON result's \"outcome\" says the same.")
 DEFAULT_PORT = 4444
 DEFAULT_MAX_BANDWIDTH = 128 * 1024 * 1024  # QEMU's max-bandwidth default, bytes/s
 
@@ -270,13 +293,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("migrate", help="start the built-in guest and migrate it (source side)",
                        description="Start the built-in busy guest and migrate it to a "
-                       "receiver with pre-copy and a throttle policy.")
+                       "receiver with pre-copy and a throttle policy.",
+                       epilog=MIGRATE_EXIT_CODES)
     p.add_argument("--to", required=True, metavar="HOST:PORT",
                    help="the receiver's address ([IPv6]:PORT, or unix:PATH for a receiver "
                    "on this host)")
     p.add_argument("--connect-timeout", default=CONNECT_TIMEOUT_S, type=seconds(0.0, 600.0),
                    metavar="S", help=f"give up connecting after S seconds ({CONNECT_TIMEOUT_S:g})")
     _add_key(p)
+    p.add_argument("--in-doubt", choices=("keep", "discard"), default="keep",
+                   help="when the migration ends in doubt (COMMIT sent, not confirmed: the "
+                   "destination may be running the guest; exit 3): keep (default) keeps the "
+                   "paused source guest in this process after printing the result, until "
+                   "SIGUSR1 resumes it here (do that only once the destination is known not "
+                   "to run it) or SIGTERM/Ctrl-C discards it; discard discards it at once")
     add_guest_arguments(p)
     add_migration_arguments(p, "predictive", "3600")
     p.set_defaults(func=cmd_migrate)
@@ -368,14 +398,20 @@ def _logger(name: str) -> Callable[[str], None]:
 
 
 @contextmanager
-def sigint_sets(ev: threading.Event, extra: Callable[[], None] | None = None) -> Iterator[None]:
-    """While inside: Ctrl-C (and SIGTERM) requests a clean cancel instead of an exception."""
+def sigint_sets(ev: threading.Event, extra: Callable[[], None] | None = None,
+                cancel: Callable[[str], None] | None = None) -> Iterator[None]:
+    """While inside: Ctrl-C (and SIGTERM) requests a clean cancel instead of an exception:
+    ``cancel(reason)`` if given (the migration source's, which knows its commit point),
+    else the event is set."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
-        ev.set()
+        if cancel is not None:
+            cancel(f"interrupted ({signal.Signals(signum).name})")
+        else:
+            ev.set()
         if extra is not None:
             extra()
 
@@ -408,27 +444,58 @@ def prepare_migration(args: argparse.Namespace) -> tuple[GuestConfig, MigrationC
     return guest_cfg, cfg, policy, io_timeout, warmup
 
 
-def run_source(args: argparse.Namespace, host: str, port: int, key: bytes,
-               guest_cfg: GuestConfig,
-                cfg: MigrationConfig, policy: Any, io_timeout: float,
-                warmup: float) -> MigrationResult:
-    from autoconverge.impl.migration.runner import migrate_to
-
+def start_guest(args: argparse.Namespace, guest_cfg: GuestConfig) -> SourceGuest:
     try:
-        guest = make_source_guest(args.backend, guest_cfg)
+        return make_source_guest(args.backend, guest_cfg)
     except Exception as exc:
         raise UsageError(f"cannot start the {args.backend} guest: {exc}") from None
+
+
+def migrate_guest(args: argparse.Namespace, guest: SourceGuest, host: str, port: int,
+                  key: bytes, cfg: MigrationConfig, policy: Any, io_timeout: float,
+                  warmup: float) -> MigrationResult:
+    """Migrate the running ``guest``; Ctrl-C/SIGTERM cancel it until the commit point and
+    are ignored (with a line on stderr) after it."""
+    from autoconverge.impl.migration.runner import migrate_to
+
+    if warmup:
+        time.sleep(warmup)
+    printer = ProgressPrinter(page_size=guest.vm.page_size)
+    ev = threading.Event()
+    box: dict[str, MigrationSource] = {}
+    log = _logger(getattr(args, "command", "migrate"))
+
+    def cancel(reason: str) -> None:
+        src = box.get("src")
+        if src is None:
+            ev.set()
+        elif not src.cancel(reason):
+            log(f"{reason}: ignored, COMMIT was sent (the guest is the destination's now); "
+                f"waiting for its answer")
+
+    connect_timeout = getattr(args, "connect_timeout", CONNECT_TIMEOUT_S)  # (not in demo)
+    with sigint_sets(ev, cancel=cancel):
+        result = migrate_to(host, port, key, guest.vm, policy, guest.throttle_factory,
+                            cfg, io_timeout_s=io_timeout, on_progress=printer,
+                            cancel_event=ev, connect_timeout_s=connect_timeout,
+                            on_source=lambda src: box.__setitem__("src", src))
+    printer.finish()
+    return result
+
+
+def run_source(args: argparse.Namespace, host: str, port: int, key: bytes,
+               guest_cfg: GuestConfig,
+               cfg: MigrationConfig, policy: Any, io_timeout: float,
+               warmup: float) -> MigrationResult:
+    """Start the guest, migrate it, close it (``demo``: an in-doubt guest is discarded with
+    a line saying so; ``migrate`` keeps it, see :func:`cmd_migrate`)."""
+    guest = start_guest(args, guest_cfg)
     try:
-        if warmup:
-            time.sleep(warmup)
-        printer = ProgressPrinter(page_size=guest.vm.page_size)
-        ev = threading.Event()
-        connect_timeout = getattr(args, "connect_timeout", CONNECT_TIMEOUT_S)  # (not in demo)
-        with sigint_sets(ev):
-            result = migrate_to(host, port, key, guest.vm, policy, guest.throttle_factory,
-                                cfg, io_timeout_s=io_timeout, on_progress=printer,
-                                cancel_event=ev, connect_timeout_s=connect_timeout)
-        printer.finish()
+        result = migrate_guest(args, guest, host, port, key, cfg, policy, io_timeout, warmup)
+        if result.outcome == "in_doubt":
+            _logger(getattr(args, "command", "migrate"))(
+                "IN DOUBT: discarding the paused source guest; if the destination does not "
+                "run the guest, it is lost")
     finally:
         guest.close()
     return result
@@ -436,7 +503,9 @@ def run_source(args: argparse.Namespace, host: str, port: int, key: bytes,
 
 def finish(args: argparse.Namespace, result: MigrationResult,
             extra: dict[str, Any] | None = None) -> int:
-    print(summary(result), file=sys.stderr)
+    """Print the summary (stderr), the plot and the JSON (stdout); the exit code of the
+    result's ``outcome`` (:data:`OUTCOME_EXIT`)."""
+    print(summary(result), file=sys.stderr, flush=True)
     if args.plot:
         try:
             write_plot([result], args.plot)
@@ -446,9 +515,50 @@ def finish(args: argparse.Namespace, result: MigrationResult,
     if args.json:
         d = result.to_dict()
         d.update(extra or {})
-        print(json.dumps(d))
-    ok = result.converged and result.memory_hash_match is not False
-    return EXIT_OK if ok else EXIT_VIOLATED
+        print(json.dumps(d), flush=True)
+    return OUTCOME_EXIT.get(result.outcome, EXIT_VIOLATED)
+
+
+def hold_in_doubt(vm: Any, mode: str, log: Callable[[str], None]) -> None:
+    """The migration is in doubt and the paused source guest is ``vm``: never destroy it
+    silently. ``keep``: wait for the operator - SIGUSR1 resumes it here, SIGTERM/SIGINT end
+    (discarding it, or stopping it if it was resumed). ``discard``: say so and return."""
+    if mode == "discard" or threading.current_thread() is not threading.main_thread():
+        why = "--in-doubt discard" if mode == "discard" else "no signals outside the main thread"
+        log(f"IN DOUBT: discarding the paused source guest ({why}); if the destination does "
+            f"not run the guest, it is lost")
+        return
+    pid = os.getpid()
+    resume, stop = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        (resume if signum == signal.SIGUSR1 else stop).set()
+
+    old = {sig: signal.signal(sig, on_signal)
+           for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+    try:
+        log(f"IN DOUBT: the source guest is kept paused in this process (pid {pid}). Once "
+            f"the destination is known not to run the guest, resume it here: kill -USR1 "
+            f"{pid}; to discard it: kill -TERM {pid} (or Ctrl-C)")
+        resumed = False
+        while not stop.is_set():
+            if resume.is_set() and not resumed:
+                resume.clear()
+                try:
+                    vm.resume()
+                except Exception as exc:
+                    log(f"resuming the source guest failed: {exc}; it stays paused "
+                        f"(SIGUSR1 tries again)")
+                else:
+                    resumed = True
+                    log("resumed the source guest here on SIGUSR1; it runs in this process "
+                        "until SIGTERM or Ctrl-C")
+            stop.wait(0.1)
+        log("stopping the source guest (it ran here since SIGUSR1)" if resumed else
+            "discarding the paused source guest on the operator's request")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -457,5 +567,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise UsageError("--to: port 0 is not a receiver's port")
     key = load_key(args.key_file)
     guest_cfg, cfg, policy, io_timeout, warmup = prepare_migration(args)
-    result = run_source(args, host, port, key, guest_cfg, cfg, policy, io_timeout, warmup)
-    return finish(args, result)
+    guest = start_guest(args, guest_cfg)
+    try:
+        result = migrate_guest(args, guest, host, port, key, cfg, policy, io_timeout, warmup)
+        code = finish(args, result)
+        if result.outcome == "in_doubt":
+            hold_in_doubt(guest.vm, args.in_doubt, _logger("migrate"))
+        return code
+    finally:
+        guest.close()

@@ -325,7 +325,8 @@ def test_source_dying_mid_stream_discards_the_destination_vm() -> None:
 
 
 def test_peer_vanishing_after_commit_leaves_the_source_paused() -> None:
-    """After COMMIT the guest may run at the destination: never resume it here too."""
+    """After COMMIT the guest may run at the destination: never resume it here too (in doubt,
+    see tests/test_migration_defects.py)."""
     def vanish_after_commit(channel: framing.FrameChannel, sock: socket.socket) -> None:
         _ready(channel)
         while channel.recv().type is not MsgType.DONE:
@@ -336,6 +337,6 @@ def test_peer_vanishing_after_commit_leaves_the_source_paused() -> None:
 
     src, vm, th = scripted(vanish_after_commit, rate=0.0)
     r = src.result
-    assert r.status == "failed" and "after COMMIT" in (r.error or "")
-    assert vm.paused and r.source_running is False
+    assert r.status == "in_doubt" and r.outcome == "in_doubt" and "in doubt" in (r.error or "")
+    assert vm.paused and r.source_running is False and r.dest_running is None
     assert not vm.logging and th[0].handed

@@ -7,9 +7,12 @@ order is enforced (LAYOUT, then PAGES / ITERATION_END, then VCPU_STATE, then DON
 it takes a snapshot of guest memory for the integrity hash, loads the vCPU state and
 answers PREPARED; it starts the guest only when COMMIT arrives, answers RESUMED, lets the
 guest run ``run_after_s`` and sends REPORT (memory hash at the stop, counters at resume and
-after). On any failure before COMMIT it sends ERROR (when the stream allows) and discards
-the VM. Whatever the peer causes ends as a :class:`~.errors.MigrationError` subclass whose
-``code`` goes into that ERROR frame: a layout this host has no memory for
+after). On any failure before the guest started (also a VM that fails to start on COMMIT)
+it discards the VM and only then sends ERROR (when the stream allows): an ERROR from the
+destination always means the guest does not run here, which is what lets the source resume
+its copy after an ERROR in answer to COMMIT. Whatever the peer causes ends as a
+:class:`~.errors.MigrationError` subclass whose ``code`` goes into that ERROR frame: a
+layout this host has no memory for
 (:class:`~.errors.VmSetupError`, checked against MemAvailable before the VM is created, see
 :mod:`.host_memory`), a vCPU state the VM refuses to load (:class:`~.errors.VmStateError`;
 the KVM layer raises ``KvmError``/``ValueError`` there).
@@ -98,6 +101,7 @@ class MigrationDestination:
         res = DestinationResult(status="failed")
         vm: DestinationVm | None = None
         started = False
+        failure: BaseException | None = None
         try:
             lay = decode_layout(self.channel.expect(MsgType.LAYOUT).payload, self.limits)
             res.layout = lay
@@ -167,9 +171,8 @@ class MigrationDestination:
                 bytes.fromhex(res.memory_hash) if res.memory_hash else None,
                 tuple(res.counters_at_resume), tuple(res.counters_after),
                 int(self.run_after_s * 1e9), prepare_ns)))
-        except MigrationError as exc:
-            self._fail(res, exc, started)
-        except Exception as exc:
+        except Exception as exc:  # MigrationError subclasses for anything the peer caused
+            failure = exc
             self._fail(res, exc, started)
         finally:
             res.bytes_received = self.channel.bytes_received
@@ -178,6 +181,8 @@ class MigrationDestination:
                     vm.close()
                 except Exception as exc:
                     res.error = f"{res.error}; discarding the VM failed: {exc}"
+        if failure is not None and not started:
+            self._tell_peer(failure)  # after the VM is gone
         return res
 
     @staticmethod
@@ -190,14 +195,20 @@ class MigrationDestination:
                                f"--no-verify does without)") from exc
         return mirror
 
+    @staticmethod
+    def _text(exc: BaseException) -> str:
+        return str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+
     def _fail(self, res: DestinationResult, exc: BaseException, started: bool) -> None:
-        text = str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+        text = self._text(exc)
         res.error_type = type(exc).__name__
         if started:  # guest already runs here; only the report is missing
             res.error = f"guest resumed, but: {text}"
             return
         res.status = "cancelled" if isinstance(exc, MigrationCancelled) else "failed"
         res.error = text
+
+    def _tell_peer(self, exc: BaseException) -> None:
         # a MigrationError carries its code (None: nothing to send); anything else is a
         # failure of this side, INTERNAL
         code = exc.code if isinstance(exc, MigrationError) else ErrorCode.INTERNAL
@@ -207,4 +218,4 @@ class MigrationDestination:
         stream = self.channel.stream
         if hasattr(stream, "io_timeout_s"):
             stream.io_timeout_s = min(stream.io_timeout_s, 1.0)
-        self.channel.send_error(code, f"destination aborted the migration: {text}")
+        self.channel.send_error(code, f"destination aborted the migration: {self._text(exc)}")

@@ -6,16 +6,22 @@ working set, and bumps one progress counter per vCPU kept in guest page 0 (so co
 migrate with memory, as the real guest's do). Writes happen lazily, up to the current
 virtual time, whenever the VM is observed (dirty-log fetch, pause, memory read through
 ``sync()``); the dirty log records them like KVM's. :class:`FakeThrottle` sets the VM's
-throttle fraction directly and accounts stolen vCPU time by integrating the setpoint.
-Nothing here sleeps on the wall clock.
+throttle fraction directly and accounts stolen vCPU time by integrating the setpoint; its
+handover lets virtual time pass before the pause (``stop_latency_s``), so the guest keeps
+writing until the stop, as a real one does, and a page it dirties after the source's last
+sync must be re-sent (a source without the final dirty sync fails the memory-hash check).
+:func:`writes_until_stop` does the same for a real (KVM) guest in tests. Nothing here except
+that helper sleeps on the wall clock.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,7 +36,7 @@ from .handshake import client_handshake, server_handshake
 from .messages import Layout, Limits
 from .policy import Policy
 from .source import MigrationConfig, MigrationResult, MigrationSource, Sample
-from .throttling import ThrottleControl
+from .throttling import ThrottleControl, ThrottleFactory
 from .transport import CancellableSocket
 from .vmapi import MigratableVm
 
@@ -65,8 +71,22 @@ class FakeClock:
         return event.is_set()
 
 
+def _coprime_stride(n: int) -> int:
+    """A step near ``n`` times the golden ratio's fraction, coprime with ``n``: walking the
+    working set with it visits every page once per cycle in an order unrelated to page
+    index order (the order the source sends in), as a real guest's writes are."""
+    s = max(1, round(n * 0.6180339887))
+    while math.gcd(s, n) != 1:
+        s += 1
+    return s % n or 1
+
+
 class FakeVm:
-    """Clock-driven VM implementing both MigratableVm and DestinationVm."""
+    """Clock-driven VM implementing both MigratableVm and DestinationVm.
+
+    The guest writes its working set page after page in a fixed order (``stride`` steps, by
+    default one unrelated to page index order; ``stride=1``: ascending), one full cycle per
+    ``working-set pages / dirty rate`` seconds of running."""
 
     guest_kind = "fake"
     vcpu_state_size = STATE_SIZE
@@ -74,7 +94,8 @@ class FakeVm:
     def __init__(self, clock: NowClock, pages: int = 1024, page_size: int = 4096,
                  vcpus: int = 2, dirty_rate_pps: float = 0.0,
                  working_set: tuple[int, int] | None = None, seed: int = 0,
-                 running: bool = True, fill: float = 0.5, prefault: bool = False) -> None:
+                 running: bool = True, fill: float = 0.5, prefault: bool = False,
+                 stride: int | None = None) -> None:
         if pages < 2:
             raise ValueError("FakeVm needs at least 2 pages (page 0 holds the counters)")
         self.clock = clock
@@ -86,6 +107,9 @@ class FakeVm:
         if ws[0] < 1 or ws[1] < 1 or ws[0] + ws[1] > pages:
             raise ValueError("working set must lie within pages 1..pages-1")
         self.ws_first, self.ws_len = ws
+        self.stride = _coprime_stride(self.ws_len) if stride is None else stride
+        if math.gcd(self.stride, self.ws_len) != 1:
+            raise ValueError("stride must be coprime with the working set's length")
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         if prefault:
             flags |= getattr(mmap, "MAP_POPULATE", 0)
@@ -127,7 +151,8 @@ class FakeVm:
             if n == 0:
                 return
             k = min(n, self.ws_len)
-            pages = self.ws_first + (self.cursor + np.arange(n - k, n)) % self.ws_len
+            steps = (self.cursor + np.arange(n - k, n)) % self.ws_len
+            pages = self.ws_first + steps * self.stride % self.ws_len
             self.cursor = (self.cursor + n) % self.ws_len
             self.seq += n
             stamp = np.frombuffer(COUNTER_STRUCT.pack(self.seq), dtype=np.uint8)
@@ -239,11 +264,20 @@ def fake_vm_factory(clock: FakeClock, dirty_rate_pps: float = 0.0,
     return make
 
 
-class FakeThrottle:
-    """ThrottleControl for FakeVm: sets the run fraction, integrates the setpoint."""
+STOP_LATENCY_S = 0.002
+"""Virtual time from a handover's call to the pause (the guest runs unthrottled meanwhile)."""
 
-    def __init__(self, vm: FakeVm) -> None:
+
+class FakeThrottle:
+    """ThrottleControl for FakeVm: sets the run fraction, integrates the setpoint.
+
+    ``handover()`` stops throttling, lets ``stop_latency_s`` of virtual time pass (when the
+    VM's clock can advance: a :class:`FakeClock`) and pauses: the guest writes until the stop.
+    """
+
+    def __init__(self, vm: FakeVm, stop_latency_s: float = STOP_LATENCY_S) -> None:
         self.vm = vm
+        self.stop_latency_s = stop_latency_s
         self.calls: list[tuple[float, str, int]] = []
         self._p = 0
         self._since = vm.clock.now()
@@ -269,6 +303,9 @@ class FakeThrottle:
         self._account()
         self._p = 0
         self.vm.set_throttle(0.0)
+        advance = getattr(self.vm.clock, "advance", None)
+        if advance is not None and self.stop_latency_s > 0:
+            advance(self.stop_latency_s)  # the guest keeps writing until it is stopped
         self.vm.pause()
         self.handed = True
         self.calls.append((self.vm.clock.now(), "handover", 0))
@@ -285,6 +322,56 @@ class FakeThrottle:
         if not self.handed and not self.shut:
             self._account()
         return self._stolen
+
+
+class _WritesUntilStop:
+    """ThrottleControl wrapper: the handover waits for guest progress first (see below)."""
+
+    def __init__(self, inner: ThrottleControl, vm: MigratableVm, writes: int,
+                 timeout_s: float) -> None:
+        self._inner, self._vm = inner, vm
+        self._writes, self._timeout_s = writes, timeout_s
+        self.waited_s = 0.0
+        self.progress_seen = 0
+
+    def set_throttle_percent(self, percent: int) -> None:
+        self._inner.set_throttle_percent(percent)
+
+    def handover(self) -> None:
+        t0 = time.monotonic()
+        start = sum(self._vm.progress())
+        while time.monotonic() - t0 < self._timeout_s:
+            self.progress_seen = sum(self._vm.progress()) - start
+            if self.progress_seen >= self._writes:
+                break
+            time.sleep(0.002)
+        self.waited_s = time.monotonic() - t0
+        self._inner.handover()
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def stolen_vcpu_seconds(self) -> float:
+        return self._inner.stolen_vcpu_seconds()
+
+
+def writes_until_stop(factory: ThrottleFactory, writes: int, timeout_s: float = 5.0
+                      ) -> ThrottleFactory:
+    """For tests with a real guest: its handover first waits (still throttling, at most
+    ``timeout_s``) until the guest's progress counters advanced by ``writes`` - one page write
+    per step for the KVM guest's worst-case workload - and only then stops the vCPUs.
+
+    The source calls handover() right after its last sync; a guest throttled to 99 % hardly
+    runs in that millisecond, so without this no page is dirtied between the last sync and
+    the stop, and a source that skips the final dirty sync still passes the hash check.
+    ``writes`` of a whole working set guarantees the pages not pending at the last sync
+    (at least what did not fit the downtime budget) are written again.
+    """
+
+    def make(vm: MigratableVm) -> ThrottleControl:
+        return _WritesUntilStop(factory(vm), vm, writes, timeout_s)
+
+    return make
 
 
 # ---------------------------------------------------------------------------------------------

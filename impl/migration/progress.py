@@ -69,12 +69,17 @@ class ProgressPrinter:
 
 def summary(r: MigrationResult) -> str:
     """Human-readable result: several lines, one if it failed before anything was sent."""
-    if not r.converged and r.bytes_sent == 0 and r.source_running:
+    if not r.converged and r.bytes_sent == 0 and r.source_running and r.outcome == "aborted":
         return (f"migration {r.status} before anything was sent: {r.error} (the guest keeps "
                 f"running here)")
     lines = []
-    if r.converged:
-        lines.append(f"migration completed with policy {r.policy}: converged after "
+    if r.outcome == "in_doubt":
+        lines.append(f"migration IN DOUBT (policy {r.policy}) after {r.total_time_s:.2f} s: "
+                     f"{r.error}")
+    elif r.converged:
+        verdict = {"unverified": " UNVERIFIED (no memory hash came back)",
+                   "mismatch": " but the memory hashes DIFFER"}.get(r.outcome, "")
+        lines.append(f"migration completed{verdict} with policy {r.policy}: converged after "
                      f"{r.iterations} delta iterations in {r.total_time_s:.2f} s")
     else:
         lines.append(f"migration {r.status} (policy {r.policy}) after {r.total_time_s:.2f} s,"
@@ -82,6 +87,11 @@ def summary(r: MigrationResult) -> str:
         if r.source_running:
             lines.append("  the source guest keeps running, unthrottled; dirty logging "
                          f"{'stopped' if r.dirty_log_stopped else 'NOT stopped'}")
+        elif r.source_running is None:
+            lines.append("  the source guest's state is UNKNOWN (a vCPU call is stuck)")
+        else:
+            lines.append("  the source guest is PAUSED and the destination does not run it: "
+                         "the guest runs nowhere")
     if r.downtime_ms is not None:
         est = f" (estimated {r.est_downtime_ms:.0f} ms)" if r.est_downtime_ms is not None else ""
         lines.append(f"  downtime {r.downtime_ms:.1f} ms{est}, limit "

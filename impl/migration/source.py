@@ -9,17 +9,28 @@ policy for a throttle percentage (applied through the throttler). Switch-over:
 DONE go out; the destination answers PREPARED; COMMIT; it resumes the guest and answers
 RESUMED, then REPORT (its memory hash and counters).
 
-Any failure before COMMIT (cancel, timeout with strategy ``cancel``, a dead or misbehaving
-peer, a VM or throttler error): throttling stops, the source guest runs on unthrottled (it is
-resumed if the switch-over had paused it), the dirty log is stopped, the peer gets an ERROR
-(best effort) and discards its VM. After COMMIT the guest belongs to the destination: the
-source stays paused whatever happens next (resuming it could run the guest twice).
+The commit point is the moment the whole COMMIT frame has been handed to the kernel (the
+destination authenticates a frame by the MAC at its end, so it cannot act on a COMMIT that did
+not leave whole). Before it, every failure aborts - cancel, timeout with strategy ``cancel``, a
+dead or misbehaving peer (one whose EOF, ERROR or any frame is waiting after PREPARED never
+got COMMIT), a VM or throttler error, a COMMIT send that failed: throttling stops, the source
+guest runs on unthrottled (it is resumed if the switch-over had paused it), the dirty log is
+stopped, the peer gets an ERROR (best effort) and discards its VM. From the commit point on a
+cancel is ignored (also by the socket layer) and the source never resumes on its own: RESUMED
+makes the migration ``completed``; an ERROR in answer to COMMIT (the destination discarded its
+VM without running the guest) aborts as above; anything else - EOF, reset, silence past the
+I/O timeout, garbage - leaves it ``in_doubt``: the source guest stays paused, is kept, and the
+result says the destination may be running it (``dest_running`` None). ``outcome`` is the
+verdict: ``completed``, ``unverified`` (moved, but verification asked for and not done),
+``mismatch`` (moved, memory hashes differ), ``in_doubt`` or ``aborted`` (the guest did not
+move; ``source_running`` says whether it runs).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +38,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from autoconverge.impl.throttler import validate_percent
+from autoconverge.impl.throttler import ThrottlerTimeout, ThrottleWorkerError, validate_percent
 
 from .errors import (
     ErrorCode,
@@ -35,6 +46,7 @@ from .errors import (
     MigrationError,
     PeerError,
     ProtocolError,
+    TransportError,
 )
 from .framing import FrameChannel, MsgType, decode_error
 from .macs import MAC_NAMES
@@ -56,7 +68,8 @@ from .transport import Clock, RealClock
 from .vmapi import MigratableVm, layout_of
 
 TimeoutStrategy = Literal["cancel", "ignore"]
-Status = Literal["completed", "cancelled", "timeout", "failed"]
+Status = Literal["completed", "cancelled", "timeout", "failed", "in_doubt"]
+Outcome = Literal["completed", "unverified", "mismatch", "in_doubt", "aborted"]
 MIN_BANDWIDTH_BYTES = 256 * 1024
 MIN_BANDWIDTH_WINDOW_S = 0.02
 MIN_RATE_WINDOW_S = 0.05
@@ -80,6 +93,13 @@ class MigrationTimeout(MigrationCancelled):
     code = ErrorCode.TIMEOUT
 
 
+class CommitInDoubt(MigrationError):
+    """COMMIT left, but neither RESUMED nor a refusal came back: the destination may be
+    running the guest. Nothing is sent (the connection is what failed)."""
+
+    code = None
+
+
 @dataclass(frozen=True)
 class MigrationConfig:
     downtime_limit_s: float = 0.3
@@ -99,6 +119,10 @@ class MigrationConfig:
     """Session MAC: ``gmac`` (AES-256-GMAC) or ``hmac`` (HMAC-SHA256, slower; a baseline)."""
     verify: bool = True
     """Compare a hash of guest memory at both ends after the switch-over."""
+    cleanup_timeout_s: float = 30.0
+    """How long the clean-up keeps asking the throttler to shut down while one of its vCPU
+    calls is stuck (a slow pause()); after that the source guest's state is reported
+    unknown (``source_running`` None)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.downtime_limit_s <= 3600:
@@ -120,6 +144,9 @@ class MigrationConfig:
             raise ValueError(f"mac must be one of {', '.join(MAC_NAMES)}, got {self.mac!r}")
         if not 4096 <= self.frame_bytes <= 64 * 1024 * 1024:
             raise ValueError(f"frame size must be 4 KiB..64 MiB, got {self.frame_bytes}")
+        if not 0 < self.cleanup_timeout_s <= 3600:
+            raise ValueError(f"cleanup timeout must be in (0, 3600] s, got "
+                             f"{self.cleanup_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -140,6 +167,8 @@ class Sample:
 @dataclass
 class MigrationResult:
     status: Status
+    """How the run ended: ``completed`` (RESUMED came back), ``cancelled``, ``timeout``,
+    ``failed`` (all three before the commit point, or COMMIT refused), ``in_doubt``."""
     policy: str
     error: str | None = None
     total_time_s: float = 0.0
@@ -165,8 +194,19 @@ class MigrationResult:
     dest_counters_at_resume: list[int] = field(default_factory=list)
     dest_counters_after: list[int] = field(default_factory=list)
     guest_continued: bool | None = None
+    outcome: Outcome = "aborted"
+    """The verdict: ``completed`` (the destination runs the guest; memory hashes match, or
+    verification was not asked for), ``unverified`` (it runs there, verification was asked
+    for but no hash came back), ``mismatch`` (it runs there, the hashes differ),
+    ``in_doubt`` (COMMIT left, no answer: the destination may be running the guest, the
+    source copy is kept paused), ``aborted`` (the guest did not move)."""
     source_running: bool | None = None
-    """After the run: True if the source guest runs (aborted), False if paused (moved)."""
+    """After the run: True if the source guest runs, False if it is paused (moved, in doubt,
+    or a failed resume), None if unknown (a vCPU call of the throttler is stuck)."""
+    dest_running: bool | None = False
+    """As far as the source knows: True if the destination resumed the guest (RESUMED),
+    False if it provably does not run it (it never got COMMIT, or refused it after
+    discarding its VM), None if in doubt."""
     dirty_log_stopped: bool = False
     handshake_s: float | None = None
     """Seconds from starting to connect to being authenticated by the receiver."""
@@ -208,6 +248,11 @@ class MigrationSource:
         self._cancel = cancel_event if cancel_event is not None else threading.Event()
         self._cancel_reason = "migration cancelled"
         self._committed = False
+        """The commit point passed: COMMIT was handed to the kernel whole (cancel ignored)."""
+        self._dest_may_run = False
+        """The destination may run the guest: from the start of the COMMIT send, unless
+        the send failed or the destination refused COMMIT. The source never resumes then."""
+        self._dirty_logging = False
         self._ps = vm.page_size
         self._pages = vm.memory_size // vm.page_size
         self._pending = np.zeros(self._pages, dtype=np.bool_)
@@ -241,11 +286,24 @@ class MigrationSource:
     def cancel_event(self) -> threading.Event:
         return self._cancel
 
-    def cancel(self, reason: str = "migration cancelled") -> None:
-        """Thread-safe; takes effect at the next frame or I/O slice (ignored after COMMIT)."""
-        if not self._committed:
-            self._cancel_reason = reason
-            self._cancel.set()
+    @property
+    def committed(self) -> bool:
+        """The commit point passed (COMMIT handed to the kernel whole): cancel is ignored."""
+        return self._committed
+
+    def cancel(self, reason: str = "migration cancelled") -> bool:
+        """Thread-safe; takes effect at the next frame or I/O slice. Ignored (returns False)
+        once the commit point passed; a cancel that wins the race with the COMMIT send
+        stops it before the frame left whole. (One landing in the instant between the frame
+        leaving and this side noting it returns True and is ignored all the same.)"""
+        if self._committed:
+            return False
+        self._cancel_reason = reason
+        stream = self.channel.stream
+        if hasattr(stream, "cancel_reason"):
+            stream.cancel_reason = reason
+        self._cancel.set()
+        return True
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set() and not self._committed:
@@ -258,7 +316,6 @@ class MigrationSource:
     def run(self) -> MigrationResult:
         r = self.result
         self._t0 = self.clock.now()
-        dirty_logging = False
         err: BaseException | None = None
         try:
             self._check_cancel()
@@ -268,7 +325,7 @@ class MigrationSource:
             self._builder = FrameBuilder(self.vm.memory(), self._ps, frame_pages,
                                          self.cfg.zero_page_detection)
             self.vm.start_dirty_log()
-            dirty_logging = True
+            self._dirty_logging = True
             self._throttle = self.throttle_factory(self.vm)
             self._last_sync = self._bw_mark_t = self._obs_t = self._last_tick = self._now()
             self._syncs.append((self._last_sync, 0, 0.0))
@@ -300,27 +357,20 @@ class MigrationSource:
             assert self._throttle is not None
             self._throttle.handover()
             r.guest_cpu_stolen_s = self._throttle.stolen_vcpu_seconds()
-            self._sync()
+            self._final_sync()
             self._send_pass(np.flatnonzero(self._pending), it + 1, ticks=False)
             self.channel.send(MsgType.VCPU_STATE, *encode_vcpu_state(self.vm.save_vcpu_state()))
             r.counters_at_stop = list(self.vm.progress())
             self.channel.send(MsgType.DONE, encode_done(r.pages_sent, it))
             expect_empty(self.channel.expect(MsgType.PREPARED))
-            self._check_cancel()
-            self._committed = True
-            self.channel.send(MsgType.COMMIT)
-            expect_empty(self.channel.expect(MsgType.RESUMED))
+            self._commit()
+            self._await_resumed()
             r.downtime_ms = (self.clock.now() - t_stop) * 1e3
             r.status = "completed"
-            self.vm.stop_dirty_log()
-            dirty_logging = False
-            if self.cfg.verify:
-                r.source_hash = memory_hash(self.vm.memory())
-            try:
-                rep = decode_report(self.channel.expect(MsgType.REPORT).payload, layout_of(self.vm))
-                self._use_report(rep)
-            except MigrationError as exc:
-                r.error = f"migration completed, but the destination's report failed: {exc}"
+            self._after_resumed()
+        except CommitInDoubt as exc:
+            err = exc
+            r.status, r.error = "in_doubt", str(exc)
         except MigrationTimeout as exc:
             err = exc
             r.status, r.error = "timeout", str(exc)
@@ -334,8 +384,85 @@ class MigrationSource:
             err = exc
             r.status, r.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
-            self._cleanup(err, dirty_logging)
+            self._cleanup(err)
         return r
+
+    # ------------------------------------------------------------------------------ commit
+    def _commit(self) -> None:
+        """Send COMMIT. The commit point is the whole frame handed to the kernel.
+
+        Before it everything aborts: a cancel (checked here, and by the socket layer while
+        the frame is written), a destination that is gone or spoke since PREPARED (it waits
+        silently for COMMIT: its EOF, ERROR or any frame means it never got COMMIT), a send
+        that failed (the frame did not leave whole; the destination authenticates COMMIT by
+        the MAC at its end, so it cannot have acted on it).
+        """
+        self._check_cancel()
+        self._check_peer_before_commit()
+        self._dest_may_run = True  # from the first byte on (an interruption: in doubt)
+        try:
+            self.channel.send(MsgType.COMMIT)
+        except MigrationError:
+            self._dest_may_run = False  # it did not leave whole: never authenticated
+            raise
+        self._committed = True
+        ignore_cancel = getattr(self.channel.stream, "ignore_cancel", None)
+        if ignore_cancel is not None:
+            ignore_cancel()  # a Ctrl-C from here on must not end the wait for the answer
+
+    def _check_peer_before_commit(self) -> None:
+        if self._link is None or not self._link.readable():
+            return
+        try:
+            frame = self.channel.recv()
+        except TransportError as exc:
+            raise TransportError(f"the destination closed the connection after PREPARED, "
+                                 f"so it never got COMMIT ({exc})") from exc
+        if frame.type is MsgType.ERROR:
+            raise PeerError(*decode_error(frame.payload))
+        raise ProtocolError(f"unexpected {frame.type.name} from the destination after "
+                            f"PREPARED (COMMIT not sent)")
+
+    def _await_resumed(self) -> None:
+        """RESUMED: the guest runs at the destination. ERROR: the destination refused COMMIT
+        (it sends ERROR only before it started the guest, after discarding its VM): the
+        guest is still only here. Anything else: in doubt."""
+        try:
+            expect_empty(self.channel.expect(MsgType.RESUMED))
+        except PeerError:
+            self._dest_may_run = False
+            raise
+        except MigrationError as exc:
+            raise CommitInDoubt(self._in_doubt_text(str(exc))) from exc
+
+    @staticmethod
+    def _in_doubt_text(why: str) -> str:
+        return (f"in doubt: COMMIT was sent but the destination did not confirm it ({why}); "
+                f"the destination runs the guest if COMMIT reached it and it started the "
+                f"guest. The source guest is kept paused (resuming it here could run the "
+                f"guest twice): resume it only once the destination is known not to run it")
+
+    def _after_resumed(self) -> None:
+        """The guest runs at the destination: stop the dirty log, hash, read the REPORT.
+        Nothing here changes where the guest runs; a failure is a note in ``error``."""
+        r = self.result
+        notes: list[str] = []
+        try:
+            self.vm.stop_dirty_log()
+            self._dirty_logging = False
+        except Exception as exc:
+            notes.append(f"stopping the dirty log failed: {exc}")
+        try:
+            if self.cfg.verify:
+                r.source_hash = memory_hash(self.vm.memory())
+            rep = decode_report(self.channel.expect(MsgType.REPORT).payload, layout_of(self.vm))
+            self._use_report(rep)
+        except MigrationError as exc:
+            notes.append(f"the destination's report failed: {exc}")
+        except Exception as exc:
+            notes.append(f"verification failed: {type(exc).__name__}: {exc}")
+        if notes:
+            r.error = "migration completed, but " + "; ".join(notes)
 
     def _frame_bytes(self) -> int:
         want = self.cfg.frame_bytes
@@ -345,45 +472,89 @@ class MigrationSource:
         return want
 
     # ------------------------------------------------------------------------------ cleanup
-    def _cleanup(self, err: BaseException | None, dirty_logging: bool) -> None:
+    def _cleanup(self, err: BaseException | None) -> None:
         r = self.result
         r.total_time_s = self._now()
-        if err is not None and self._committed:
-            r.error = (f"after COMMIT: {r.error}; the source guest stays paused (the "
-                       f"destination may be running it; resuming here could run it twice)")
         problems: list[str] = []
+        if self._dest_may_run and r.status != "completed":
+            # after the first byte of COMMIT, however the run ended (a KeyboardInterrupt too)
+            if r.status != "in_doubt":
+                r.status = "in_doubt"
+                r.error = self._in_doubt_text(r.error or "interrupted")
+        elif not self._dest_may_run and err is not None:
+            self._tell_peer(err)  # first: the destination discards at once
+        source_known = True
         if self._throttle is not None:
             if r.guest_cpu_stolen_s == 0.0:
                 try:
                     r.guest_cpu_stolen_s = self._throttle.stolen_vcpu_seconds()
                 except Exception as exc:
                     problems.append(f"stolen-time query failed: {exc}")
-            try:
-                self._throttle.shutdown()
-            except Exception as exc:
-                problems.append(f"throttler shutdown failed: {exc}")
-        if not self._committed:
-            if err is not None:
-                self._tell_peer(err)
+            source_known = self._shutdown_throttle(problems)
+        if not self._dest_may_run and source_known:
             try:
                 if self.vm.is_paused():
                     self.vm.resume()
             except Exception as exc:
                 problems.append(f"resuming the source guest failed: {exc}")
-        if dirty_logging:
+        if self._dirty_logging:
             try:
                 self.vm.stop_dirty_log()
             except Exception as exc:
                 problems.append(f"stopping the dirty log failed: {exc}")
             else:
-                dirty_logging = False
-        r.dirty_log_stopped = not dirty_logging
-        try:
-            r.source_running = not self.vm.is_paused()
-        except Exception:
-            r.source_running = None
+                self._dirty_logging = False
+        r.dirty_log_stopped = not self._dirty_logging
+        r.source_running = None
+        if source_known:
+            try:
+                r.source_running = not self.vm.is_paused()
+            except Exception:
+                r.source_running = None
+        r.dest_running = (True if r.status == "completed" else
+                          None if self._dest_may_run else False)
+        r.outcome = self._outcome()
         if problems:
             r.error = "; ".join(([r.error] if r.error else []) + problems)
+
+    def _shutdown_throttle(self, problems: list[str]) -> bool:
+        """Shut the throttler down (it resumes the vCPUs unless they were handed over); retry
+        while a vCPU call is stuck, up to ``cleanup_timeout_s``. False: still stuck, the
+        source guest's state is unknown (a late pause may still land)."""
+        assert self._throttle is not None
+        deadline = time.monotonic() + self.cfg.cleanup_timeout_s  # the throttler's real time
+        failures = 0
+        while True:
+            try:
+                self._throttle.shutdown()
+                return True
+            except ThrottlerTimeout as exc:  # each attempt waited up to the call timeout
+                if time.monotonic() >= deadline:
+                    problems.append(
+                        f"a vCPU call of the throttler is stuck ({exc}); gave up after "
+                        f"{self.cfg.cleanup_timeout_s:g} s: the source guest's state is "
+                        f"unknown")
+                    return False
+                time.sleep(0.01)
+            except ThrottleWorkerError as exc:  # reported once, or the final resume failed
+                failures += 1
+                if failures == 1:
+                    problems.append(f"throttler shutdown: {exc}")
+                if failures >= 2:
+                    return True
+            except Exception as exc:
+                problems.append(f"throttler shutdown failed: {exc}")
+                return True
+
+    def _outcome(self) -> Outcome:
+        r = self.result
+        if r.status == "completed":
+            if r.memory_hash_match is False:
+                return "mismatch"
+            if self.cfg.verify and r.memory_hash_match is not True:
+                return "unverified"
+            return "completed"
+        return "in_doubt" if r.status == "in_doubt" else "aborted"
 
     def _tell_peer(self, err: BaseException) -> None:
         """Send ERROR if the stream is intact (not mid-frame, not broken); short deadline."""
@@ -444,6 +615,11 @@ class MigrationSource:
         self._check_timeout()
 
     # ------------------------------------------------------------------------------ measuring
+    def _final_sync(self) -> None:
+        """The vCPUs are stopped: fetch the pages written since the last sync (they go out in
+        the final pass). Without it a page dirtied after the last pass is never re-sent."""
+        self._sync()
+
     def _sync(self) -> None:
         """Fetch-and-clear the dirty log into the pending set; measure the dirty rate."""
         bits = bitmap_to_bool(self.vm.fetch_dirty_bitmap(), self._pages)

@@ -27,11 +27,15 @@ class ThrottleControl(Protocol):
         ...
 
     def handover(self) -> None:
-        """Stop throttling, leave every vCPU paused; the caller owns them afterwards."""
+        """Stop throttling, leave every vCPU paused; the caller owns them afterwards.
+
+        If it raises, nothing is handed over: the vCPUs are not the caller's, and
+        ``shutdown()`` (which resumes them) is still due."""
         ...
 
     def shutdown(self) -> None:
-        """Stop throttling, vCPUs running; idempotent, also after handover."""
+        """Stop throttling, vCPUs running; idempotent, a no-op after a handover that
+        returned. Raises ``ThrottlerTimeout`` while a vCPU call is stuck: call it again."""
         ...
 
     def stolen_vcpu_seconds(self) -> float:
@@ -88,41 +92,55 @@ class PauseAccounting:
 
 class RealThrottle:
     """The project's threaded :class:`~autoconverge.impl.throttler.Throttler` on the real
-    runtime, with measured pause accounting."""
+    runtime, with measured pause accounting.
 
-    def __init__(self, vm: MigratableVm, timeslice_ns: int = DEFAULT_TIMESLICE_NS) -> None:
+    A handover that times out (a pause() slower than the call timeout) or fails hands
+    nothing over: ``handover()`` then asks the throttler to shut down at once, which waits
+    for the worker's late exit and resumes the vCPUs if the worker left them paused. If the
+    vCPU call is still stuck, that raises ``ThrottlerTimeout`` and the throttler stays open,
+    so the caller's ``shutdown()`` tries again (the migration source retries it for
+    ``MigrationConfig.cleanup_timeout_s``).
+    """
+
+    def __init__(self, vm: MigratableVm, timeslice_ns: int = DEFAULT_TIMESLICE_NS,
+                 call_timeout_ns: int | None = None) -> None:
         from ..realtime import RealRuntime
         from ..throttler import Throttler
 
         self._acct = PauseAccounting(vm)
-        self._throttler = Throttler(self._acct, runtime=RealRuntime(), timeslice_ns=timeslice_ns)
-        self._closed = False
+        if call_timeout_ns is None:  # the throttler's default
+            self._throttler = Throttler(self._acct, runtime=RealRuntime(),
+                                        timeslice_ns=timeslice_ns)
+        else:
+            self._throttler = Throttler(self._acct, runtime=RealRuntime(),
+                                        timeslice_ns=timeslice_ns,
+                                        call_timeout_ns=call_timeout_ns)
 
     def set_throttle_percent(self, percent: int) -> None:
         self._throttler.set_throttle_percent(percent)
 
     def handover(self) -> None:
         self._acct.freeze()
-        self._closed = True
         try:
             self._throttler.handover()
         except BaseException:
-            with contextlib.suppress(Exception):  # best effort: do not leave the worker
+            # not handed over: the vCPUs are not ours. shutdown() resumes them once the
+            # worker is gone; if it is still stuck (ThrottlerTimeout), the caller's
+            # shutdown() tries again
+            with contextlib.suppress(Exception):
                 self._throttler.shutdown()
             raise
 
     def shutdown(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._throttler.shutdown()
+        self._throttler.shutdown()  # idempotent; a no-op after a handover that returned
 
     def stolen_vcpu_seconds(self) -> float:
         return self._acct.stolen_vcpu_seconds()
 
 
-def real_throttle_factory(timeslice_ns: int = DEFAULT_TIMESLICE_NS) -> ThrottleFactory:
+def real_throttle_factory(timeslice_ns: int = DEFAULT_TIMESLICE_NS,
+                          call_timeout_ns: int | None = None) -> ThrottleFactory:
     def make(vm: MigratableVm) -> ThrottleControl:
-        return RealThrottle(vm, timeslice_ns)
+        return RealThrottle(vm, timeslice_ns, call_timeout_ns)
 
     return make

@@ -2,8 +2,9 @@
 
 :class:`CancellableSocket` is the byte stream under the :class:`~.framing.FrameChannel`. Every
 blocking call waits in short slices (``poll_s``) so that a ``cancel()`` from another thread
-takes effect within one slice, and an I/O deadline (``io_timeout_s`` without any progress)
-turns a dead or stalled peer into a :class:`TransportError` instead of a hang.
+takes effect within one slice (until the source's commit point: ``ignore_cancel()``), and an
+I/O deadline (``io_timeout_s`` without any progress) turns a dead or stalled peer into a
+:class:`TransportError` instead of a hang.
 
 :class:`Clock` is what the pre-copy loop measures time with and sleeps on (bandwidth cap);
 tests inject a virtual clock so no unit test sleeps on the wall clock.
@@ -80,10 +81,18 @@ class CancellableSocket:
         self.deadline: float | None = None
         """An absolute ``time.monotonic()`` by which the current exchange (the handshake)
         must be over, however the peer paces its bytes; None: only the I/O timeout."""
+        self.cancellable = True
+        """False once the migration passed its commit point (:meth:`ignore_cancel`)."""
         tune_socket(sock, poll_s)
 
+    def ignore_cancel(self) -> None:
+        """From now on the cancel event no longer interrupts I/O (only the I/O deadline
+        does): the source passed its commit point, and a cancel (Ctrl-C) must not turn the
+        wait for the destination's answer into "cancelled"."""
+        self.cancellable = False
+
     def _check(self) -> None:
-        if self.cancel.is_set():
+        if self.cancellable and self.cancel.is_set():
             raise MigrationCancelled(self.cancel_reason)
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise HandshakeTimeout("the peer did not complete the handshake in time")
