@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
 
-from autoconverge.spec import SPEC, Spec
+from autoconverge.spec import FAIRNESS_GROUPS, SPEC, FairnessGroup, Spec
 from autoconverge.spec.diagram import DiagramError, diagram
 from autoconverge.spec.variants import VARIANTS, variant
 
@@ -129,11 +131,17 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
         rows[prop.name]["depth"] = prop.depth
 
     if proofs:
-        from autoconverge.proofs.prove import check_vacuity, prove_all, prove_timing
+        from autoconverge.proofs.prove import (
+            check_vacuity,
+            prove_all,
+            prove_timing,
+            z3_search_limits,
+        )
 
         progress("Z3 proofs (unbounded)")
-        for proof in prove_all(spec):
+        for proof in prove_all(spec, explored=result):
             merge(proof.name, "proof", proof.holds, proof.as_dict())
+        report["z3_search"] = z3_search_limits()
         progress("Z3 timing arithmetic")
         timing = prove_timing()
         report["timing"] = timing.as_dict()
@@ -171,6 +179,24 @@ def _cell(ev: dict[str, Any] | None) -> str:
     return "unproved" if ev.get("verdict") == "not proved" else "FAIL"
 
 
+def _group_what(g: FairnessGroup) -> str:
+    """A fairness group's statement without its trailing "(weakly fair)"/"(no fairness)"."""
+    return re.sub(r"\s*\([^()]*\)$", "", g.statement)
+
+
+def scope_text(width: int = 96) -> str:
+    """What the verdicts cover: the bounds, and the fairness assumption, printed from
+    :data:`autoconverge.spec.FAIRNESS_GROUPS` (never restated here)."""
+    weak = "; ".join(_group_what(g) for g in FAIRNESS_GROUPS if g.weak)
+    unfair = " or on ".join(_group_what(g) for g in FAIRNESS_GROUPS if not g.weak)
+    text = ("scope: explorer/SPIN/TLC are exhaustive up to the bounds of model/explorer.toml; "
+            "Z3 proofs are unbounded; liveness assumes weak fairness per thread "
+            f"({weak}), and none on {unfair}; time is abstracted by the clock's expire event, "
+            "the vCPUs are all-or-nothing (autoconverge report).")
+    return textwrap.fill(text, width=width, subsequent_indent=" " * len("scope: "),
+                         break_on_hyphens=False)
+
+
 def _table(report: dict[str, Any]) -> str:
     cols = ["explorer", "proof", "spin", "tlc"]
     present = [c for c in cols if any(c in r for r in report["properties"])]
@@ -189,6 +215,12 @@ def _table(report: dict[str, Any]) -> str:
     if "vacuity" in report:
         bad = [v["name"] for v in report["vacuity"] if not v.get("holds")]
         lines.append(f"vacuity: {'ok' if not bad else 'FAIL ' + ', '.join(bad)}")
+    if "z3_search" in report:
+        z = report["z3_search"]
+        lines.append(f"Z3 limits: counterexample search {z['bmc_depth']} steps (lasso "
+                     f"{z['lasso_depth']}, {z['depth_from']}); rlimit {z['rlimit']} per "
+                     f"obligation, {z['search_rlimit']} per search depth; seed {z['seed']}; "
+                     "no wall-clock timeouts")
     stats = report.get("explorer", {})
     if stats:
         lines.append(
@@ -200,16 +232,12 @@ def _table(report: dict[str, Any]) -> str:
             ev = r.get(method) or {}
             cex = ev.get("counterexample_text") or ev.get("counterexample")
             if not r["holds"] and cex:
-                lines.append(f"\ncounterexample for {r['name']} ({method}):")
+                source = ev.get("counterexample_source")
+                by = f"{method}, {source}" if source else method
+                lines.append(f"\ncounterexample for {r['name']} ({by}):")
                 lines.append(cex if isinstance(cex, str) else json.dumps(cex, indent=1))
                 break
-    lines.append(
-        "\nscope: explorer/SPIN/TLC are exhaustive up to the bounds of model/explorer.toml; "
-        "Z3 proofs are unbounded;\n       liveness assumes weak fairness per thread "
-        "(worker, clock, a caller blocked in a call), none on user calls;\n       time is "
-        "abstracted by the clock's expire event, the vCPUs are all-or-nothing "
-        "(autoconverge report)."
-    )
+    lines.append("\n" + scope_text())
     lines.append(f"\n{'ALL PROPERTIES HOLD' if report['ok'] else 'VIOLATIONS FOUND'}"
                  + (f" (variant {report['variant']})" if report.get("variant") else ""))
     return "\n".join(lines)

@@ -10,11 +10,32 @@ the deadline passed) and fires the one worker transition the spec enables in it.
 The worker's run loop dispatches on the worker machine's state, once per step, through a
 table from state to step method built once (``_Worker._STEP_BY_STATE``: ``waiting`` ->
 ``_wait_for_command``, both throttling phases -> ``_throttle_phase``); after each step the
-loop reads the next state from the machine, which the step's transition set. Commands come
-in over a channel; synchronous ones (abort, shutdown, handover) get an answer on a response
-channel; a command the spec does not allow in the current state gets an error answer
-instead of being ignored. All primitives (threads, channels, clock) come from an injected
-:class:`~autoconverge.impl.runtime.Runtime`.
+loop reads the next state from the machine, which the step's transition set. A transition
+that declares a vCPU call only starts it (the spec's ``call``); the worker then performs the
+call and fires how it ended: ``call_return``, or ``fault`` (any exception, KeyboardInterrupt
+included: a best-effort resume, then exit) and ``resume_failed``. Commands come in over a
+channel; synchronous ones (abort, shutdown, handover) get an answer on a response channel
+once the call in progress ended; a command the spec does not allow in the current state gets
+an error answer instead of being ignored. All primitives (threads, channels, clock) come from
+an injected :class:`~autoconverge.impl.runtime.Runtime`.
+
+The API side holds one lock for the whole of a call (the spec's ``holder``). A blocking call
+that times out fires the spec's ``timeout`` and raises :class:`ThrottlerTimeout`; afterwards
+only ``shutdown()`` is possible, and it always ends with the vCPUs running: it waits for the
+worker's late exit and resumes the vCPUs itself if the worker left them paused (a timed-out
+handover's, a failed resume's). What each call raises:
+
+- ``set_throttle_percent``: ``TypeError``/``ValueError`` (bad percent), ``ThrottlerClosed``
+  (after shutdown/handover, or after a timeout or failure: only shutdown() is possible),
+  ``ThrottleWorkerError`` (the worker failed in a vCPU call), ``ThrottlerTimeout`` (abort:
+  no answer within the call timeout);
+- ``shutdown``: ``ThrottleWorkerError`` (the worker had failed - reported once - or the final
+  resume failed: call shutdown() again), ``ThrottlerTimeout`` (the worker did not exit in
+  time: call shutdown() again once the vCPU call returns); idempotent once closed;
+- ``handover``: ``ThrottlerClosed`` (after shutdown, a timeout or a failure),
+  ``ThrottleWorkerError`` (the worker failed instead of handing over; the vCPUs are not
+  owned: call shutdown()), ``ThrottlerTimeout``. A handover that returns always leaves the
+  vCPUs paused, the worker joined, and the caller owning them.
 
 Usage::
 
@@ -26,6 +47,7 @@ Usage::
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +59,7 @@ from autoconverge.spec import SPEC, Spec, State, timing
 from autoconverge.spec import lifecycle as L
 
 from .errors import AutoconvergeError
-from .runtime import Channel, ChannelTimeout, JoinTimeout, Runtime, Thread
+from .runtime import Channel, ChannelTimeout, Runtime, Thread
 from .vcpus import Vcpus
 
 DEFAULT_CALL_TIMEOUT_NS = 2_000_000_000
@@ -188,6 +210,7 @@ class _SpecModel:
         self._linearization_lock = linearization_lock
         self._shared = shared
         self._pending: dict[str, Any] = {}
+        self._attached = True
         # this machine's transitions as the spec declares them (introspected from the machine)
         self._declared: dict[tuple[str, str], L.Transition] = {
             (t.trigger, t.source): t for t in spec.relation() if t.machine == self.machine_name
@@ -197,15 +220,14 @@ class _SpecModel:
     def spec_view(self) -> State:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def perform_calls(self, calls: tuple[L.Call, ...]) -> None:  # pragma: no cover
-        raise NotImplementedError(f"{self.machine_name} performs no vCPU calls")
-
     def apply_updates(self, updates: Mapping[str, Any]) -> None:
         self._pending = dict(updates)
 
     def detach(self) -> None:
         """Leave the shared machine (it would otherwise keep every model ever bound)."""
-        self._spec.machine(self.machine_name).remove_model(self)
+        if self._attached:
+            self._attached = False
+            self._spec.machine(self.machine_name).remove_model(self)
 
     def allows(self, trigger: str, **params: int) -> bool:
         """The spec allows ``trigger`` now: declared from this state, its guard true (the
@@ -215,6 +237,10 @@ class _SpecModel:
 
     def fire(self, trigger: str, **params: int) -> None:
         """Fire ``trigger`` through the machine; anything the spec refuses raises."""
+        # the event's time is read first: ``now_ns`` may be a scheduling point (virtual time),
+        # and nothing between the machine's state change and _store may let another thread
+        # run, or it would see the new state with the old variables and no recorded event
+        time_ns = self._runtime.now_ns()
         source = self.state
         before = self.spec_view()
         self._pending = {}
@@ -233,7 +259,7 @@ class _SpecModel:
         # record before the step's effects reach the other thread (queue put, answer), so
         # the log's order is a valid linearization for trace validation
         self._recorder.record(
-            TraceEvent(self._runtime.now_ns(), self.machine_name, trigger, source, self.state,
+            TraceEvent(time_ns, self.machine_name, trigger, source, self.state,
                        dict(params), before, updates)
         )
         self._store(updates, before)
@@ -255,6 +281,7 @@ class _Worker(_SpecModel):
         self.percent = 0
         self.applied = 0
         self.paused = False
+        self.call = L.NO_CALL
         self.handed = False
         self.failed = False
         self.expired = False
@@ -266,56 +293,54 @@ class _Worker(_SpecModel):
         self._timeslice_ns = timeslice_ns
         self._controller_state = controller_state
         self._message: int | None = None
+        self._answer_due = False
         self._deadline_ns = 0
         self.pause_cost_ns = 0
         self.resume_cost_ns = 0
         self.cycles = 0
         self.paused_ns = 0
         self._paused_since: int | None = None
-        self._best_effort = False
         self._lag_ns: dict[str, float] = {L.PAUSE: 0.0, L.RUN: 0.0}
+        self.detach_on_exit = False
+        """Set when the handle was dropped: nobody will fire on this model after the thread."""
+        self._holds_linearization_lock = False
         super().__init__(spec, runtime, recorder, linearization_lock, shared)
         self._worker_relation = tuple(self._declared.values())
-        # the spec's worker transitions by (source state, actor), fault excluded: a step
-        # evaluates only the guards that can hold (enabled() also requires the source state)
+        # the spec's worker/clock transitions by (source state, actor): a step evaluates only
+        # the guards that can hold (enabled() also requires the source state); how a vCPU call
+        # ends (actor vcpu) is fired explicitly after the call
         self._candidates: dict[tuple[str, str], tuple[L.Transition, ...]] = {}
         for t in self._worker_relation:
-            if t.trigger != L.FAULT:
+            if t.actor in ("worker", "clock"):
                 key = (t.source, t.actor)
                 self._candidates[key] = (*self._candidates.get(key, ()), t)
 
+    def fire(self, trigger: str, **params: int) -> None:
+        # atomic w.r.t. the controller's steps, whose guards read the worker's variables
+        # (failed, call, paused, the machine state): the log is a valid linearization and a
+        # guard the controller checked still holds when its transition fires
+        if self._holds_linearization_lock:
+            super().fire(trigger, **params)
+            return
+        with self._linearization_lock:
+            self._holds_linearization_lock = True
+            try:
+                super().fire(trigger, **params)
+            finally:
+                self._holds_linearization_lock = False
+
     # the spec's view ------------------------------------------------------------------------
     def spec_view(self) -> State:
-        # the worker's guards read neither the controller's ``requested`` nor ``resp``: its
-        # view (recorded as each worker event's view_before) leaves them at their initial
-        # values, and shows the queue as the one command it has received (if any)
+        # the worker's guards read neither the controller's ``requested``/``holder``/``owner``
+        # nor ``resp``: its view (recorded as each worker event's view_before) leaves them at
+        # their initial values, and shows the queue as the one command it has received
         return State(
             w=self.state, c=self._controller_state(), percent=self.percent,
-            applied=self.applied, paused=self.paused, handed=self.handed,
+            applied=self.applied, paused=self.paused, call=self.call, handed=self.handed,
             failed=self.failed, expired=self.expired, polled=self.polled, requested=0,
-            chan=() if self._message is None else (self._message,), resp=False,
+            holder=0, owner=0, chan=() if self._message is None else (self._message,),
+            resp=False,
         )
-
-    def perform_calls(self, calls: tuple[L.Call, ...]) -> None:
-        if self._best_effort:
-            for _ in calls:
-                self._resume_best_effort()
-            return
-        for call in calls:
-            start = self._runtime.now_ns()
-            if call == "pause":
-                self._vcpus.pause()
-                self._paused_since = self._runtime.now_ns()
-                self.pause_cost_ns = max(0, self._paused_since - start)
-            else:
-                self._end_paused_interval(start)
-                self._vcpus.resume()
-                self.resume_cost_ns = max(0, self._runtime.now_ns() - start)
-
-    def _end_paused_interval(self, now_ns: int) -> None:
-        if self._paused_since is not None:
-            self.paused_ns += max(0, now_ns - self._paused_since)
-            self._paused_since = None
 
     def _store(self, updates: Mapping[str, Any], before: State) -> None:
         for name in L.WORKER_VARIABLES:
@@ -326,9 +351,68 @@ class _Worker(_SpecModel):
         if "resp" in updates:
             self._shared.resp = bool(updates["resp"])
             if self._shared.resp:
-                self._responses.put(None)  # the answer that wakes the waiting controller
-        if self.state in L.THROTTLING and before.w != self.state:
+                # the answer that wakes the waiting controller, once the call (if any) ended
+                self._answer_due = True
+                self._send_answer_if_due()
+        if self.state in L.THROTTLING and before.w != self.state and self.call == L.NO_CALL:
             self._start_phase()
+
+    def _send_answer_if_due(self) -> None:
+        if self._answer_due and self.call == L.NO_CALL:
+            self._answer_due = False
+            self._responses.put(None)
+
+    # vCPU calls: started by a transition, ended by call_return / fault / resume_failed ---------
+    def complete_call(self, *, answer_errors: bool = True) -> None:
+        """Perform the vCPU call the last transition started and fire how it ended.
+
+        Any exception (``BaseException``: a KeyboardInterrupt raised inside pause() too) is
+        the spec's ``fault``: a best-effort resume, recorded and then exit; if that resume
+        raises as well, ``resume_failed`` (the vCPUs may stay paused). ``answer_errors``: wake
+        a waiting controller with the error (the worker thread's own calls).
+        """
+        call = self.call
+        try:
+            self._do_call(call)
+        except BaseException as exc:
+            self._call_failed(exc)
+            if answer_errors:
+                self._answer_due = False
+                self._responses.put(exc)  # wakes a controller blocked in a call
+            return
+        self.fire(L.CALL_RETURN)
+        if self.state in L.THROTTLING:
+            self._start_phase()
+        self._send_answer_if_due()
+
+    def _call_failed(self, exc: BaseException) -> None:
+        self.error = self.error or exc
+        if not self.allows(L.FAULT):
+            self.fire(L.RESUME_FAILED)
+            return
+        self.fire(L.FAULT)  # starts the best-effort resume
+        try:
+            self._do_call(self.call)
+        except BaseException:
+            self.fire(L.RESUME_FAILED)
+        else:
+            self.fire(L.CALL_RETURN)
+
+    def _do_call(self, call: int) -> None:
+        start = self._runtime.now_ns()
+        if call == L.PAUSE_CALL:
+            self._vcpus.pause()
+            self._paused_since = self._runtime.now_ns()
+            self.pause_cost_ns = max(0, self._paused_since - start)
+        else:
+            self._end_paused_interval(start)
+            self._vcpus.resume()
+            self.resume_cost_ns = max(0, self._runtime.now_ns() - start)
+
+    def _end_paused_interval(self, now_ns: int) -> None:
+        if self._paused_since is not None:
+            self.paused_ns += max(0, now_ns - self._paused_since)
+            self._paused_since = None
 
     # stepping: fire the one transition the spec enables --------------------------------------
     def _step(self, *, clock: bool = False) -> None:
@@ -343,12 +427,9 @@ class _Worker(_SpecModel):
                 f"worker: {len(enabled)} transitions enabled in {view}: "
                 f"{[t.label for t in enabled]}"
             )
-        try:
-            self.fire(enabled[0].trigger)
-        except SpecViolation:
-            raise
-        except Exception as exc:  # a vCPU call failed (the state did not change)
-            self._fault(exc)
+        self.fire(enabled[0].trigger)
+        if enabled[0].calls:
+            self.complete_call()
 
     def _reject(self, view: State) -> None:
         """A command the spec does not allow here: answer with an error, change nothing."""
@@ -357,53 +438,28 @@ class _Worker(_SpecModel):
             SpecViolation(f"worker: command {message} is not allowed in state {view.w!r}")
         )
 
-    def _fault(self, exc: BaseException) -> None:
-        """A vCPU call failed: resume what can be resumed, exit, wake a waiting caller."""
-        self.error = exc
-        self._fire_fault()
-        self._responses.put(exc)  # wakes a controller blocked in abort/shutdown/handover
-
-    def _fire_fault(self) -> None:
-        """Fire the spec's ``fault`` from the current state, its vCPU calls best-effort."""
-        if "resume" not in self._declared[(L.FAULT, self.state)].calls:
-            # pause() failed part-way: some vCPUs may be paused although the spec's
-            # all-or-nothing view says running. Resume them outside the spec's accounting.
-            self._resume_best_effort()
-        self._best_effort = True
-        try:
-            self.fire(L.FAULT)
-        finally:
-            self._best_effort = False
-
-    def _crash(self, exc: Exception) -> None:
+    def _crash(self, exc: BaseException) -> None:
         """An internal bug stopped the run loop: exit safely, report, never hang.
 
-        The exit goes through the spec's ``fault`` transition when the spec allows it in the
-        current state (declared from it, its guard true): resume best-effort, record the
-        step, exit. Only when it does not is the machine set to ``exit`` directly.
+        The exit goes through the spec when it can: a vCPU call in progress fails through
+        ``fault`` (best-effort resume, recorded). Only when the spec has no transition for the
+        situation is the machine set to ``exit`` directly.
         """
         self.error = self.error or exc
-        exited_by_fault = False
+        exited = False
         try:
-            if self.allows(L.FAULT):
-                self._fire_fault()
-                exited_by_fault = True
+            if self.call != L.NO_CALL:
+                self._call_failed(exc)
+                exited = self.state == L.EXIT and self.call == L.NO_CALL
         except Exception:
             pass  # the machinery itself failed: fall back below
-        if not exited_by_fault:
+        if not exited:
             # Not a spec transition, on purpose: no transition the spec declares covers
-            # these cases, and a crashed worker must still exit and answer.
-            # - waiting on an empty queue (the crash came from the blocking receive, or a
-            #   step left no command): ``fault@waiting`` requires a command at the head of
-            #   the queue (it models pause() failing in recv_set/recv_handover and pops
-            #   that command), so its guard is false;
-            # - already ``exit`` (the crash came after the exit transition changed the
-            #   state, e.g. an ``on_event`` callback or the answer's put raised): the spec
-            #   has no transition out of ``exit``, but the vCPUs are resumed and the failure
-            #   recorded as before;
-            # - firing ``fault`` raised (the crash is in the firing machinery itself: the
-            #   recorder's ``on_event``, a guard or an effect).
+            # these cases (the crash came from the blocking receive, or after the exit
+            # transition, or from the firing machinery itself: the recorder's on_event, a
+            # guard or an effect), and a crashed worker must still exit and answer.
             self.failed = True
+            self.call = L.NO_CALL
             self._resume_best_effort()
             self.paused = False
             if self.state != L.EXIT:
@@ -451,10 +507,13 @@ class _Worker(_SpecModel):
             step_by_state = self._STEP_BY_STATE
             while (state := self.state) != L.EXIT:
                 step_by_state[state](self)  # fires at most one worker transition
-        except Exception as exc:  # an internal bug: stop safely, report, never hang
+        except BaseException as exc:
             self._crash(exc)
         finally:
-            self._spec.machine("worker").remove_model(self)
+            # the controller may still fire on this model (its own final resume) until the
+            # handle is closed; a dropped handle's worker leaves the machine here
+            if self.detach_on_exit:
+                self.detach()
 
     def _wait_for_command(self) -> None:
         """``waiting``: block on the queue (no polling), then take the received command."""
@@ -504,14 +563,18 @@ class _Worker(_SpecModel):
         race in README "The real code's interleavings").
         """
         with self._linearization_lock:
-            if not self.polled:
-                try:
-                    self._message = self._commands.get_nowait()
-                except ChannelTimeout:
-                    self._message = None
-            if self._message is None:
-                self._step(clock=True)
-                return
+            self._holds_linearization_lock = True
+            try:
+                if not self.polled:
+                    try:
+                        self._message = self._commands.get_nowait()
+                    except ChannelTimeout:
+                        self._message = None
+                if self._message is None:
+                    self._step(clock=True)  # expire declares no vCPU call
+                    return
+            finally:
+                self._holds_linearization_lock = False
         self._step()  # recv (the deadline stays: the phase ends right after)
 
 
@@ -531,28 +594,50 @@ class _Controller(_SpecModel):
                  linearization_lock: _RuntimeLock, shared: _SharedVariables,
                  commands: Channel[int], worker: Callable[[], _Worker | None]) -> None:
         self.requested = 0
+        self.holder = 0
+        self.owner = 0
         self._commands = commands
         self._worker = worker
         super().__init__(spec, runtime, recorder, linearization_lock, shared)
 
     def fire(self, trigger: str, **params: int) -> None:
-        # record-then-enqueue is atomic w.r.t. the worker's empty-poll-then-expire
+        # record-then-enqueue is atomic w.r.t. the worker's steps (its empty-poll-then-expire
+        # included)
         with self._linearization_lock:
             super().fire(trigger, **params)
+
+    def fire_if_allowed(self, trigger: str, **params: int) -> bool:
+        """Check the spec's guard and fire in one step (the worker cannot move in between:
+        its failure, say, makes the guard false and nothing fires)."""
+        with self._linearization_lock:
+            if not self.allows(trigger, **params):
+                return False
+            super().fire(trigger, **params)
+            return True
 
     def spec_view(self) -> State:
         w = self._worker()
         return State(
-            w=w.state if w else L.WAITING, c=self.state, percent=0, applied=0, paused=False,
-            handed=False, failed=w.failed if w else False, expired=False, polled=False,
-            requested=self.requested, chan=(), resp=self._shared.resp,
+            w=w.state if w else L.WAITING, c=self.state, percent=0, applied=0,
+            paused=w.paused if w else False, call=w.call if w else L.NO_CALL,
+            handed=w.handed if w else False, failed=w.failed if w else False,
+            expired=False, polled=False, requested=self.requested, holder=self.holder,
+            owner=self.owner, chan=(), resp=self._shared.resp,
         )
 
     def _store(self, updates: Mapping[str, Any], before: State) -> None:
-        if "requested" in updates:
-            self.requested = updates["requested"]
+        for name in ("requested", "holder", "owner"):
+            if name in updates:
+                setattr(self, name, int(updates[name]))
         if "resp" in updates:
             self._shared.resp = bool(updates["resp"])
+        w = self._worker()
+        if w is not None:
+            # the controller's own vCPU call (shutdown resuming what the exited worker left
+            # paused) and what it clears: the worker's variables, the worker thread is gone
+            for name in ("call", "handed"):
+                if name in updates:
+                    setattr(w, name, updates[name])
         if "chan" in updates:
             for command in tuple(updates["chan"])[len(before.chan):]:
                 self._commands.put(int(command))
@@ -568,6 +653,9 @@ def _abandon(commands: Channel[int], controller: _Controller) -> None:
         # worker still exits through its spec transition recv_exit.
         commands.put(L.CMD_EXIT)
         controller.detach()
+        worker = controller._worker()
+        if worker is not None:
+            worker.detach_on_exit = True
 
 
 class Throttler:
@@ -594,9 +682,10 @@ class Throttler:
         self.name = name
         self._runtime = runtime
         self._call_timeout_ns = call_timeout_ns
-        # one API call at a time: the controller model is stepped by one caller at a time,
-        # and a synchronous call (abort, shutdown, handover) holds it until the answer
+        # one API call at a time (the spec's ``holder``): a blocking call (abort, shutdown,
+        # handover) holds it until it returns, answered or timed out
         self._api_lock = _RuntimeLock(runtime)
+        self._creator = threading.get_ident()
         self._recorder = _Recorder(runtime, trace, on_event=on_event)
         commands: Channel[int] = runtime.channel()
         self._responses: Channel[BaseException | None] = runtime.channel()
@@ -634,7 +723,13 @@ class Throttler:
 
     @property
     def closed(self) -> bool:
+        """shutdown() or handover() completed: nothing more to do (see :attr:`owned`)."""
         return self._controller.state == L.DONE
+
+    @property
+    def owned(self) -> bool:
+        """A handover() returned: the vCPUs are paused and belong to its caller."""
+        return self._controller.owner != 0
 
     @property
     def events(self) -> list[TraceEvent]:
@@ -658,42 +753,93 @@ class Throttler:
         """0 stops throttling (returns with vCPUs running); 1..99 throttles; same value: no-op.
 
         Raises TypeError/ValueError for anything but an int in 0..99 (the worker is not
-        touched), ThrottlerClosed after shutdown/handover, ThrottleWorkerError if the worker
-        failed in a vCPU call.
+        touched); ThrottlerClosed after shutdown/handover, and after a call timed out or
+        failed (then only shutdown() is possible); ThrottleWorkerError if the worker failed in
+        a vCPU call; ThrottlerTimeout if an abort got no answer within the call timeout.
         """
         validate_percent(percent)
         with self._api_lock:
-            self._check_usable()
-            call, params = ((L.CALL_ABORT, {}) if percent == L.ABORT_PERCENT
-                            else (L.CALL_SET, {"p": percent}))
-            if not self._controller.allows(call, **params):
+            self._check_open("set the throttle percent")
+            self._raise_worker_error()
+            k = self._caller()
+            call, params = ((L.CALL_ABORT, {"k": k}) if percent == L.ABORT_PERCENT
+                            else (L.CALL_SET, {"p": percent, "k": k}))
+            if not self._controller.fire_if_allowed(call, **params):
                 # the spec's guard of call_abort / call_set refuses: the percent is the one
-                # already requested (a no-op), or the worker failed since _check_usable
+                # already requested (a no-op), or the worker failed since the check above
                 self._raise_worker_error()
                 return
-            self._controller.fire(call, **params)
             if call == L.CALL_ABORT:
                 self._await_answer("abort")
                 self._controller.fire(L.ABORT_DONE)
                 self._raise_worker_error()
 
     def shutdown(self) -> None:
-        """Stop throttling, resume the vCPUs, join the worker. Idempotent.
+        """Stop throttling, leave the vCPUs running, join the worker. Idempotent.
 
-        Raises ThrottleWorkerError (once) if the worker had failed in a vCPU call, and
-        JoinTimeout naming the thread if it does not exit in time.
+        Works in every state: after a timed-out or failed call it waits for the worker's late
+        exit and resumes the vCPUs itself if the worker left them paused. Raises
+        ThrottleWorkerError (once) if the worker had failed in a vCPU call, or if the final
+        resume() failed (the vCPUs may be paused: call shutdown() again); ThrottlerTimeout if
+        the worker did not exit within the call timeout (stuck in a vCPU call: call shutdown()
+        again once it returns).
         """
-        self._finish(L.CALL_SHUTDOWN, L.SHUTDOWN_DONE, "shutdown")
+        with self._api_lock:
+            c = self._controller
+            k = self._caller()
+            c.fire(L.CALL_SHUTDOWN, k=k)
+            if c.state == L.DONE:
+                return  # already closed (after a handover, the caller owns the vCPUs)
+            self._await_exit("shutdown")
+            if c.allows(L.SHUTDOWN_RESUME):
+                # the worker left the vCPUs paused (a handover whose caller timed out, a
+                # failed resume): resume them here, through the spec
+                c.fire(L.SHUTDOWN_RESUME)
+                self._worker.complete_call(answer_errors=False)
+                if c.allows(L.RESUME_LEFT_PAUSED):
+                    c.fire(L.RESUME_LEFT_PAUSED)
+                    error = self._worker.error
+                    raise ThrottleWorkerError(
+                        f"{self.name}: resume() failed; the vCPUs may be paused "
+                        f"(call shutdown() again): {error}"
+                    ) from error
+                c.fire(L.RESUMED)
+            else:
+                c.fire(L.SHUTDOWN_DONE)
+            self._close()
 
     def handover(self) -> None:
         """Stop throttling and exit leaving the vCPUs paused, now owned by the caller.
 
         Saves one resume+pause at a migration's switch-over. Afterwards the caller must
-        resume (or discard) the vCPUs itself.
+        resume (or discard) the vCPUs itself. Raises ThrottlerClosed after shutdown() or a
+        handover, and after a call timed out or failed (nothing is handed over: call
+        shutdown()); ThrottleWorkerError if the worker failed instead of handing over (the
+        vCPUs are not owned: call shutdown()); ThrottlerTimeout if the worker did not exit in
+        time (call shutdown()).
         """
-        if self.closed:
-            raise ThrottlerClosed(f"{self.name}: already shut down; cannot hand over")
-        self._finish(L.CALL_HANDOVER, L.HANDOVER_DONE, "handover")
+        with self._api_lock:
+            c = self._controller
+            k = self._caller()
+            if c.state != L.IDLE:
+                c.fire(L.CALL_HANDOVER, k=k)  # the spec's refusal: nothing changes
+                raise ThrottlerClosed(
+                    f"{self.name}: cannot hand over in state {c.state!r}"
+                    + ("" if c.state == L.DONE else "; only shutdown() is possible")
+                )
+            c.fire(L.CALL_HANDOVER, k=k)
+            self._await_exit("handover")
+            if c.allows(L.HANDOVER_DONE):
+                c.fire(L.HANDOVER_DONE)
+                self._close()
+                return
+            c.fire(L.HANDOVER_FAILED)
+            error = self._worker.error
+            self._worker.error = None  # reported once
+            raise ThrottleWorkerError(
+                f"{self.name}: handover failed, the vCPUs are not handed over (call "
+                f"shutdown()): {error}"
+            ) from error
 
     def __enter__(self) -> Throttler:
         return self
@@ -706,72 +852,72 @@ class Throttler:
                 raise
 
     # internals ----------------------------------------------------------------------------
-    def _finish(self, call: str, done: str, what: str) -> None:
-        with self._api_lock:
-            if self._controller.state == L.DONE:
+    def _caller(self) -> int:
+        """The spec's caller ``k`` of this call: the handle's creating thread is caller 1,
+        any other thread caller 2 (callers differ only in who owns a handover's vCPUs)."""
+        return 1 if threading.get_ident() == self._creator else 2
+
+    def _close(self) -> None:
+        """The controller reached ``done``: leave the machines, report a failure once."""
+        self._controller.detach()
+        self._worker.detach()
+        error = self._worker.error
+        self._worker.error = None  # reported once
+        if error is not None and not self.owned:
+            raise ThrottleWorkerError(f"{self.name}: throttling failed: {error}") from error
+
+    def _timed_out(self, what: str, detail: str) -> ThrottlerTimeout:
+        """The spec's ``timeout``: release the call, leave only shutdown() possible."""
+        self._controller.fire(L.TIMEOUT)
+        return ThrottlerTimeout(
+            f"{self.name}: worker did not answer {what} within "
+            f"{self._call_timeout_ns / 1e6:.1f} ms ({detail}); only shutdown() is possible now"
+        )
+
+    def _await_exit(self, what: str) -> None:
+        """Wait (within the call timeout) until the worker thread is gone: ``exit`` and no
+        vCPU call in progress. Its answers only wake us; an error answer from a command the
+        spec did not allow is raised."""
+        if not self._thread.join(self._call_timeout_ns):
+            raise self._timed_out(what, f"thread {self.name!r} still running, stuck in a vCPU "
+                                        "call?") from None
+        while True:
+            try:
+                answer = self._responses.get_nowait()
+            except ChannelTimeout:
                 return
-            if self._controller.state != L.IDLE:
-                raise ThrottlerError(
-                    f"{self.name}: a previous call did not complete "
-                    f"(controller state {self._controller.state})"
-                )
-            self._controller.fire(call)
-            self._await_answer(what)
-            if not self._thread.join(self._call_timeout_ns):
-                raise JoinTimeout(self.name, self._call_timeout_ns)
-            self._controller.fire(done)
-            self._controller.detach()
-            error = self._worker.error
-            self._worker.error = None  # reported once
-            if error is not None:
-                raise ThrottleWorkerError(f"{self.name}: throttling failed: {error}") from error
+            if isinstance(answer, SpecViolation):
+                raise answer
 
     def _await_answer(self, what: str) -> None:
-        """Wait for the worker's answer; an exited (failed) worker counts as an answer."""
-        if self._worker.state == L.EXIT and not self._thread.is_alive():
-            # The worker already exited (a fault): every answer it will ever send is sent and
-            # the *_done guards hold, so waiting out the call timeout would only delay the
-            # caller. Take an answer it left, so that no later call reads it as its own.
-            while True:
-                try:
-                    answer = self._responses.get_nowait()
-                except ChannelTimeout:
-                    return
-                if isinstance(answer, SpecViolation):
-                    raise answer
+        """Wait for the worker's answer to an abort; an exited (failed) worker counts as one."""
         deadline = self._runtime.now_ns() + self._call_timeout_ns
         while True:
+            if self._controller.allows(L.ABORT_DONE) and not self._thread.is_alive():
+                return  # the worker already exited (a fault): no answer will come
             remaining = deadline - self._runtime.now_ns()
             try:
                 answer = self._responses.get(max(remaining, 0))
             except ChannelTimeout:
-                # no answer in time: proceed only if the worker exited (died in a fault),
-                # which the *_done guards accept. Deliberately not allows(done): abort_done's
-                # guard also holds with ``resp`` set, i.e. right after the worker's answering
-                # step but before its answer is sent, and returning then would leave that
-                # answer in the channel for the next call.
-                if self._worker.state == L.EXIT:
+                if self._controller.allows(L.ABORT_DONE) and not self._thread.is_alive():
                     return
-                raise ThrottlerTimeout(
-                    f"{self.name}: worker did not answer {what} within "
-                    f"{self._call_timeout_ns / 1e6:.1f} ms (stuck in a vCPU call?)"
-                ) from None
+                raise self._timed_out(what, "stuck in a vCPU call?") from None
             if isinstance(answer, SpecViolation):
                 raise answer
-            # None: the worker's recv_abort / recv_exit / recv_handover set ``resp`` (shared
-            # with the controller) before sending it. An exception: the worker failed and
-            # exited (fault, or the crash fallback); the caller raises its error.
-            return
+            # None: the worker's recv_abort set ``resp`` (shared with the controller) and its
+            # call ended before it sent it. An exception: the worker failed and exited.
+            if self._controller.allows(L.ABORT_DONE):
+                return
 
-    def _check_usable(self) -> None:
-        if self._controller.state == L.DONE:
-            raise ThrottlerClosed(f"{self.name}: shut down; no further calls are possible")
-        if self._controller.state != L.IDLE:
-            raise ThrottlerError(
-                f"{self.name}: a previous call did not complete "
-                f"(controller state {self._controller.state})"
+    def _check_open(self, what: str) -> None:
+        state = self._controller.state
+        if state == L.DONE:
+            raise ThrottlerClosed(f"{self.name}: shut down; cannot {what}")
+        if state != L.IDLE:
+            raise ThrottlerClosed(
+                f"{self.name}: a previous call timed out or failed (state {state!r}); only "
+                f"shutdown() is possible, cannot {what}"
             )
-        self._raise_worker_error()
 
     def _raise_worker_error(self) -> None:
         w = self._worker

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant
 
 from autoconverge.impl.realtime import RealRuntime
-from autoconverge.impl.runtime import JoinTimeout
 from autoconverge.impl.throttler import SpecViolation, Throttler, ThrottlerTimeout
 from autoconverge.spec import lifecycle as L
 
@@ -58,7 +57,7 @@ class ConformanceSession(Session):
     def call(self, fn: Callable[[Throttler], Any]) -> Any:
         try:
             return fn(self.throttler)
-        except (ThrottlerTimeout, JoinTimeout):
+        except ThrottlerTimeout:
             hung = self.probe.hung_call(0)
             if hung is not None:
                 raise Hung(hung) from None

@@ -6,7 +6,8 @@
 backend, on real threads: each API call goes through :meth:`Run.call`, after which the event
 log is replayed through the spec (``TraceFollowsSpec``), the probe's findings are raised, and
 the backend's own ``is_paused()`` is compared with the spec's ``paused`` whenever the run is
-quiescent (``AgreesWithSpec``: worker waiting or exited, no call or command pending).
+quiescent (``AgreesWithSpec``: worker waiting or exited, no API call, vCPU call or
+command pending).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoconverge.impl.realtime import RealRuntime
-from autoconverge.impl.runtime import JoinTimeout
 from autoconverge.impl.throttler import (
     SpecViolation,
     Throttler,
@@ -151,9 +151,12 @@ def _describe(backend: Any) -> str:
 
 
 def quiescent(m: State) -> bool:
-    """Nothing moves: the worker waits or exited, the controller is idle or done, no command
-    is queued (the controller records a command before the worker can receive it)."""
-    return m.w in (L.WAITING, L.EXIT) and m.c in (L.IDLE, L.DONE) and not m.chan
+    """Nothing moves: the worker waits or exited, no vCPU call is in progress (the spec's
+    ``paused`` changes only when one ends: a fault's best-effort resume runs after the worker
+    entered ``exit``), the controller is idle or done, no command is queued (the controller
+    records a command before the worker can receive it)."""
+    return (m.w in (L.WAITING, L.EXIT) and m.call == L.NO_CALL and m.c in (L.IDLE, L.DONE)
+            and not m.chan)
 
 
 class Run:
@@ -273,7 +276,7 @@ class Run:
         """An unexpected exception from the API, as the property it breaks."""
         if self.probe.violation is not None:
             return self.probe.violation
-        if isinstance(exc, ThrottlerTimeout | JoinTimeout):
+        if isinstance(exc, ThrottlerTimeout):
             hung = self.probe.hung_call(0)
             if hung is not None:
                 return Hung(hung)

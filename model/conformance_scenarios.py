@@ -163,6 +163,8 @@ def handover_from(state: str) -> Scenario:
         r.call("handover()", lambda t: t.handover())
         r.expect(r.model.w == L.EXIT and r.model.paused and r.model.handed,
                  f"handover returned with the worker in {r.model.w}, paused={r.model.paused}")
+        r.expect(r.model.owner != 0 and r.throttler.owned,
+                 "handover returned but the caller does not own the vCPUs")
         r.call("shutdown() after handover (no-op)", lambda t: t.shutdown())
         r.call(*_set(20), raises=ThrottlerClosed)
 
@@ -267,7 +269,12 @@ def pause_fails_on_handover(r: Run) -> None:
     r.call(*_set(1))
     r.wait_for(L.RUN)
     _fails(r, "pause")
-    r.call("handover()", lambda t: t.handover(), may_raise=ThrottleWorkerError)
+    # the next pause() fails, whether the handover's or an earlier phase change's: either
+    # way nothing is handed over and only shutdown() is possible
+    r.call("handover()", lambda t: t.handover(), raises=ThrottleWorkerError)
+    r.expect(not r.throttler.owned and r.model.owner == 0 and r.model.c == L.CLOSING,
+             f"a handover whose pause() failed left the controller in {r.model.c}, "
+             f"owned={r.throttler.owned}")
     r.call("shutdown()", lambda t: t.shutdown(), may_raise=ThrottleWorkerError)
 
 

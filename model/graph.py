@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoconverge.spec import WEAK_FAIRNESS, Spec, State, Transition, terminal
+from autoconverge.spec import lifecycle as L
 
 from .bound import BoundTransition
 from .config import ExplorerConfig
@@ -127,7 +128,7 @@ def build_graph(
     """Breadth-first exploration of ``spec`` at ``config``'s bound, checking safety."""
     t0 = time.perf_counter()
     relation = spec.relation()
-    labels_all = _labels(relation, {"p": config.percents})
+    labels_all = _labels(relation, L.param_domains(config.percents))
     fault_free = [i for i, lab in enumerate(labels_all) if not lab.transition.is_fault]
     explored = [i for i, lab in enumerate(labels_all)
                 if config.faults or not lab.transition.is_fault]

@@ -16,7 +16,7 @@ Two backends, one machine (:class:`Session`):
   so a failure prints as a program that replays it.
 - a real-time session (e.g. KVM vCPUs, :func:`real_session_factory`): operations run on real
   threads; the model comparison is made only at quiescent points (worker blocked in Waiting
-  or exited), trace validation after every rule.
+  or exited, no vCPU call in progress), trace validation after every rule.
 """
 
 from __future__ import annotations
@@ -230,12 +230,22 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
         return sum(1 for e in self.s.events() if e.machine == "controller")
 
     def _enabled(self, trigger: str, **params: int) -> bool:
+        """The spec's guard of a user call from ``idle`` for caller 1 (the rules call from the
+        thread that created the throttler, which the throttler names caller 1)."""
         m = self.model
-        return bool(is_state(m.c, L.IDLE) and SPEC.find(trigger, L.IDLE).enabled(m, **params))
+        return bool(is_state(m.c, L.IDLE)
+                    and SPEC.find(trigger, L.IDLE).enabled(m, **{"k": 1, **params}))
+
+    def _closed_to_calls(self) -> bool:
+        """Only shutdown() is possible: closed, or after a timed-out or failed call."""
+        return self.model.c in (L.DONE, L.STALLED, L.CLOSING)
 
     def _quiescent(self) -> bool:
+        """Nothing moves: as :func:`~.conformance_run.quiescent` (no vCPU call in progress
+        either: a fault's best-effort resume runs after the worker entered ``exit``)."""
         m = self.model
-        return m.w in (L.WAITING, L.EXIT) and m.c in (L.IDLE, L.DONE) and not m.chan
+        return (m.w in (L.WAITING, L.EXIT) and m.call == L.NO_CALL
+                and m.c in (L.IDLE, L.DONE) and not m.chan)
 
     # rules -------------------------------------------------------------------------------------
     @initialize(seed=st.integers(0, 2**32 - 1))
@@ -253,7 +263,7 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
         self._sync()
         m = self.model
         n = self._controller_steps()
-        if is_state(m.c, L.DONE):
+        if self._closed_to_calls():
             self._expect_raise(ThrottlerClosed, lambda t: t.set_throttle_percent(p))
         elif m.failed:
             self._expect_raise(ThrottleWorkerError, lambda t: t.set_throttle_percent(p))
@@ -269,7 +279,7 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
     def abort(self) -> None:
         self._sync()
         m = self.model
-        if is_state(m.c, L.DONE):
+        if self._closed_to_calls():
             self._expect_raise(ThrottlerClosed, lambda t: t.set_throttle_percent(0))
         elif m.failed:
             self._expect_raise(ThrottleWorkerError, lambda t: t.set_throttle_percent(0))
@@ -298,19 +308,23 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
             assert len(self.s.events()) == n and self.model == before
 
     @precondition(lambda self: self.session is not None
-                  and self.model.c in (L.IDLE, L.DONE))
+                  and self.model.c in L.SHUTDOWN_CALLABLE_IN)
     @rule()
     def shutdown(self) -> None:
+        """Callable in every state the lock is free in; returns closed with the vCPUs running
+        (unless a handover returned them earlier), or raises because a resume failed."""
         self._sync()
-        was_done = is_state(self.model.c, L.DONE)
         try:
             self.s.call(lambda t: t.shutdown())
         except ThrottleWorkerError:
             assert self.failure_injected
         self._sync()
-        assert is_state(self.model.c, L.DONE) and is_state(self.model.w, L.EXIT)
-        if not was_done and not self.model.handed:
-            assert not self.model.paused and self.s.vcpus_paused() in (False, None)
+        assert is_state(self.model.w, L.EXIT)
+        if is_state(self.model.c, L.DONE):
+            if self.model.owner == 0:
+                assert not self.model.paused and self.s.vcpus_paused() in (False, None)
+        else:  # the final resume failed: the vCPUs may be paused, shutdown() may be retried
+            assert self.failure_injected and self.model.c == L.CLOSING
 
     @precondition(lambda self: self.session is not None and self.model.c == L.IDLE)
     @rule()
@@ -323,9 +337,11 @@ class ThrottlerVsSpec(RuleBasedStateMachine):
             assert self.failure_injected
         self._sync()
         assert is_state(self.model.w, L.EXIT)
-        if not self.model.failed:
-            assert self.model.paused and self.model.handed
+        if is_state(self.model.c, L.DONE):  # returned: the caller owns paused vCPUs
+            assert self.model.paused and self.model.handed and self.model.owner != 0
             assert self.s.vcpus_paused() in (True, None)
+        else:  # raised: nothing handed over, only shutdown() is possible
+            assert self.model.failed and self.model.c == L.CLOSING
 
     @precondition(lambda self: self.session is not None and not self.failure_injected
                   and self.model.c == L.IDLE)

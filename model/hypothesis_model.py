@@ -4,30 +4,36 @@
 one or a bug-zoo variant). Each spec trigger is one rule; its precondition is "some
 transition with this trigger is enabled" (:meth:`Transition.enabled`, the spec's guards), and
 the rule fires the first enabled one in relation order, as ``transitions`` would. Parameters
-(``call_set``'s ``p``) are drawn from the enabled values of the configured percent domain.
-There is no call bound and no channel bound: runs go far beyond the explorer's bound
-(``stateful_step_count`` steps, user calls included).
+(``call_set``'s percent ``p``, every user call's caller ``k``) are drawn from the enabled
+values of their domains (:func:`autoconverge.spec.lifecycle.param_domains` over the
+configured percents). There is no call bound and no channel bound: runs go far beyond the
+explorer's bound (``stateful_step_count`` steps, user calls and timeouts included).
 
-Checked after every step: every ``invariant`` property, "not deadlocked" (a non-terminal
-state has an enabled transition other than a fault), and every ``step`` property on the
-step just taken. ``stutter`` is always enabled, so a run that reaches exit does not end in
-``InvalidDefinition``.
+Checked after every step (each step of a fair schedule too): every ``invariant`` property,
+the ``deadlock`` property (a non-terminal state has an enabled transition other than a
+fault), and every ``step`` property on the step just taken; a failure names every property
+the state (or step) violates. ``stutter`` is always enabled, so a run that reaches exit
+does not end in ``InvalidDefinition``.
 
 Liveness, bounded: the rule ``fair_schedule`` is enabled while the controller is blocked in
-abort/shutdown/handover. It runs the spec's weakly fair groups (``WEAK_FAIRNESS``: worker,
-clock, blocking-call completions) under a round-robin scheduler (each enabled group moves
-within three steps; which transition a group takes, and where the rotation starts, are
-drawn) and requires the blocking call to return within ``4 * len(chan) + 8`` steps. The
-scheduler never picks a fault (unless it is a group's only move): the bound is about calls
-returning when nothing fails, and a failure only shortens the way to exit. Why that bound
-holds for the shipped spec: every phase consumes at least one queued command (the clock
-cannot expire before the worker has looked at a non-empty queue), a phase costs at most
-three steps (receive, expire, boundary), and returning takes one worker and one controller
-step, plus slack for a phase already expired when the schedule starts. A worker that sleeps
-again with a command queued (variant ``sleeps_with_shutdown_queued``) never returns under
-the clock-first rotation, so the bound is exceeded and the machine fails with the violated
-leads-to properties. This is a *bounded* check of ``~>``: the explorer's fair-cycle search
-is the complete one.
+abort/shutdown/handover (or shutdown()'s own resume). It runs the spec's weakly fair groups
+(``WEAK_FAIRNESS``: worker, clock, a vCPU call ending, blocking-call completions; never a
+timeout or a user call) under a round-robin scheduler (each enabled group moves within four
+steps; which transition a group takes, and the rotation's order, are drawn) and
+requires the blocking call to return within ``4 * len(chan) + 8`` steps. The scheduler
+never picks a fault (unless it is a group's only move): the bound is about calls returning
+when nothing fails, and a failure only shortens the way to exit. Why that bound holds for
+the shipped spec: every phase consumes at least one queued command (the clock cannot expire
+before the worker has looked at a non-empty queue), a phase costs at most four steps
+(receive, expire, boundary, the boundary's pause()/resume() returning), and returning takes
+at most three (the worker's receive, its vCPU call returning, the controller's completion),
+plus slack for a phase already expired when the schedule starts. A worker that sleeps again
+with a command queued (variant ``sleeps_with_shutdown_queued``) never returns under a
+rotation in which the clock follows the vCPU before the worker does (the clock expires the
+phase the moment the boundary's call returns, before the worker looks at the queue), so the
+bound is exceeded and the machine fails with the violated leads-to properties (unless a step
+property, ``QueueReadEveryPhase``, names the bad sleep first). This is a *bounded* check of
+``~>``: the explorer's fair-cycle search is the complete one.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from typing import Any, ClassVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from autoconverge.spec import WEAK_FAIRNESS, Spec, State, Transition, terminal
+from autoconverge.spec import WEAK_FAIRNESS, Property, Spec, State, Transition, terminal
+from autoconverge.spec import lifecycle as L
 from autoconverge.spec.variants import probe_percents
 
 from .bound import BoundTransition
@@ -89,7 +96,7 @@ class AbstractModelMachine(RuleBasedStateMachine):
         for t in cls.relation:
             if t.is_fault and not cls.faults:
                 continue
-            for params in _combos(t.params, {"p": cls.percents}):
+            for params in _combos(t.params, L.param_domains(cls.percents)):
                 key = (t.trigger, tuple(sorted(params.items())))
                 if key in taken:
                     continue  # transitions fires the first enabled one of a trigger
@@ -108,9 +115,9 @@ class AbstractModelMachine(RuleBasedStateMachine):
         self.trace.append(f"{t.actor}: {t.trigger}({args}) -> {fmt_state(post.as_dict())}")
         self.state = post
         self.steps += 1
-        for p in self.spec.properties:
-            if p.kind == "step" and not p.step(pre, t, post):
-                raise PropertyViolation(p.name, p.statement, self.trace)
+        # every state reached is checked, inside a fair schedule's run of steps too
+        self.check_state([p for p in self.spec.properties
+                          if p.kind == "step" and not p.step(pre, t, post)])
 
     def fire_trigger(self, trigger: str, data: st.DataObject) -> None:
         choices = self.enabled(self.state)[trigger]
@@ -133,9 +140,10 @@ class AbstractModelMachine(RuleBasedStateMachine):
         bound = fair_bound(start)
         pending = [p for p in self.spec.properties
                    if p.kind == "leadsto" and p.leads_from(start) and not p.leads_to(start)]
-        order = [g.name for g in WEAK_FAIRNESS]
-        first = data.draw(st.sampled_from(order), label="rotation starts with")
-        pos = order.index(first)
+        # the rotation (its order, hence where it starts) is drawn: a fixed order would
+        # only try the schedules in which, e.g., the worker always follows the vCPU
+        order = data.draw(st.permutations([g.name for g in WEAK_FAIRNESS]), label="rotation")
+        pos = 0
         for _ in range(bound):
             if self.state.c not in self.blocking_states:
                 break
@@ -168,15 +176,27 @@ class AbstractModelMachine(RuleBasedStateMachine):
     # -- invariants ----------------------------------------------------------------------------
     @invariant()
     def spec_invariants(self) -> None:
+        self.check_state()
+
+    def check_state(self, violated: list[Property] | None = None) -> None:
+        """Fail if the current state violates an invariant or is deadlocked, naming those
+        and any step properties ``violated`` by the step into it."""
         s = self.state
-        for p in self.spec.properties:
-            if p.kind == "invariant" and not p.invariant(s):
-                raise PropertyViolation(p.name, p.statement, self.trace)
+        bad = [*(violated or ()), *(p for p in self.spec.properties
+                                    if p.kind == "invariant" and not p.invariant(s))]
         if not terminal(s):
             en = self.enabled(s)
             if not any(not b.transition.is_fault for bs in en.values() for b in bs):
-                raise PropertyViolation("NoDeadlock", "no transition but fault is enabled",
-                                        self.trace)
+                bad += [p for p in self.spec.properties if p.kind == "deadlock"]
+        _raise_violated(bad, self.trace)
+
+
+def _raise_violated(violated: list[Property], trace: list[str]) -> None:
+    """Fail naming every property the state (or step) violates, not only the first: one
+    defect often breaks several, and a checker should report what the explorer reports."""
+    if violated:
+        raise PropertyViolation(", ".join(p.name for p in violated),
+                                "; ".join(p.statement for p in violated), trace)
 
 
 def _combos(names: tuple[str, ...], domain: Mapping[str, tuple[int, ...]]

@@ -13,8 +13,12 @@ bounding) and, after each schedule, checks:
   resume strictly alternating (the fake vCPUs' own record);
 - shutdown completes within the number of worker steps the model allows: at most
   ``3 * (commands queued ahead of the exit + 1)`` worker/clock steps between
-  ``call_shutdown`` and ``shutdown_done`` (each queued command costs at most a receive, an
-  expiry and a phase change before the next receive).
+  ``call_shutdown`` (or ``call_handover``) and the call's completion (each queued command
+  costs at most a receive, an expiry and a phase change before the next receive), and at
+  most 3 more vCPU call endings (actor ``vcpu``: ``call_return``, ``fault``,
+  ``resume_failed``) than worker/clock steps: each worker step starts at most one call, plus
+  the call in progress when shutdown() was called, a fault's best-effort resume and
+  shutdown()'s own resume of vCPUs the worker left paused.
 
 Why our own runtime rather than bytecode-level exploration (frontrun): interleaving only at
 runtime operations keeps the schedule space small enough to enumerate exhaustively at a
@@ -37,6 +41,7 @@ from autoconverge.impl.schedules import explore_schedules
 from autoconverge.impl.throttler import (
     Throttler,
     ThrottlerClosed,
+    ThrottlerTimeout,
     ThrottleWorkerError,
 )
 from autoconverge.impl.virtualtime import VirtualRuntime
@@ -106,6 +111,27 @@ def fault_during_abort(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> N
     _tolerate(t.shutdown, ThrottleWorkerError)
 
 
+def handover_times_out(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
+    """handover() times out on a hanging pause() (30 ms, call timeout 10 ms) while a cancel
+    thread calls shutdown(): after the hang the late handover's worker exits leaving the
+    vCPUs paused for nobody, and the final shutdown() resumes them."""
+    t.set_throttle_percent(50)
+    rt.sleep_ns(15 * MS)  # in the run phase: the handover's pause() is pause #2
+
+    def cancel() -> None:
+        rt.sleep_ns(5 * MS)
+        _tolerate(t.shutdown, ThrottlerTimeout)
+
+    c = rt.spawn("cancel", cancel)
+    _tolerate(t.handover, ThrottlerTimeout, ThrottlerClosed)
+    c.join()
+    rt.sleep_ns(40 * MS)  # the hang is over
+    t.shutdown()
+    if t.owned or not t.closed:
+        raise ScheduleCheckFailed(f"shutdown() after the hang: closed={t.closed}, "
+                                  f"owned={t.owned}")
+
+
 def change_at_phase_boundary(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
     """Commands issued exactly when a phase deadline passes (found a race, now fixed)."""
     t.set_throttle_percent(50)
@@ -131,7 +157,11 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "shutdown_races_handover": (shutdown_races_handover, {}),
     "burst_then_shutdown": (burst_then_shutdown, {}),
     "fault_during_abort": (fault_during_abort, {"fail_on": [("resume", 1)]}),
+    "handover_times_out": (handover_times_out, {
+        "hang_on": [("pause", 2)], "hang_ns": 30 * MS, "throttler": {"call_timeout_ns": 10 * MS},
+    }),
 }
+"""name -> (scenario, the fake vCPUs' keyword arguments; ``throttler``: the throttler's)."""
 
 
 class ScheduleCheckFailed(AssertionError):
@@ -146,10 +176,10 @@ def check_run(t: Throttler, v: RecordingVcpus) -> dict[str, int]:
     end = follower.state
     if not (end.w == L.EXIT and t.worker_state == L.EXIT):
         raise ScheduleCheckFailed(f"worker did not exit: spec {end.w}, impl {t.worker_state}")
-    if not end.handed and v.paused:
-        raise ScheduleCheckFailed("vCPUs left paused without a handover")
-    if end.handed and not end.failed and not v.paused:
-        raise ScheduleCheckFailed("handover did not leave the vCPUs paused")
+    if end.owner == 0 and v.paused:
+        raise ScheduleCheckFailed("vCPUs left paused without a handover that returned")
+    if end.owner != 0 and not v.paused:
+        raise ScheduleCheckFailed("handover returned but did not leave the vCPUs paused")
     if not end.failed and v.alternation_error() is not None:
         raise ScheduleCheckFailed(f"pause/resume: {v.alternation_error()}")
     # shutdown completes within the worker steps the model allows
@@ -160,17 +190,30 @@ def check_run(t: Throttler, v: RecordingVcpus) -> dict[str, int]:
     for i, e in enumerate(events):
         pre = replay.state
         replay.step(e)
-        if e.trigger in (L.CALL_SHUTDOWN, L.CALL_HANDOVER):
+        if e.trigger in (L.CALL_SHUTDOWN, L.CALL_HANDOVER) and e.dest in L.AWAITING:
             start, allowed = i, 3 * (len(pre.chan) + 1)
-        if e.trigger in (L.SHUTDOWN_DONE, L.HANDOVER_DONE) and start is not None:
-            steps = sum(1 for x in events[start:i] if x.machine == "worker")
+        if e.trigger in _COMPLETIONS and start is not None:
+            actors = [SPEC.find(x.trigger, x.source).actor
+                      for x in events[start:i] if x.machine == "worker"]
+            steps = sum(1 for a in actors if a != "vcpu")
+            call_ends = len(actors) - steps
             if steps > allowed:
                 raise ScheduleCheckFailed(
                     f"shutdown took {steps} worker steps; the model allows {allowed}"
                 )
+            if call_ends > steps + 3:
+                raise ScheduleCheckFailed(
+                    f"shutdown took {call_ends} vCPU call endings for {steps} worker steps; "
+                    f"the model allows {steps + 3}"
+                )
             worst = max(worst, steps)
             start = None
     return {"events": len(events), "worst_shutdown_steps": worst}
+
+
+_COMPLETIONS = (L.SHUTDOWN_DONE, L.HANDOVER_DONE, L.HANDOVER_FAILED, L.RESUMED,
+                L.RESUME_LEFT_PAUSED, L.TIMEOUT)
+"""How a shutdown()/handover() ends: returned, raised after a failure, or timed out."""
 
 
 @dataclass
@@ -192,7 +235,9 @@ class ScenarioResult:
 
 def explore_scenario(name: str, *, preemption_bound: int = 2,
                      max_schedules: int = 5_000) -> ScenarioResult:
-    scenario, vcpu_kw = SCENARIOS[name]
+    scenario, kw = SCENARIOS[name]
+    vcpu_kw = {k: v for k, v in kw.items() if k != "throttler"}
+    throttler_kw: dict[str, Any] = kw.get("throttler", {})
     worst = [0]
 
     def make_and_run(rt: VirtualRuntime) -> None:
@@ -200,7 +245,7 @@ def explore_scenario(name: str, *, preemption_bound: int = 2,
         box: list[Throttler] = []
 
         def main() -> None:
-            t = Throttler(v, runtime=rt, timeslice_ns=20 * MS, trace=True)
+            t = Throttler(v, runtime=rt, timeslice_ns=20 * MS, trace=True, **throttler_kw)
             box.append(t)
             scenario(rt, t, v)
             if not t.closed:

@@ -98,8 +98,8 @@ class SpecFollower:
                 raise TraceMismatch(f"{where}: invariant {p.name} violated in {post}")
 
 
-IMPL_FIELDS = ("w", "c", "percent", "applied", "paused", "handed", "failed", "expired",
-               "polled", "requested")
+IMPL_FIELDS = ("w", "c", "percent", "applied", "paused", "call", "handed", "failed",
+               "expired", "polled", "requested", "holder", "owner")
 
 
 def impl_state(throttler: Any) -> dict[str, Any]:
@@ -108,8 +108,9 @@ def impl_state(throttler: Any) -> dict[str, Any]:
     c = throttler._controller
     return {
         "w": w.state, "c": c.state, "percent": w.percent, "applied": w.applied,
-        "paused": w.paused, "handed": w.handed, "failed": w.failed, "expired": w.expired,
-        "polled": w.polled, "requested": c.requested,
+        "paused": w.paused, "call": w.call, "handed": w.handed, "failed": w.failed,
+        "expired": w.expired, "polled": w.polled, "requested": c.requested,
+        "holder": c.holder, "owner": c.owner,
     }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from autoconverge.model.bound import BoundTransition
 from autoconverge.spec import Spec, State, Transition, terminal
+from autoconverge.spec import lifecycle as L
 from autoconverge.spec.expr import Term, Value, var
 from autoconverge.spec.lifecycle import CONTROLLER_STATES, VARIABLES, WORKER_STATES
 
@@ -117,7 +118,20 @@ def _fold_junction(op: str, args: tuple[Value, ...]) -> Value:
         if a is not (not absorbing):
             parts.extend(a.args if is_term(a) and a.op == op else (a,))
     parts = _dedupe(parts)
+    if op == "and" and _two_states_of_one_machine(parts):
+        return False
     return (not absorbing) if not parts else parts[0] if len(parts) == 1 else Term(op, tuple(parts))
+
+
+def _two_states_of_one_machine(parts: list[Value]) -> bool:
+    """Conjuncts that put one machine variable in two different states (never true)."""
+    seen: dict[str, str] = {}
+    for p in parts:
+        if is_term(p) and p.op == "is_state" and is_term(p.args[0]) and p.args[0].op == "var":
+            name = p.args[0].args[0]
+            if seen.setdefault(name, p.args[1]) != p.args[1]:
+                return True
+    return False
 
 
 def simplify(x: Value) -> Value:
@@ -264,7 +278,7 @@ def steps(spec: Spec, bounds: Bounds, *, symbolic_params: bool = False) -> list[
                 continue
             post = t.apply(s, **params)
             updates: dict[str, Value] = {}
-            for k, v in dict(t.effect(s, **params)).items():
+            for k, v in t.updates(s, **params).items():
                 updates[k] = v if k == "chan" else simplify(v)
             updates[machine_var(t)] = t.dest
             if t.user_call:
@@ -278,7 +292,7 @@ def steps(spec: Spec, bounds: Bounds, *, symbolic_params: bool = False) -> list[
 
 def _param_values(names: tuple[str, ...], bounds: Bounds, symbolic: bool
                   ) -> Iterator[dict[str, Value]]:
-    domains = {"p": bounds.percents}
+    domains = L.param_domains(bounds.percents)
     if not names:
         yield {}
         return
@@ -316,13 +330,15 @@ def no_deadlock_term(all_steps: list[Step]) -> Value:
 def _quantified(st: Step, body: Value) -> Value:
     out = const(body)
     for name in reversed(st.symbolic_params):
-        out = Term("exists", (name, "p_domain", out))
+        out = Term("exists", (name, f"{name}_domain", out))
     return out
 
 
 def step_property_term(pred: Any, st: Step) -> Value:
-    """A step property's predicate on this step, as a term over the pre-state."""
-    return simplify(pred(symbolic_state(), st.transition, st.post))
+    """A step property's predicate on this step, as a term over the pre-state, simplified with
+    what the step's guard fixes (it is only asserted on steps taken: e.g. the source state)."""
+    return simplify(_substitute(simplify(pred(symbolic_state(), st.transition, st.post)),
+                                *_literals(st.enabled)))
 
 
 def state_term(pred: Any) -> Value:
@@ -335,10 +351,12 @@ def initial_values(spec: Spec) -> dict[str, Any]:
     return vals
 
 
-def _facts(enabled: Value) -> dict[str, Value]:
-    """Literal facts a guard conjunction fixes: ``x``/``~x`` for booleans, machine states."""
+def _literals(enabled: Value) -> tuple[dict[str, Value], frozenset[tuple[str, Any]]]:
+    """What a guard conjunction fixes: values (``x``/``~x`` for booleans, machine states,
+    ``x = c`` for a constant ``c``) and exclusions (``x # c``)."""
     parts = enabled.args if is_term(enabled) and enabled.op == "and" else (enabled,)
     out: dict[str, Value] = {}
+    excluded: set[tuple[str, Any]] = set()
     for p in parts:
         if is_term(p) and p.op == "var":
             out[p.args[0]] = True
@@ -346,15 +364,49 @@ def _facts(enabled: Value) -> dict[str, Value]:
             out[p.args[0].args[0]] = False
         elif is_term(p) and p.op == "is_state" and is_term(p.args[0]) and p.args[0].op == "var":
             out[p.args[0].args[0]] = p.args[1]
-    return out
+        elif is_term(p) and p.op in ("eq", "ne"):
+            lit = _var_const(p)
+            if lit is not None:
+                if p.op == "eq":
+                    out[lit[0]] = lit[1]
+                else:
+                    excluded.add(lit)
+    return out, frozenset(excluded)
 
 
-def _substitute(x: Value, facts: Mapping[str, Value]) -> Value:
+def _const_value(x: Value) -> tuple[bool, Any]:
+    """(True, value) for a constant (plain or ``const`` term, not a term inside)."""
+    if not is_term(x):
+        return True, x
+    if x.op == "const" and not is_term(x.args[0]):
+        return True, x.args[0]
+    return False, None
+
+
+def _var_const(x: Term) -> tuple[str, Any] | None:
+    """``(name, value)`` for a comparison of a variable with a constant, either way round."""
+    a, b = x.args
+    for v, c in ((a, b), (b, a)):
+        ok, value = _const_value(c)
+        if is_term(v) and v.op == "var" and ok:
+            return v.args[0], value
+    return None
+
+
+def _substitute(x: Value, facts: Mapping[str, Value],
+                excluded: frozenset[tuple[str, Any]] = frozenset()) -> Value:
+    """``x`` with the variables ``facts`` fixes replaced, and comparisons ``v = c``/``v # c``
+    that an exclusion decides replaced by their truth value."""
     if not isinstance(x, Term):
         return x
     if x.op == "var":
         return facts.get(x.args[0], x)
-    return Term(x.op, tuple(_substitute(a, facts) if isinstance(a, Term) else a for a in x.args))
+    if x.op in ("eq", "ne") and excluded:
+        lit = _var_const(x)
+        if lit is not None and lit[0] not in facts and lit in excluded:
+            return x.op == "ne"
+    return Term(x.op, tuple(_substitute(a, facts, excluded) if isinstance(a, Term) else a
+                            for a in x.args))
 
 
 def stutter_condition(st: Step) -> Value:
@@ -374,4 +426,4 @@ def stutter_condition(st: Step) -> Value:
         else:
             conds.append(Term("eq", (const(v), var(name))))
     cond = simplify(Term("and", tuple(conds))) if conds else True
-    return simplify(_substitute(cond, _facts(st.enabled)))
+    return simplify(_substitute(cond, *_literals(st.enabled)))

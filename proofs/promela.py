@@ -6,15 +6,17 @@ spec's own function evaluated on syntax trees (:mod:`.codegen`), never a hand-wr
 
 Model layout:
 
-- three ``active proctype``\\ s, one per thread: ``worker`` (every ``worker`` transition),
-  ``clock`` (the ``expire`` transitions) and ``controller`` (user calls and the completions
-  of blocking calls). Each transition is one ``d_step { guard -> effect }``: a single
-  indivisible step, exactly the spec's granularity, so SPIN's distinct states are the
-  explorer's. The worker and the clock are one loop each (the worker's machine state is the
-  global ``w``); the controller has one location per machine state so that SPIN's own
-  *invalid end state* check can tell a caller stuck in a blocking call (``awaiting_*``: not an
-  end label) from a bounded end (``end_idle``: the user could still call ``shutdown``) and
-  the terminal ``end_done``.
+- four ``active proctype``\\ s, one per thread-like actor (:data:`THREAD_ACTORS`, read
+  from the fairness groups): ``worker`` (every ``worker`` transition), ``clock`` (the
+  ``expire`` transitions), ``vcpu`` (a vCPU call in progress ending: returning or failing)
+  and ``controller`` (user calls, timeouts and the completions of blocking calls). Each
+  transition is one ``d_step { guard -> effect }``: a single indivisible step, exactly the
+  spec's granularity, so SPIN's distinct states are the explorer's. The worker, the clock
+  and the vCPUs are one loop each (the worker's machine state is the global ``w``); the
+  controller has one location per machine state so that SPIN's own *invalid end state*
+  check can tell a caller stuck in a blocking call (``awaiting_*``, ``resuming``: not an end
+  label) from a bounded end (``end_idle``, ``end_stalled``, ``end_closing``: the user could
+  still call ``shutdown``) and the terminal ``end_done``.
 - the channel is an array with a length (``q[QUEUE_SLOTS]``, ``qlen``), not a Promela
   ``chan``: guards must test the *head's value* against ranges inside one atomic guard
   (``q?[x]`` polls only match constants or bind variables), and the array keeps the state
@@ -35,7 +37,11 @@ Model layout:
   rest of the call budget: the user never calls again). A fair controller that sits idle
   then takes ``stop`` instead of being forced to call; the completions of blocking calls
   stay weakly fair. ``stop`` adds states, so the safety model (whose counts are compared)
-  leaves it out.
+  leaves it out. Timeouts (unfair, not user calls) stop with ``stop`` too, and are left out
+  where they would change nothing (:func:`.codegen.stutter_condition`): a stuttering step
+  is no step in the explorer or TLA+, but SPIN would let the controller take it forever
+  and count that as the controller moving, starving its weakly fair completions (user
+  calls cannot: ``MAX_CALLS`` bounds them).
 """
 
 from __future__ import annotations
@@ -45,9 +51,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from autoconverge.spec import Spec
+from autoconverge.spec import FAIRNESS_GROUPS, Spec
 from autoconverge.spec.expr import Term, Value
-from autoconverge.spec.lifecycle import CONTROLLER_STATES, VARIABLES, WORKER_STATES
+from autoconverge.spec.lifecycle import CONTROLLER_STATES, INITIAL, VARIABLES, WORKER_STATES
 
 from . import tools
 from .codegen import (
@@ -67,14 +73,33 @@ from .codegen import (
     state_term,
     step_property_term,
     steps,
+    stutter_condition,
 )
 from .printer import TermPrinter
 from .runs import CheckerRun, PropertyVerdict
 
 Mode = Literal["safety", "liveness"]
 
-BOOL_VARS = ("paused", "handed", "failed", "expired", "polled", "resp")
-INT_VARS = ("percent", "applied", "requested")
+UNFAIR_OFF = "unfair_off"
+"""Liveness models only: set by the controller's ``stop`` step, after which neither user calls
+nor timeouts (the steps without fairness) happen again."""
+
+THREAD_ACTORS: tuple[str, ...] = tuple(
+    dict.fromkeys(g.actor for g in FAIRNESS_GROUPS if g.actor != "controller")
+)
+"""The actors that run as their own weakly fair proctype (worker, clock, vcpu: one per
+thread-like fairness group of the spec); the controller is one proctype with a location per
+machine state."""
+
+BOOL_VARS: tuple[str, ...] = tuple(
+    n for n in VARIABLES if isinstance(getattr(INITIAL, n), bool)
+)
+"""The state record's flags (read from the spec's initial state, not restated)."""
+INT_VARS: tuple[str, ...] = tuple(
+    n for n in VARIABLES
+    if n not in ("w", "c") and type(getattr(INITIAL, n)) is int  # exact type: bool excluded
+)
+"""The state record's integers (machine states and the channel are declared apart)."""
 
 
 def mtype_name(state: str) -> str:
@@ -165,9 +190,9 @@ def _ordered(names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: order.get(n, len(order)))
 
 
-def _d_step(st: Step, body: list[str]) -> str:
+def _d_step(st: Step, body: list[str], extra_guard: str = "") -> str:
     guard = simplify(Term("and", (const(st.enabled), const(st.bound))))
-    stmts = [expr(guard), *body]
+    stmts = [f"{extra_guard} && ({expr(guard)})" if extra_guard else expr(guard), *body]
     return "d_step { " + " -> ".join(stmts[:1]) + (
         ";\n            " + ";\n            ".join(stmts[1:]) if len(stmts) > 1 else "") + " }"
 
@@ -203,6 +228,7 @@ def generate(spec: Spec, bounds: Bounds, mode: Mode = "safety") -> str:
         "short q[QUEUE_SLOTS];   /* the FIFO chan: q[0] is the head, unused slots hold 0 */",
         "byte qlen = 0;",
         f"byte {CALLS} = 0;   /* user calls made so far (at most MAX_CALLS) */",
+        *(() if safety else (f"bool {UNFAIR_OFF} = false;   /* the unfair steps stopped */",)),
         "/* temporaries of a d_step (hidden: not part of the state vector) */",
         *(f"hidden short tmp_{name};" for name in INT_VARS),
         "hidden short tmp_push0;",
@@ -244,7 +270,7 @@ def generate(spec: Spec, bounds: Bounds, mode: Mode = "safety") -> str:
             out.append("check_post()")
         return out
 
-    for actor in ("worker", "clock"):
+    for actor in THREAD_ACTORS:
         mine = [st for st in all_steps if st.transition.actor == actor]
         lines.append(f"active proctype {actor}() {{")
         lines.append(f"end_{actor}:   /* a thread blocked on its input is a legitimate end */")
@@ -273,12 +299,26 @@ def generate(spec: Spec, bounds: Bounds, mode: Mode = "safety") -> str:
             continue
         lines.append("    if")
         for st in out_steps:
+            extra = ""
+            if not safety and st.transition.fairness is None and not st.user_call:
+                # liveness: an unfair step that is not a user call (a timeout) stops with
+                # them; the controller proctype is weakly fair as a whole, which must not
+                # force it. Nor may it stand in for the completions' fairness: where it would
+                # change nothing it is no step (as in the explorer and TLA+), else SPIN could
+                # take it forever and count that as the controller moving
+                quiet = stutter_condition(st)
+                if quiet is True:
+                    continue
+                extra = "!" + UNFAIR_OFF
+                if quiet is not False:
+                    extra += f" && !({expr(quiet)})"
             lines.append(f"    :: /* {st.name} */")
-            lines.append(f"       {_d_step(st, body(st))};")
+            lines.append(f"       {_d_step(st, body(st), extra)};")
             lines.append(f"       goto {label(st.transition.dest)}")
-        if mode == "liveness" and any(st.user_call for st in out_steps):
-            lines.append("    :: /* stop: the user makes no more calls (calls are not fair) */")
-            lines.append(f"       d_step {{ {CALLS} < MAX_CALLS -> {CALLS} = MAX_CALLS }};")
+        if not safety and any(st.transition.fairness is None for st in out_steps):
+            lines.append("    :: /* stop: no more user calls or timeouts (neither is fair) */")
+            lines.append(f"       d_step {{ !{UNFAIR_OFF} -> {CALLS} = MAX_CALLS; "
+                         f"{UNFAIR_OFF} = true }};")
             lines.append(f"       goto {label(loc)}")
         lines.append("    fi;")
     lines.append("}")
@@ -321,7 +361,22 @@ def _controller_label(loc: str, out_steps: list[Step]) -> str:
 
 def _only_source(st: Step) -> bool:
     e = st.enabled
-    return isinstance(e, Term) and e.op == "is_state" and is_var(e.args[0], "c")
+    parts = e.args if isinstance(e, Term) and e.op == "and" else (e,)
+    return all(_source_or_lock_free(p) for p in parts) and any(
+        isinstance(p, Term) and p.op == "is_state" for p in parts)
+
+
+def _source_or_lock_free(e: Value) -> bool:
+    """``c = <loc>``, or ``holder = 0``: the API lock is free wherever the controller is not
+    inside a blocking call (the property LockHeldOnlyInCall, checked in the same run), so a
+    user call guarded by it alone is callable in every state of its location."""
+    if not isinstance(e, Term):
+        return False
+    if e.op == "is_state":
+        return is_var(e.args[0], "c")
+    zero = e.args[1] if e.op == "eq" else None
+    return (is_var(e.args[0], "holder") and isinstance(zero, Term) and zero.op == "const"
+            and zero.args == (0,))
 
 
 def properties_checked(spec: Spec, mode: Mode) -> list[str]:

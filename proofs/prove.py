@@ -5,8 +5,9 @@
   (:class:`.z3_obligations.ObligationResult`), time, counterexample if any, Spacer's verdict.
   ``verdict`` is ``proved`` (every obligation discharged, unbounded), ``violated`` (an
   obligation failed and a real counterexample from Init was found and attached) or ``not
-  proved`` (an obligation failed or timed out; no counterexample within the search bound).
-  ``holds`` is true only for ``proved``: a timeout is never reported as proved.
+  proved`` (an obligation failed or ran out of resources; no counterexample found).
+  ``holds`` is true only for ``proved``: ``not proved`` never counts as holding.
+- :func:`prove_one` - one property on its own (the same verdict as inside :func:`prove_all`).
 - :func:`prove_timing` - the timing arithmetic (``autoconverge.spec.timing``): a
   :class:`.timing_proofs.TimingProof`.
 - :func:`check_vacuity` - every obligation's hypotheses satisfiable, every antecedent
@@ -16,6 +17,17 @@ Each record's ``as_dict()`` is its JSON form (``autoconverge verify --json``).
 
 Methods: ``induction`` (hand-written strengthening, :mod:`z3_safety`), ``induction+spacer``
 (plus Spacer finding its own invariant, re-checked), ``ranking`` (:mod:`z3_liveness`).
+
+Counterexamples, and determinism. When a proof fails, Z3 searches from Init for a real
+violation: BMC for safety (``counterexample_source`` ``z3-bmc``), a fair lasso for liveness
+(``z3-lasso``), as deep as the bug zoo's longest counterexample (:data:`.z3_bmc.BMC_DEPTH`,
+read from :mod:`autoconverge.spec.variants`). If that search ends without one, the explorer's
+shortest counterexample at its bound (``model/explorer.toml``, ``[ci]``), if it has one, is
+replayed through the Z3 encoding (:func:`.z3_bmc.confirm`) and, confirmed, makes the verdict
+``violated`` (``explorer-replay``); else it stays ``not proved``. No Z3 check has a
+wall-clock timeout: each runs under a resource limit with fixed seeds (``rlimit``, ``seed``
+in every result), so the verdict of a property depends only on the spec and the bound - the
+same in a full run as on its own (:func:`prove_one`), on a loaded machine as on an idle one.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import z3
 
@@ -40,54 +52,137 @@ from .results import (
     VacuityCheck,
 )
 from .timing_proofs import TimingProof, prove_timing
-from .z3_bmc import Unrolling, reach_many
+from .z3_bmc import (
+    BMC_DEPTH,
+    LASSO_DEPTH,
+    SEARCH_RLIMIT,
+    Unrolling,
+    confirm,
+    format_trace,
+    reach_many,
+)
 from .z3_liveness import PLANS, LivenessProver
-from .z3_obligations import Outcome, satisfiable
+from .z3_obligations import RLIMIT, SEED, Outcome, satisfiable
 from .z3_safety import SafetyProver
-from .z3_spacer import SpacerResult, spacer
+from .z3_spacer import SPACER_RLIMIT, SpacerResult, spacer
+
+if TYPE_CHECKING:
+    from autoconverge.model.results import ExplorationResult
 
 SPACER_PROPERTIES: tuple[str, ...] = (
     "PercentInRange", "PausedOnlyInPausePhase", "HandoverKeepsVcpusPaused",
-    "ReturnsOnlyAfterJoin", "PauseResumeAlternate",
+    "PauseResumeAlternate",
 )
-"""Safety properties also given to Spacer (their invariants are quantifier-free)."""
-SPACER_TIMEOUT_MS = 2_000
+"""Safety properties also given to Spacer (their invariants are quantifier-free). Not
+ReturnsOnlyAfterJoin since the spec models callers, timeouts and calls in progress (issue
+15): Spacer ends "unknown" at its resource limit there (12 s spent for nothing), while the
+named lemmas prove it by induction."""
 VACUITY_DEPTH = 8
 """Steps from Init within which every antecedent must be reachable."""
 
 __all__ = [
     "ProofResult",
+    "Provers",
     "TimingProof",
     "VacuityCheck",
     "check_vacuity",
     "format_proof",
     "prove_all",
+    "prove_one",
     "prove_property",
     "prove_timing",
+    "z3_search_limits",
 ]
 
 
-class _Provers:
-    def __init__(self, spec: Spec, timeout_ms: int) -> None:
-        self.safety = SafetyProver(spec, timeout_ms)
+def z3_search_limits() -> dict[str, Any]:
+    """The limits every Z3 proof runs under, JSON-ready (``autoconverge verify``): the
+    counterexample search depths and where they come from, the resource limits, the seed."""
+    return {
+        "bmc_depth": BMC_DEPTH, "lasso_depth": LASSO_DEPTH,
+        "depth_from": "the bug zoo's longest counterexample (max max_trace, spec/variants.py)",
+        "rlimit": RLIMIT, "search_rlimit": SEARCH_RLIMIT, "spacer_rlimit": SPACER_RLIMIT,
+        "seed": SEED, "beyond_depth": "explorer-replay",
+    }
+
+
+class Provers:
+    """The provers of one spec (obligations cached across its properties) and, on demand,
+    the explorer's result for it (counterexamples beyond Z3's search depth)."""
+
+    def __init__(self, spec: Spec, rlimit: int = RLIMIT,
+                 explored: ExplorationResult | None = None) -> None:
+        self.safety = SafetyProver(spec, rlimit)
         self.liveness = LivenessProver(self.safety)
+        self._explored = explored
+
+    def explored(self) -> ExplorationResult:
+        """The explorer's verdicts on the spec at the ``[ci]`` bound (run once, if needed)."""
+        if self._explored is None:
+            from autoconverge.model.explorer import explore, load_config
+
+            self._explored = explore(self.safety.spec, load_config())
+        return self._explored
 
 
-def prove_property(provers: _Provers, name: str, *, use_spacer: bool = True,
+def prove_property(provers: Provers, name: str, *, use_spacer: bool = True,
                    counterexamples: bool = True) -> ProofResult:
+    """One property's proof, with a counterexample when it fails and one can be found."""
+    result = _prove(provers, name, use_spacer, counterexamples)
+    if counterexamples and result.verdict == NOT_PROVED:
+        return _explorer_replay(provers, result)
+    return result
+
+
+def _prove(provers: Provers, name: str, use_spacer: bool, counterexamples: bool
+           ) -> ProofResult:
     spec = provers.safety.spec
     prop = spec.property(name)
     if prop.kind == "leadsto":
         if name not in PLANS:
             return ProofResult(name, prop.kind, "ranking", NOT_PROVED, (), 0.0,
                                prop.statement, prop.formula,
-                               note="no ranking function written for this property")
+                               note="no ranking function written for this property",
+                               bmc_depth=LASSO_DEPTH, rlimit=provers.safety.rlimit, seed=SEED)
         return provers.liveness.prove(name, counterexample=counterexamples)
     result = provers.safety.prove(name)
     if use_spacer and name in SPACER_PROPERTIES and result.verdict != VIOLATED:
-        return _with_spacer(result,
-                            spacer(spec, name, SPACER_TIMEOUT_MS, enc=provers.safety.enc))
+        return _with_spacer(result, spacer(spec, name, enc=provers.safety.enc))
     return result
+
+
+def _explorer_replay(provers: Provers, result: ProofResult) -> ProofResult:
+    """``not proved`` by Z3: the explorer's shortest counterexample, if it has one and it
+    replays through the Z3 encoding, makes the verdict ``violated``."""
+    t0 = time.perf_counter()
+    found = next((p for p in provers.explored().properties if p.name == result.name), None)
+    before = f"{result.note}; " if result.note else ""
+    if found is None or found.counterexample is None:
+        what = "not checked by" if found is None else "no counterexample from"
+        return dataclasses.replace(
+            result, time_s=round(result.time_s + time.perf_counter() - t0, 4),
+            note=before + f"{what} the explorer at its bound [{_bound(provers)}] either")
+    cex = dict(found.counterexample)
+    cex["text"] = format_trace(cex)
+    prop = provers.safety.spec.property(result.name)
+    ok = confirm(provers.safety.enc, prop, cex, provers.safety.rlimit)
+    dt = time.perf_counter() - t0
+    if not ok:
+        return dataclasses.replace(
+            result, time_s=round(result.time_s + dt, 4),
+            note=before + "the explorer's counterexample does NOT replay through the Z3 "
+                 "encoding: the checkers disagree")
+    return dataclasses.replace(
+        result, verdict=VIOLATED, counterexample=cex, counterexample_source="explorer-replay",
+        time_s=round(result.time_s + dt, 4),
+        note=before + f"the explorer's shortest counterexample ({cex['length']} steps, bound "
+                      f"[{_bound(provers)}]) replayed through the Z3 encoding: a real "
+                      "behaviour that violates the property")
+
+
+def _bound(provers: Provers) -> str:
+    """The explorer bound's name (its ``explorer.toml`` section)."""
+    return provers.explored().stats.config.section
 
 
 def _with_spacer(result: ProofResult, sp: SpacerResult) -> ProofResult:
@@ -110,18 +205,31 @@ def _with_spacer(result: ProofResult, sp: SpacerResult) -> ProofResult:
             note="the hand-written strengthening is not inductive in this spec; "
                  "Spacer's invariant (re-checked) proves the property")
     if sp.verdict == VIOLATED:
+        before = f"{result.note}; " if result.note else ""
         return dataclasses.replace(
-            merged, note="Spacer: a counterexample is reachable (the Horn clauses are unsat)")
+            merged, note=before + "Spacer: a counterexample is reachable (the Horn clauses "
+                                  "are unsat)")
     return merged
 
 
 def prove_all(spec: Spec, *, use_spacer: bool = True, counterexamples: bool = True,
-              timeout_ms: int = 5_000) -> list[ProofResult]:
-    """Prove every property of ``spec``; one result per property."""
-    provers = _Provers(spec, timeout_ms)
+              rlimit: int = RLIMIT, explored: ExplorationResult | None = None
+              ) -> list[ProofResult]:
+    """Prove every property of ``spec``; one result per property.
+
+    ``explored``: the explorer's result for ``spec`` at the ``[ci]`` bound, if already at
+    hand (else it is run when a property ends ``not proved``)."""
+    provers = Provers(spec, rlimit, explored)
     return [prove_property(provers, p.name, use_spacer=use_spacer,
                            counterexamples=counterexamples)
             for p in spec.properties]
+
+
+def prove_one(spec: Spec, name: str, *, use_spacer: bool = True, counterexamples: bool = True,
+              rlimit: int = RLIMIT, explored: ExplorationResult | None = None) -> ProofResult:
+    """Prove the property ``name`` of ``spec`` on its own (fresh provers)."""
+    return prove_property(Provers(spec, rlimit, explored), name, use_spacer=use_spacer,
+                          counterexamples=counterexamples)
 
 
 # --- vacuity ---------------------------------------------------------------------------------
@@ -136,9 +244,9 @@ def _antecedents(e: z3.BoolRef) -> list[z3.BoolRef]:
     return []
 
 
-def _hypotheses(spec: Spec, provers: _Provers) -> list[VacuityCheck]:
+def _hypotheses(spec: Spec, provers: Provers) -> list[VacuityCheck]:
     out: list[VacuityCheck] = []
-    checked: dict[int, bool | None] = {}
+    rlimit = provers.safety.rlimit
     for prop in spec.properties:
         if prop.kind == "leadsto" and prop.name not in PLANS:
             continue
@@ -152,10 +260,11 @@ def _hypotheses(spec: Spec, provers: _Provers) -> list[VacuityCheck]:
         for ob in obligations:
             for leaf in ob.leaves():
                 assert leaf.query is not None and leaf.enc is not None
-                if id(leaf) not in checked:
-                    checked[id(leaf)] = satisfiable(leaf.enc, leaf.query)[0]
+                if rlimit not in leaf.hypotheses_sat:  # shared leaves are checked once
+                    leaf.hypotheses_sat[rlimit] = satisfiable(leaf.enc, leaf.query, rlimit,
+                                                              witness=False)[0]
                 n += 1
-                sat = checked[id(leaf)]
+                sat = leaf.hypotheses_sat[rlimit]
                 label = leaf.name if leaf.name.startswith(ob.name) else f"{ob.name}: {leaf.name}"
                 if sat is False and leaf.may_be_vacuous:
                     expected.append(label)
@@ -170,7 +279,7 @@ def _hypotheses(spec: Spec, provers: _Provers) -> list[VacuityCheck]:
         if vacuous:
             detail = "VACUOUS (hypotheses unsatisfiable): " + ", ".join(vacuous)
         if unknown:
-            detail += "; satisfiability unknown (timeout): " + ", ".join(unknown)
+            detail += "; satisfiability unknown (rlimit reached): " + ", ".join(unknown)
         out.append(VacuityCheck(f"{prop.name}: obligation hypotheses satisfiable", prop.name,
                                 "hypotheses", not vacuous and not unknown, detail,
                                 round(time.perf_counter() - t0, 4), queries=n))
@@ -196,7 +305,7 @@ def _pending(p: Callable[[State], Any], q: Callable[[State], Any]) -> Callable[[
     return lambda s: z3.And(as_bool(p(s)), z3.Not(as_bool(q(s))))
 
 
-def _reachability(spec: Spec, provers: _Provers, depth: int) -> list[VacuityCheck]:
+def _reachability(spec: Spec, provers: Provers, depth: int) -> list[VacuityCheck]:
     enc = provers.safety.enc
     targets: dict[str, Target] = {}
     owners: dict[str, list[str]] = {}
@@ -249,9 +358,9 @@ def _reachability(spec: Spec, provers: _Provers, depth: int) -> list[VacuityChec
 
 
 def check_vacuity(spec: Spec, *, depth: int = VACUITY_DEPTH,
-                  timeout_ms: int = 5_000) -> list[VacuityCheck]:
+                  rlimit: int = RLIMIT) -> list[VacuityCheck]:
     """Non-vacuity of every proof of ``spec``: one check per property and kind of check."""
-    provers = _Provers(spec, timeout_ms)
+    provers = Provers(spec, rlimit)
     return [*_hypotheses(spec, provers), *_reachability(spec, provers, depth)]
 
 
@@ -279,6 +388,7 @@ def format_proof(result: ProofResult) -> str:
     if result.note:
         lines.append(f"  note: {result.note}")
     if result.counterexample_text:
+        lines.append(f"  counterexample ({result.counterexample_source}):")
         lines.append(result.counterexample_text)
     return "\n".join(lines)
 

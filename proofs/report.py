@@ -30,8 +30,12 @@ PROVED_IN = {
 ABSTRACTIONS = (
     "Time is abstracted by the clock actor: a phase ends by an `expire` event that weak "
     "fairness makes happen; durations are proved separately (timing arithmetic).",
-    "The vCPUs are all-or-nothing (`paused`); a failing pause()/resume() is the `fault` "
-    "transition, and the implementation's best-effort resume after it is outside the model.",
+    "The vCPUs are all-or-nothing (`paused`): a pause()/resume() is a start (the transition) "
+    "and an end (`call_return`, or `fault` with its best-effort resume and `resume_failed`), "
+    "and a call that failed part-way leaves them `paused` as far as the model knows.",
+    "Callers: two caller threads (`k`), one API lock; a caller's timeout is a `timeout` step "
+    "the model may take at any point of a blocking call (the call timeout's length is not "
+    "modelled).",
     "The explorer, SPIN and TLC are bounded (user calls, queue capacity, percent domain: "
     "model/explorer.toml); the Z3 proofs are not (all percents, queue lengths, call counts).",
     "Liveness assumes: " + ", ".join(g.statement for g in FAIRNESS_GROUPS) + ".",
@@ -116,6 +120,20 @@ def _verdict(ev: Mapping[str, Any] | None) -> str:
     return "holds" if ev.get("holds") else "**violated**"
 
 
+def _search(proof: Mapping[str, Any]) -> str:
+    """How a Z3 verdict was searched for: counterexample source and length, depth, limits."""
+    parts = []
+    cex = proof.get("counterexample")
+    if proof.get("counterexample_source") and cex:
+        parts.append(f"counterexample by {proof['counterexample_source']}, "
+                     f"{cex.get('length', '?')} steps")
+    if proof.get("bmc_depth") is not None:
+        parts.append(f"search depth {proof['bmc_depth']}")
+    if proof.get("rlimit") is not None:
+        parts.append(f"rlimit {proof['rlimit']}, seed {proof.get('seed')}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def proof_report(spec: Spec, report: Mapping[str, Any], tests_dir: Path | None = None) -> str:
     """The Markdown report of one ``run_verify`` result."""
     tests = _expand(spec, covering_tests(tests_dir or REPO_ROOT / "tests"))
@@ -154,7 +172,8 @@ def proof_report(spec: Spec, report: Mapping[str, Any], tests_dir: Path | None =
                 out.append(f"- {tool.upper()}: {_verdict(r.get(tool))}")
         proof = r.get("proof")
         if proof:
-            out.append(f"- Z3 ({proof.get('method', '?')}, unbounded): {_verdict(proof)}")
+            out.append(f"- Z3 ({proof.get('method', '?')}, unbounded): {_verdict(proof)}"
+                       + _search(proof))
             for ob in proof.get("obligations", []):
                 mark = "proved" if ob.get("holds") else "**not proved**"
                 out.append(f"  - {ob.get('name')}: {mark} ({ob.get('time_s', 0):.3f} s)"

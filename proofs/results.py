@@ -25,7 +25,8 @@ PROVED = "proved"
 VIOLATED = "violated"
 """An obligation failed and a real counterexample from Init is attached."""
 NOT_PROVED = "not proved"
-"""An obligation failed or timed out, and no counterexample was found within the bound."""
+"""An obligation failed or ran out of its resource limit, and no counterexample was found:
+neither by Z3's search within its depth nor by the explorer at its bound. Never holds."""
 
 
 def _failed(obligations: tuple[ObligationResult, ...]) -> list[str]:
@@ -66,7 +67,14 @@ class InductionAttempt:
 class ProofResult:
     """One property's unbounded proof: verdict, method and every obligation.
 
-    ``holds`` is true only for ``proved``: a timeout is never reported as proved.
+    ``holds`` is true only for ``proved``: an obligation that ran out of resources is never
+    reported as proved, and ``not proved`` never counts as holding.
+
+    How the verdict was reached is part of the record: ``counterexample_source`` (which search
+    produced the counterexample of a ``violated`` verdict), ``bmc_depth`` (how many steps
+    from Init Z3's counterexample search covers for this property), ``rlimit`` and ``seed``
+    (the Z3 resource limit of each obligation check and the solvers' random seed). With the
+    same spec, bound and limits the verdict is the same, whatever ran before.
     """
 
     name: str
@@ -91,6 +99,17 @@ class ProofResult:
     induction_attempt: InductionAttempt | None = None
     """Method ``spacer``: the strengthening's failed proof that Spacer's invariant replaced."""
     note: str | None = None
+    counterexample_source: str | None = None
+    """Who found ``counterexample``: ``z3-bmc`` (Z3's safety search), ``z3-lasso`` (Z3's fair
+    lasso search) or ``explorer-replay`` (the explorer's shortest counterexample, replayed
+    through the Z3 encoding); None without a counterexample."""
+    bmc_depth: int | None = None
+    """Steps from Init Z3's counterexample search covers for this property (BMC for safety,
+    prefix + cycle for a lasso); None: no search applies."""
+    rlimit: int | None = None
+    """Z3 resource limit of each obligation check (Z3's operation count, not time)."""
+    seed: int | None = None
+    """Random seed of every Z3 solver of the proof."""
 
     @property
     def holds(self) -> bool:
@@ -108,14 +127,23 @@ class ProofResult:
     def strengthening_text(self) -> str:
         return " /\\ ".join(lem.name for lem in self.strengthening or ()) or "TRUE"
 
+    @property
+    def search(self) -> dict[str, Any]:
+        """How the verdict was searched for: source, depth, Z3 limits (JSON-ready)."""
+        return {"counterexample_source": self.counterexample_source,
+                "bmc_depth": self.bmc_depth, "rlimit": self.rlimit, "seed": self.seed}
+
     def as_dict(self) -> dict[str, Any]:
         head: dict[str, Any] = {"name": self.name, "kind": self.kind}
         obligations = [o.as_dict() for o in self.obligations]
         tail = {"statement": self.statement, "formula": self.formula}
         if self.strengthening is None:  # nothing attempted (e.g. no ranking function)
-            return head | {"holds": self.holds, "verdict": self.verdict, "method": self.method,
-                           "obligations": obligations, "time_s": self.time_s,
-                           "note": self.note} | tail
+            out0 = head | {"holds": self.holds, "verdict": self.verdict, "method": self.method,
+                           "obligations": obligations}
+            if self.counterexample is not None:
+                out0["counterexample"] = self.counterexample
+                out0["counterexample_text"] = self.counterexample_text
+            return out0 | {"time_s": self.time_s} | self.search | {"note": self.note} | tail
         out = head | {"method": self.method, "holds": self.holds, "verdict": self.verdict}
         lemmas = [{"name": lem.name, "formula": lem.formula, "statement": lem.statement}
                   for lem in self.strengthening]
@@ -134,6 +162,7 @@ class ProofResult:
             out["counterexample"] = self.counterexample
             out["counterexample_text"] = self.counterexample_text
         out["time_s"] = self.time_s
+        out |= self.search
         if self.spacer is not None:
             out["spacer"] = self.spacer.as_dict()
         if self.induction_attempt is not None:

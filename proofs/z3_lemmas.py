@@ -37,14 +37,21 @@ from autoconverge.spec.lifecycle import (
     AWAITING_ABORT,
     AWAITING_EXIT,
     AWAITING_HANDOVER,
+    CLOSING,
     DONE,
     EXIT,
     IDLE,
+    IN_CALL,
+    NO_CALL,
     PAUSE,
+    PAUSE_CALL,
+    RESUME_CALL,
+    RESUMING,
     THROTTLING,
     WAITING,
     is_set_command,
     is_valid_command,
+    no_call,
 )
 
 from .encoding import as_bool
@@ -94,16 +101,6 @@ def is_sync_command(x: Value) -> Value:
     return Or(x == CMD_ABORT, x == CMD_EXIT, x == CMD_HANDOVER)
 
 
-def _last_matches(s: State, x: Value) -> Value:
-    """The last queued command is asynchronous (controller idle) or the one it waits for."""
-    return Or(
-        And(is_state(s.c, IDLE), Not(is_sync_command(x))),
-        And(is_state(s.c, AWAITING_ABORT), x == CMD_ABORT),
-        And(is_state(s.c, AWAITING_EXIT), x == CMD_EXIT),
-        And(is_state(s.c, AWAITING_HANDOVER), x == CMD_HANDOVER),
-    )
-
-
 def _last_is(s: State, cmds: tuple[int, ...]) -> Value:
     """The queue is not empty and its newest element is one of ``cmds``."""
     n = chan_len(s.chan)
@@ -111,31 +108,112 @@ def _last_is(s: State, cmds: tuple[int, ...]) -> Value:
         return n > 0 and s.chan[n - 1] in cmds
     return And(n > 0, Or(*(s.chan[n - 1] == c for c in cmds)))
 
+
+CLOSED_OR_CLOSING: tuple[str, ...] = (
+    AWAITING_EXIT, AWAITING_HANDOVER, RESUMING, CLOSING, DONE,
+)
+"""The controller states after an exit or handover was sent."""
+
+
+def _alive(s: State) -> Value:
+    return Not(s.failed)
+
+
 LEMMAS: tuple[Lemma, ...] = (
     Lemma(
-        "HandedMeansExitedPaused",
-        "A handed-over worker has exited and left the vCPUs paused.",
-        "handed => w = exit /\\ paused",
-        holds=lambda s: Implies(s.handed, And(is_state(s.w, EXIT), s.paused)),
-    ),
-    Lemma(
-        "PausedIffPausePhase",
-        "The vCPUs are paused exactly in a pause phase or after a handover.",
-        "paused <=> w = throttling_pause \\/ handed",
-        holds=lambda s: s.paused == Or(is_state(s.w, PAUSE), s.handed),
-        needs=("HandedMeansExitedPaused",),
+        "CallInRange",
+        "The vCPU call in progress is none, pause or resume.",
+        "call \\in {NONE, PAUSE, RESUME}",
+        holds=lambda s: Or(s.call == NO_CALL, s.call == PAUSE_CALL, s.call == RESUME_CALL),
     ),
     Lemma(
         "FailedMeansExited",
-        "A failed pause()/resume() made the worker exit.",
-        "failed => w = exit",
-        holds=lambda s: Implies(s.failed, is_state(s.w, EXIT)),
+        "A failed pause()/resume() made the worker exit; it was not handed over, and only a "
+        "resume may still be in progress.",
+        "failed => w = exit /\\ ~handed /\\ call # PAUSE",
+        holds=lambda s: Implies(
+            s.failed, And(is_state(s.w, EXIT), Not(s.handed), s.call != PAUSE_CALL)
+        ),
     ),
     Lemma(
-        "DoneMeansExited",
-        "The controller is done only after the worker exited.",
-        "c = done => w = exit",
-        holds=lambda s: Implies(is_state(s.c, DONE), is_state(s.w, EXIT)),
+        "HandedMeansExitedPaused",
+        "A handed-over worker has exited; the vCPUs are paused once its pause() returned.",
+        "handed => w = exit /\\ ~failed /\\ call # RESUME /\\ (call = NONE => paused)",
+        holds=lambda s: Implies(s.handed, And(
+            is_state(s.w, EXIT), Not(s.failed), s.call != RESUME_CALL,
+            Implies(s.call == NO_CALL, s.paused),
+        )),
+        needs=("FailedMeansExited", "VcpusMatchState"),
+    ),
+    Lemma(
+        "VcpusMatchState",
+        "Unless a call failed, the vCPUs are paused exactly in a pause phase or after a "
+        "handover, a pause() in progress is entering one, a resume() in progress leaving one.",
+        "~failed => (call = NONE => (paused <=> w = throttling_pause \\/ handed)) /\\ "
+        "(call = PAUSE => ~paused /\\ (w = throttling_pause \\/ handed)) /\\ "
+        "(call = RESUME => paused /\\ w # throttling_pause /\\ ~handed)",
+        holds=lambda s: Implies(_alive(s), And(
+            Implies(s.call == NO_CALL, s.paused == Or(is_state(s.w, PAUSE), s.handed)),
+            Implies(s.call == PAUSE_CALL,
+                    And(Not(s.paused), Or(is_state(s.w, PAUSE), s.handed))),
+            Implies(s.call == RESUME_CALL,
+                    And(s.paused, Not(is_state(s.w, PAUSE)), Not(s.handed))),
+        )),
+        needs=("CallInRange", "FailedMeansExited", "HandedMeansExitedPaused"),
+    ),
+    Lemma(
+        "CallOnlyAtPhaseStart",
+        "A vCPU call in progress while throttling is the one that started the phase.",
+        "w \\in Throttling /\\ call # NONE => ~expired /\\ ~polled /\\ percent = applied",
+        holds=lambda s: Implies(
+            And(in_states(s.w, THROTTLING), s.call != NO_CALL),
+            And(Not(s.expired), Not(s.polled), s.percent == s.applied),
+        ),
+    ),
+    Lemma(
+        "PhaseFlagsOnlyInPhase",
+        "Outside a throttling phase no deadline is pending and nothing was polled.",
+        "w \\notin Throttling => ~expired /\\ ~polled",
+        holds=lambda s: Implies(
+            Not(in_states(s.w, THROTTLING)), And(Not(s.expired), Not(s.polled))
+        ),
+    ),
+    Lemma(
+        "LockMatchesCall",
+        "The API lock is held exactly while a caller is inside a blocking call.",
+        "holder # 0 <=> c \\in {awaiting_abort, awaiting_exit, awaiting_handover, resuming}",
+        holds=lambda s: (s.holder != 0) == in_states(s.c, IN_CALL),
+    ),
+    Lemma(
+        "ClosedMeansGone",
+        "The controller is done, or resuming the vCPUs itself, only after the worker exited "
+        "(and, done, with no call in progress).",
+        "c = done => w = exit /\\ call = NONE; c = resuming => w = exit /\\ ~handed",
+        holds=lambda s: And(
+            Implies(is_state(s.c, DONE), And(is_state(s.w, EXIT), no_call(s))),
+            Implies(is_state(s.c, RESUMING), And(is_state(s.w, EXIT), Not(s.handed))),
+        ),
+    ),
+    Lemma(
+        "OwnerOnlyAfterHandover",
+        "A caller owns the vCPUs exactly when its handover() returned them paused.",
+        "(owner # 0 => c = done /\\ handed /\\ paused /\\ call = NONE) /\\ "
+        "(c = done /\\ handed => owner # 0)",
+        holds=lambda s: And(
+            Implies(s.owner != 0,
+                    And(is_state(s.c, DONE), s.handed, s.paused, no_call(s))),
+            Implies(And(is_state(s.c, DONE), s.handed), s.owner != 0),
+        ),
+        needs=("ClosedMeansGone", "HandedMeansExitedPaused", "LockMatchesCall"),
+    ),
+    Lemma(
+        "ClosedRunningUnlessOwned",
+        "Once closed, the vCPUs are paused exactly when a caller owns them (its handover "
+        "returned).",
+        "c = done => (paused <=> owner # 0)",
+        holds=lambda s: Implies(is_state(s.c, DONE), s.paused == (s.owner != 0)),
+        needs=("OwnerOnlyAfterHandover", "HandedMeansExitedPaused", "ClosedMeansGone",
+               "LockMatchesCall"),
     ),
     Lemma(
         "QueueValid",
@@ -144,76 +222,109 @@ LEMMAS: tuple[Lemma, ...] = (
         each=lambda s, i, x: is_valid_command(x),
     ),
     Lemma(
-        "QueueShape",
-        "Until the controller is done, and unless a call failed, at most one synchronous "
-        "command (abort, exit, handover) is queued, it is last, and it is the one the blocked "
-        "controller waits for.",
-        "c # done /\\ ~failed => \\A i \\in 1..Len(chan): (i < Len(chan) => chan[i] "
-        "\\notin Sync) /\\ (i = Len(chan) => (c = idle /\\ chan[i] \\notin Sync \\/ "
-        "c = awaiting_abort /\\ chan[i] = ABORT \\/ ...))",
+        "ExitCommandLast",
+        "Unless a call failed, an exit or handover is the last command queued, and only once a "
+        "blocking call sent it.",
+        "~failed => \\A i \\in 1..Len(chan): chan[i] \\in {EXIT, HANDOVER} => i = Len(chan) "
+        "/\\ c \\in {awaiting_exit, awaiting_handover, resuming, closing, done}",
         each=lambda s, i, x: Implies(
-            And(Not(s.failed), Not(is_state(s.c, DONE))),
-            And(
-                Implies(i < chan_len(s.chan) - 1, Not(is_sync_command(x))),
-                Implies(i == chan_len(s.chan) - 1, _last_matches(s, x)),
-            ),
+            And(_alive(s), Or(x == CMD_EXIT, x == CMD_HANDOVER)),
+            And(i == chan_len(s.chan) - 1, in_states(s.c, CLOSED_OR_CLOSING)),
         ),
-        needs=("FailedMeansExited", "RespMeansAnswered", "ActiveControllerWorkerAlive"),
+        needs=("QueueShape", "FailedMeansExited"),
     ),
     Lemma(
-        "SentCommandQueued",
-        "Until the worker has exited, the synchronous command the controller sent is still "
-        "the last one queued (for an abort: until the worker answered).",
-        "w # exit => (c = awaiting_exit => Last(chan) = EXIT) /\\ (c = awaiting_handover "
-        "=> Last(chan) = HANDOVER) /\\ (c = awaiting_abort /\\ ~resp => Last(chan) = ABORT) "
-        "/\\ (c = done => Last(chan) \\in {EXIT, HANDOVER})  (Last requires Len(chan) > 0)",
-        holds=lambda s: Implies(Not(is_state(s.w, EXIT)), And(
-            Implies(is_state(s.c, AWAITING_EXIT), _last_is(s, (CMD_EXIT,))),
-            Implies(is_state(s.c, AWAITING_HANDOVER), _last_is(s, (CMD_HANDOVER,))),
-            Implies(And(is_state(s.c, AWAITING_ABORT), Not(s.resp)),
-                    _last_is(s, (CMD_ABORT,))),
-            Implies(is_state(s.c, DONE), _last_is(s, (CMD_EXIT, CMD_HANDOVER))),
+        "AbortCommandLast",
+        "Unless a call failed, a queued abort is the last command, or the last but an exit "
+        "(a shutdown() after the abort timed out).",
+        "~failed => \\A i \\in 1..Len(chan): chan[i] = ABORT => i = Len(chan) \\/ "
+        "i = Len(chan) - 1 /\\ Last(chan) = EXIT",
+        each=lambda s, i, x: Implies(
+            And(_alive(s), x == CMD_ABORT),
+            Or(i == chan_len(s.chan) - 1,
+               And(i == chan_len(s.chan) - 2, _last_is(s, (CMD_EXIT,)))),
+        ),
+        needs=("QueueShape", "ExitCommandLast", "FailedMeansExited"),
+    ),
+    Lemma(
+        "QueueShape",
+        "Unless a call failed: an idle controller's queue holds only percents; one blocked "
+        "in abort/handover has its command last (an abort until it is answered).",
+        "~failed => \\A i \\in 1..Len(chan): (c = idle => chan[i] \\in 1..99) /\\ "
+        "(c = awaiting_abort => chan[i] \\in 1..99 \\/ chan[i] = ABORT /\\ i = Len(chan) "
+        "/\\ ~resp) /\\ (c = awaiting_handover => chan[i] \\in 1..99 \\/ chan[i] = HANDOVER "
+        "/\\ i = Len(chan))",
+        each=lambda s, i, x: Implies(_alive(s), And(
+            Implies(is_state(s.c, IDLE), is_set_command(x)),
+            Implies(is_state(s.c, AWAITING_ABORT), Or(
+                is_set_command(x),
+                And(x == CMD_ABORT, i == chan_len(s.chan) - 1, Not(s.resp)),
+            )),
+            Implies(is_state(s.c, AWAITING_HANDOVER), Or(
+                is_set_command(x), And(x == CMD_HANDOVER, i == chan_len(s.chan) - 1),
+            )),
         )),
+        needs=("FailedMeansExited", "AliveBeforeClose", "RespMeansAnswered"),
+    ),
+    Lemma(
+        "NoAbortHeadWhileWaiting",
+        "Unless a call failed, a waiting worker finds a percent before any queued abort.",
+        "~failed /\\ w = waiting => \\A i \\in 1..Len(chan): chan[i] = ABORT => i > 1 "
+        "/\\ Head(chan) \\in 1..99",
+        each=lambda s, i, x: Implies(
+            And(_alive(s), is_state(s.w, WAITING), x == CMD_ABORT),
+            And(i >= 1, is_set_command(chan_head(s.chan))),
+        ),
+        needs=("AbortCommandLast", "ExitCommandLast", "RequestedMeansWork", "FailedMeansExited"),
+    ),
+    Lemma(
+        "AliveBeforeClose",
+        "Before shutdown()/handover() the worker is not handed over and exits only by failing.",
+        "~failed /\\ c \\in {idle, awaiting_abort} => w # exit /\\ ~handed",
+        holds=lambda s: Implies(
+            And(_alive(s), in_states(s.c, (IDLE, AWAITING_ABORT))),
+            And(Not(is_state(s.w, EXIT)), Not(s.handed)),
+        ),
+        needs=("QueueShape", "FailedMeansExited"),
     ),
     Lemma(
         "RespMeansAnswered",
-        "Until the controller is done, an unconsumed answer means the queue is drained and "
-        "the worker is where the command sent it.",
-        "resp /\\ c # done => ~failed /\\ Len(chan) = 0 /\\ (c = awaiting_abort /\\ "
-        "w = waiting \\/ c \\in {awaiting_exit, awaiting_handover} /\\ w = exit)",
+        "Unless a call failed, an answer reaches an idle or aborting controller only as the "
+        "abort's: the worker is waiting on a drained queue.",
+        "~failed /\\ resp /\\ c \\in {idle, awaiting_abort} => c = awaiting_abort /\\ "
+        "w = waiting /\\ Len(chan) = 0",
         holds=lambda s: Implies(
-            And(s.resp, Not(is_state(s.c, DONE))),
-            And(
-                Not(s.failed), chan_len(s.chan) == 0,
-                Or(
-                    And(is_state(s.c, AWAITING_ABORT), is_state(s.w, WAITING)),
-                    And(in_states(s.c, (AWAITING_EXIT, AWAITING_HANDOVER)),
-                        is_state(s.w, EXIT)),
-                ),
-            ),
+            And(_alive(s), s.resp, in_states(s.c, (IDLE, AWAITING_ABORT))),
+            And(is_state(s.c, AWAITING_ABORT), is_state(s.w, WAITING), chan_len(s.chan) == 0),
         ),
-        needs=("QueueShape", "FailedMeansExited"),
+        needs=("QueueShape", "FailedMeansExited", "AliveBeforeClose"),
     ),
     Lemma(
-        "ActiveControllerWorkerAlive",
-        "Before shutdown()/handover() the worker is not handed over and exits only by failing.",
-        "c \\in {idle, awaiting_abort} => ~handed /\\ (w = exit => failed)",
-        holds=lambda s: Implies(
-            in_states(s.c, (IDLE, AWAITING_ABORT)),
-            And(Not(s.handed), Implies(is_state(s.w, EXIT), s.failed)),
-        ),
-        needs=("QueueShape", "FailedMeansExited"),
+        "SentCommandQueued",
+        "Until the worker has exited, the exit or handover a caller sent is still the last "
+        "command queued, and a blocked abort's command too until it is answered.",
+        "w # exit => (c \\in {awaiting_exit, closing} => Last(chan) \\in {EXIT, HANDOVER}) "
+        "/\\ (c = awaiting_handover => Last(chan) = HANDOVER) /\\ (c = awaiting_abort /\\ "
+        "~resp => Last(chan) = ABORT)",
+        holds=lambda s: Implies(Not(is_state(s.w, EXIT)), And(
+            Implies(in_states(s.c, (AWAITING_EXIT, CLOSING)),
+                    _last_is(s, (CMD_EXIT, CMD_HANDOVER))),
+            Implies(is_state(s.c, AWAITING_HANDOVER), _last_is(s, (CMD_HANDOVER,))),
+            Implies(And(is_state(s.c, AWAITING_ABORT), Not(s.resp)),
+                    _last_is(s, (CMD_ABORT,))),
+        )),
+        needs=("FailedMeansExited", "AbortCommandLast", "ExitCommandLast", "ClosedMeansGone"),
     ),
     Lemma(
         "RequestedMeansWork",
         "Until something fails: with no percent requested the idle controller's worker waits "
         "on an empty queue; with one requested, or an abort outstanding, the worker throttles "
-        "or a set command heads its queue.",
+        "or a percent heads its queue.",
         "~failed => (c = awaiting_abort => requested = 0) /\\ "
         "(c = idle /\\ requested = 0 => w = waiting /\\ Len(chan) = 0) /\\ "
         "((c = idle /\\ requested # 0 \\/ c = awaiting_abort /\\ ~resp) => "
         "w \\in Throttling \\/ w = waiting /\\ Len(chan) > 0 /\\ Head(chan) \\in 1..99)",
-        holds=lambda s: Implies(Not(s.failed), And(
+        holds=lambda s: Implies(_alive(s), And(
             Implies(is_state(s.c, AWAITING_ABORT), s.requested == 0),
             Implies(And(is_state(s.c, IDLE), s.requested == 0),
                     And(is_state(s.w, WAITING), chan_len(s.chan) == 0)),
@@ -223,8 +334,7 @@ LEMMAS: tuple[Lemma, ...] = (
                        And(is_state(s.w, WAITING), chan_len(s.chan) > 0,
                            is_set_command(chan_head(s.chan))))),
         )),
-        needs=("QueueShape", "RespMeansAnswered", "ActiveControllerWorkerAlive",
-               "FailedMeansExited"),
+        needs=("QueueShape", "RespMeansAnswered", "AliveBeforeClose", "FailedMeansExited"),
     ),
 )
 

@@ -24,7 +24,9 @@ then on no helpful step happens and ``h`` stays one group ``G``, enabled in ever
 User calls may happen any number of times; they are covered by ``(d)``.
 
 When an obligation fails, :func:`z3_bmc.lasso` searches for a real fair lasso from ``Init``
-to print; without one the property is ``not proved`` (not ``violated``).
+to print (:data:`LASSO_DEPTH` steps, read from the bug zoo's declaration; each depth one Z3
+check under a resource limit, no wall-clock budget); without one the property is ``not
+proved`` (not ``violated``).
 """
 
 from __future__ import annotations
@@ -37,11 +39,15 @@ from typing import Any
 import z3
 
 from autoconverge.spec import FAIRNESS_GROUPS, WEAK_FAIRNESS, State
-from autoconverge.spec.expr import If, Or, Value, chan_empty, chan_len, is_state
+from autoconverge.spec.expr import And, If, Or, Value, chan_empty, chan_len, in_states, is_state
 from autoconverge.spec.lifecycle import (
+    AWAITING_EXIT,
     CLOCK_GROUP,
     COMPLETION_GROUP,
     EXIT,
+    NO_CALL,
+    RESUMING,
+    VCPU_GROUP,
     WAITING,
     WORKER_GROUP,
     FairnessGroup,
@@ -49,15 +55,20 @@ from autoconverge.spec.lifecycle import (
 
 from . import results
 from .encoding import as_bool
-from .z3_bmc import lasso
+from .z3_bmc import LASSO_DEPTH, lasso
 from .z3_lemmas import closure
-from .z3_obligations import FAILED, PROVED, UNKNOWN, Outcome, Query, Step, discharge, satisfiable
+from .z3_obligations import (
+    FAILED,
+    PROVED,
+    SEED,
+    UNKNOWN,
+    Outcome,
+    Query,
+    Step,
+    discharge,
+    satisfiable,
+)
 from .z3_safety import MEMO, SafetyProver, lemma_key
-
-LASSO_DEPTH = 9
-"""Steps (prefix + cycle) searched from Init for a fair lasso when a ranking proof fails."""
-LASSO_BUDGET_MS = 3_000
-"""Wall-clock budget of one lasso search (it is exhaustive up to the depth it reached)."""
 
 FAIR_NAMES: tuple[str, ...] = tuple(g.name for g in WEAK_FAIRNESS)
 """The helpful group's code in a rank obligation is its index here (the spec's order)."""
@@ -90,8 +101,13 @@ def _phase_rank(s: State) -> Value:
     return If(s.expired, 0, If(s.polled, 1, If(chan_empty(s.chan), 3, 2)))
 
 
+def _in_call(s: State) -> Value:
+    return s.call != NO_CALL
+
+
 def _phase_helpful() -> Helpful:
     return [
+        (_in_call, VCPU_GROUP),
         (lambda s: s.expired, WORKER_GROUP),
         (lambda s: s.polled, CLOCK_GROUP),
         (lambda s: chan_empty(s.chan), CLOCK_GROUP),
@@ -99,46 +115,73 @@ def _phase_helpful() -> Helpful:
     ]
 
 
-_PHASE_HELPFUL_TEXT = ("expired: worker (phase boundary); polled: clock (deadline); fresh "
-                       "phase, empty queue: clock; fresh phase, command queued: worker")
+_PHASE_HELPFUL_TEXT = ("a vCPU call in progress: vcpu; expired: worker (phase boundary); "
+                       "polled: clock (deadline); fresh phase, empty queue: clock; fresh "
+                       "phase, command queued: worker")
+
+
+def _gone(s: State) -> Value:
+    return And(is_state(s.w, EXIT), s.call == NO_CALL)
 
 
 def _blocking_plan(answered: Callable[[State], Value], answered_text: str,
-                   lemmas: tuple[str, ...]) -> RankPlan:
+                   lemmas: tuple[str, ...], during: tuple[str, ...] = ()) -> RankPlan:
+    """A caller blocked until ``answered`` lets its completion step fire (``during``: the
+    controller states it may pass through before returning, e.g. ``resuming``)."""
+    def rank(s: State) -> tuple[Value, ...]:
+        stage = If(is_state(s.c, RESUMING), 0, If(answered(s), 1, 2))
+        return (stage, chan_len(s.chan),
+                If(is_state(s.w, EXIT), 0, If(is_state(s.w, WAITING), 2, 1)),
+                _shutdown_progress(s), If(_in_call(s), 1, 0), If(s.failed, 0, 1))
+    helpful: Helpful = [
+        (lambda s: And(is_state(s.c, RESUMING), _in_call(s)), VCPU_GROUP),
+        (lambda s: is_state(s.c, RESUMING), COMPLETION_GROUP),
+        (answered, COMPLETION_GROUP),
+        *_phase_helpful(),
+    ]
     return RankPlan(
-        during=None,
-        during_text="p (the controller stays blocked until q)",
-        rank=lambda s: tuple(If(answered(s), 0, x) for x in (
-            1, chan_len(s.chan), If(is_state(s.w, WAITING), 1, 0), _shutdown_progress(s))),
-        rank_text=(f"IF {answered_text} THEN (0, 0, 0, 0) ELSE (1, Len(chan), IF w = waiting "
-                   "THEN 1 ELSE 0, IF expired THEN 1 ELSE IF polled THEN 2 ELSE 0)"),
-        helpful=[(answered, COMPLETION_GROUP), (lambda s: True, WORKER_GROUP)],
-        helpful_text=f"{answered_text}: completion; otherwise: worker",
+        during=(lambda s: in_states(s.c, during)) if during else None,
+        during_text=(f"c \\in {{{', '.join(during)}}}" if during
+                     else "p (the controller stays blocked until q)"),
+        rank=rank,
+        rank_text=(f"(IF c = resuming THEN 0 ELSE IF {answered_text} THEN 1 ELSE 2, "
+                   "Len(chan), IF w = exit THEN 0 ELSE IF w = waiting THEN 2 ELSE 1, "
+                   "IF expired THEN 1 ELSE IF polled THEN 2 ELSE 0, IF call # NONE THEN 1 "
+                   "ELSE 0, IF failed THEN 0 ELSE 1)"),
+        helpful=helpful,
+        helpful_text=(f"resuming: vcpu, then completion; {answered_text}: completion; "
+                      f"otherwise {_PHASE_HELPFUL_TEXT}"),
         lemmas=lemmas,
     )
 
 
+_BLOCKING_LEMMAS = ("SentCommandQueued", "NoAbortHeadWhileWaiting", "QueueValid",
+                    "PhaseFlagsOnlyInPhase", "CallOnlyAtPhaseStart", "ClosedMeansGone",
+                    "LockMatchesCall", "CallInRange")
+
 PLANS: dict[str, RankPlan] = {
     "ShutdownCompletes": _blocking_plan(
-        lambda s: is_state(s.w, EXIT), "w = exit", ("SentCommandQueued",)),
+        _gone, "w = exit /\\ call = NONE", _BLOCKING_LEMMAS,
+        during=(AWAITING_EXIT, RESUMING)),
     "HandoverCompletes": _blocking_plan(
-        lambda s: is_state(s.w, EXIT), "w = exit", ("SentCommandQueued",)),
+        _gone, "w = exit /\\ call = NONE", _BLOCKING_LEMMAS),
     "AbortCompletes": _blocking_plan(
-        lambda s: Or(s.resp, is_state(s.w, EXIT)), "resp \\/ w = exit",
-        ("SentCommandQueued",)),
+        lambda s: And(s.call == NO_CALL, Or(s.resp, is_state(s.w, EXIT))),
+        "call = NONE /\\ (resp \\/ w = exit)", _BLOCKING_LEMMAS),
     "PercentApplied": RankPlan(
         during=None, during_text="p (throttling with a new percent not yet applied)",
         rank=lambda s: (_phase_rank(s),),
         rank_text=("(IF expired THEN 0 ELSE IF polled THEN 1 ELSE IF Len(chan) = 0 THEN 3 "
                    "ELSE 2)"),
-        helpful=_phase_helpful(), helpful_text=_PHASE_HELPFUL_TEXT, lemmas=()),
-    "VcpusResumed": RankPlan(
-        during=None, during_text="p (paused, not handed over: a pause phase)",
-        rank=lambda s: (_phase_rank(s),),
-        rank_text=("(IF expired THEN 0 ELSE IF polled THEN 1 ELSE IF Len(chan) = 0 THEN 3 "
-                   "ELSE 2)"),
         helpful=_phase_helpful(), helpful_text=_PHASE_HELPFUL_TEXT,
-        lemmas=("PausedOnlyInPausePhase",)),
+        lemmas=("CallOnlyAtPhaseStart", "QueueValid")),
+    "VcpusResumed": RankPlan(
+        during=None, during_text="p (paused, not handed over, not failed)",
+        rank=lambda s: (If(_in_call(s), 0, 1), _phase_rank(s)),
+        rank_text=("(IF call # NONE THEN 0 ELSE 1, IF expired THEN 0 ELSE IF polled THEN 1 "
+                   "ELSE IF Len(chan) = 0 THEN 3 ELSE 2)"),
+        helpful=_phase_helpful(), helpful_text=_PHASE_HELPFUL_TEXT,
+        lemmas=("VcpusMatchState", "CallOnlyAtPhaseStart", "QueueValid", "CallInRange")),
 }
 
 
@@ -167,7 +210,9 @@ class LivenessProver:
         self.safety = safety
         self.enc = safety.enc
         self.pre, self.post, self.params = safety.pre, safety.post, safety.params
-        self.timeout_ms = safety.timeout_ms
+        self.rlimit = safety.rlimit
+        self.depth = LASSO_DEPTH
+        """Steps (prefix + cycle) searched from Init for a fair lasso when the proof fails."""
 
     def prove(self, name: str, counterexample: bool = True) -> results.ProofResult:
         t0 = time.perf_counter()
@@ -188,11 +233,12 @@ class LivenessProver:
                 note = ("the ranking obligations hold, but a safety lemma they rest on is not "
                         "inductive in this spec (see that lemma's obligation); no lasso search")
             elif counterexample:
-                cex, depth = lasso(self.enc, prop.leads_from, prop.leads_to, LASSO_DEPTH,
-                                   name=name, timeout_ms=LASSO_BUDGET_MS)
+                cex, depth = lasso(self.enc, prop.leads_from, prop.leads_to, self.depth,
+                                   name=name, rlimit=self.safety.search_rlimit)
                 if cex is None:
-                    note = (f"no fair lasso of up to {depth} steps from Init (search limits: "
-                            f"{LASSO_DEPTH} steps, {LASSO_BUDGET_MS / 1000:.0f} s)")
+                    note = (f"no fair lasso of up to {depth} steps from Init (Z3 lasso "
+                            f"search: {self.depth} steps, rlimit "
+                            f"{self.safety.search_rlimit} per depth)")
         return results.ProofResult(
             name, "leadsto", "ranking",
             results.PROVED if holds else results.NOT_PROVED if cex is None else results.VIOLATED,
@@ -202,6 +248,8 @@ class LivenessProver:
                 {g.name: g.statement for g in FAIRNESS_GROUPS}, plan.during_text,
                 plan.rank_text, plan.helpful_text),
             counterexample=cex, note=note,
+            counterexample_source=None if cex is None else "z3-lasso", bmc_depth=self.depth,
+            rlimit=self.rlimit, seed=SEED,
         )
 
     def rank_obligations(self, name: str, plan: RankPlan) -> list[Outcome]:
@@ -221,12 +269,12 @@ class LivenessProver:
         out.append(discharge(
             self.enc, "start", "Inv /\\ p /\\ ~q => H",
             Query(ground=[p, z3.Not(q)], facts=facts, goal=h, states={"s": s}),
-            self.timeout_ms))
+            self.rlimit))
         out.append(discharge(
             self.enc, "bounded", f"Inv /\\ H /\\ ~q => rank >= 0, rank = {plan.rank_text}",
             Query(ground=live, facts=facts, goal=z3.And(*(x >= 0 for x in r)),
                   states={"s": s}),
-            self.timeout_ms))
+            self.rlimit))
         enabled = z3.And(*(
             z3.Implies(help1 == i, self.enc.group_enabled(g, s)) for i, g in enumerate(FAIR_NAMES)
         ))
@@ -234,7 +282,7 @@ class LivenessProver:
             self.enc, "(a) helpful group enabled",
             f"Inv /\\ H /\\ ~q => ENABLED <<h(s)>>, h = {plan.helpful_text}",
             Query(ground=live, facts=facts, goal=enabled, states={"s": s}),
-            self.timeout_ms))
+            self.rlimit))
         for group in FAIRNESS_GROUPS:
             g = group.name
             ts = self.enc.group(g)
@@ -251,9 +299,10 @@ class LivenessProver:
                               goal=goal, step=Step(s, s2, self.params, (t,)))
                 key = ("rank", name, id(plan), prop.leads_from, prop.leads_to, lemma_key(inv), t)
                 if key not in MEMO:
-                    MEMO[key] = discharge(self.enc, f"{g}@{t.label}", "", query, self.timeout_ms)
+                    MEMO[key] = discharge(self.enc, f"{g}@{t.label}", "", query, self.rlimit)
                     if MEMO[key].holds:
-                        sat, _ = satisfiable(self.enc, query, self.timeout_ms)
+                        sat, _ = satisfiable(self.enc, query, self.rlimit, witness=False)
+                        MEMO[key].hypotheses_sat[self.rlimit] = sat
                         if sat is False:
                             MEMO[key].detail = "cannot occur: Inv /\\ H /\\ ~q /\\ T is unsat"
                 MEMO[key].may_be_vacuous = True

@@ -14,8 +14,14 @@ fresh index ``k``; every element hypothesis is instantiated at ``k-1, k, k+1``, 
 it, so ``unsat`` is a proof. On ``sat`` the model is checked against the *full* element
 lemmas on the concrete channel it assigns; an index where a hypothesis fails is added as one
 more instance and Z3 runs again (model-based instantiation by hand). A model that satisfies
-every hypothesis in full is a genuine counterexample to the obligation (a CTI); a timeout or
-running out of rounds is reported as ``unknown`` - never as proved.
+every hypothesis in full is a genuine counterexample to the obligation (a CTI); running out
+of resources or of rounds is reported as ``unknown`` - never as proved.
+
+Determinism: no check has a wall-clock timeout. Every solver gets a Z3 *resource limit*
+(``rlimit``: Z3's count of its own elementary operations, independent of load and machine
+speed) and fixed random seeds (:func:`limited`), and every obligation is a fresh solver, so
+a verdict depends only on the query, never on how busy the machine is or which queries ran
+before it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ from autoconverge.spec import State, Transition
 from .encoding import Encoding, fmt_state, state_dict
 from .z3_lemmas import Lemma
 
-DEFAULT_TIMEOUT_MS = 5_000
+RLIMIT = 10_000_000
+"""Z3 resource limit of one check of an obligation (per instantiation round). The hardest
+obligation of the shipped spec and the bug zoo needs about 0.5 M; this leaves 20x headroom
+(about 3 s of work), so no verdict sits near the limit."""
+SEED = 0
+"""The random seed of every Z3 solver the proofs create (:func:`limited`)."""
 MAX_ROUNDS = 8
 
 PROVED = "proved"
@@ -84,6 +95,10 @@ class Outcome:
     """Per-transition sub-obligations of a combined obligation."""
     may_be_vacuous: bool = False
     """Unsatisfiable hypotheses are expected (e.g. a step that cannot occur while H)."""
+    hypotheses_sat: dict[int, bool | None] = field(default_factory=dict, repr=False)
+    """Whether the query's hypotheses are satisfiable, by rlimit (:func:`satisfiable`),
+    once checked: a memoized outcome is shared by every spec and property that asks the
+    same query, and so is this answer (the vacuity check asks it of every leaf)."""
 
     @property
     def holds(self) -> bool:
@@ -161,9 +176,22 @@ class _Instantiator:
         return added
 
 
-def _setup(enc: Encoding, q: Query, timeout_ms: int) -> tuple[z3.Solver, _Instantiator]:
-    solver = z3.Solver()
-    solver.set("timeout", timeout_ms)
+def limited(solver: z3.Solver, rlimit: int) -> z3.Solver:
+    """``solver`` with a resource limit per check and fixed seeds: deterministic verdicts.
+
+    ``rlimit`` bounds each ``check()`` (Z3 counts it from the current total, so every check of
+    the solver gets the same allowance). The seeds are set per solver: ``random_seed`` is read
+    by both the SMT core and the SAT core (z3 rejects ``sat.random_seed`` as a solver
+    parameter; its global default is 0), ``smt.random_seed`` names the SMT one.
+    """
+    solver.set("rlimit", rlimit)
+    solver.set("random_seed", SEED)
+    solver.set("smt.random_seed", SEED)
+    return solver
+
+
+def _setup(enc: Encoding, q: Query, rlimit: int) -> tuple[z3.Solver, _Instantiator]:
+    solver = limited(z3.Solver(), rlimit)
     for g in q.ground:
         solver.add(g)
     for lem, s in q.facts:
@@ -187,14 +215,15 @@ def _setup(enc: Encoding, q: Query, timeout_ms: int) -> tuple[z3.Solver, _Instan
     return solver, inst
 
 
-def _solve(enc: Encoding, q: Query, timeout_ms: int) -> tuple[str, z3.ModelRef | None, str]:
-    solver, inst = _setup(enc, q, timeout_ms)
+def _solve(enc: Encoding, q: Query, rlimit: int) -> tuple[str, z3.ModelRef | None, str]:
+    solver, inst = _setup(enc, q, rlimit)
     for rnd in range(MAX_ROUNDS):
         r = solver.check()
         if r == z3.unsat:
             return "unsat", None, ""
         if r == z3.unknown:
-            return "unknown", None, f"z3: {solver.reason_unknown()} (round {rnd + 1})"
+            return "unknown", None, (f"z3: {solver.reason_unknown()} (round {rnd + 1}, "
+                                     f"rlimit {rlimit})")
         model = solver.model()
         try:
             refined = inst.refine(enc, model)
@@ -234,10 +263,10 @@ def describe_model(enc: Encoding, q: Query, model: z3.ModelRef) -> dict[str, Any
 
 
 def discharge(enc: Encoding, name: str, formula: str, q: Query,
-              timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Outcome:
+              rlimit: int = RLIMIT) -> Outcome:
     """Prove ``hypotheses => goal`` or report why not (CTI or unknown)."""
     t0 = time.perf_counter()
-    verdict, model, why = _solve(enc, q, timeout_ms)
+    verdict, model, why = _solve(enc, q, rlimit)
     dt = time.perf_counter() - t0
     if verdict == "unsat":
         return Outcome(name, formula, PROVED, dt, "z3: unsat (no counterexample exists)",
@@ -250,14 +279,15 @@ def discharge(enc: Encoding, name: str, formula: str, q: Query,
                    "counterexample to the obligation:\n  " + cti["text"], cti, query=q, enc=enc)
 
 
-def satisfiable(enc: Encoding, q: Query,
-                timeout_ms: int = DEFAULT_TIMEOUT_MS) -> tuple[bool | None, dict[str, Any] | None]:
-    """Are the hypotheses of ``q`` (its goal ignored) satisfiable? With a witness if so."""
+def satisfiable(enc: Encoding, q: Query, rlimit: int = RLIMIT, *,
+                witness: bool = True) -> tuple[bool | None, dict[str, Any] | None]:
+    """Are the hypotheses of ``q`` (its goal ignored) satisfiable? With a witness if so
+    (``witness=False``: the verdict only, which saves reading the model back)."""
     hyp = Query(ground=q.ground, facts=q.facts, goal=None, step=q.step, states=q.states)
-    verdict, model, _ = _solve(enc, hyp, timeout_ms)
+    verdict, model, _ = _solve(enc, hyp, rlimit)
     if verdict == "sat":
         assert model is not None
-        return True, describe_model(enc, hyp, model)
+        return True, describe_model(enc, hyp, model) if witness else None
     if verdict == "unsat":
         return False, None
     return None, None

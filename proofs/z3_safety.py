@@ -13,8 +13,11 @@ inductive and sufficient, obligation by obligation:
 
 All obligations range over every percent, channel length and content and number of calls:
 nothing is bounded. When an obligation fails, a bounded search from ``Init``
-(:func:`z3_bmc.reach`) looks for a real violation to print; without one the property is
-reported ``not proved`` (a counterexample to induction only), never ``violated``.
+(:func:`z3_bmc.reach`, :data:`BMC_DEPTH` steps: as deep as the bug zoo's longest
+counterexample) looks for a real violation to print; without one the property is reported
+``not proved`` (a counterexample to induction only), never ``violated``. Every Z3 check runs
+under a resource limit with fixed seeds (:func:`z3_obligations.limited`), never a wall-clock
+timeout: the verdicts depend only on the spec and the bound.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from autoconverge.spec import Spec, terminal
 
 from . import results
 from .encoding import Encoding, as_bool
-from .z3_bmc import Unrolling, reach
+from .z3_bmc import BMC_DEPTH, SEARCH_RLIMIT, Unrolling, reach
 from .z3_lemmas import LEMMAS, Lemma, closure
 from .z3_obligations import (
-    DEFAULT_TIMEOUT_MS,
     FAILED,
     PROVED,
+    RLIMIT,
+    SEED,
     UNKNOWN,
     Outcome,
     Query,
@@ -41,25 +45,27 @@ from .z3_obligations import (
     discharge,
 )
 
-BMC_DEPTH = 6
-"""Steps searched from Init for a real counterexample when an obligation fails."""
-
 STRENGTHENING: dict[str, tuple[str, ...]] = {
     "PercentInRange": ("PercentInRange",),
     "WorkerAcceptsEveryCommand": ("QueueValid",),
-    "PausedOnlyInPausePhase": ("PausedOnlyInPausePhase",),
+    "PausedOnlyInPausePhase": ("VcpusMatchState",),
     "HandoverKeepsVcpusPaused": ("HandedMeansExitedPaused",),
-    "ReturnsOnlyAfterJoin": ("DoneMeansExited", "PausedIffPausePhase"),
-    "PauseResumeAlternate": ("PausedIffPausePhase",),
+    "ReturnsOnlyAfterJoin": ("ClosedRunningUnlessOwned", "ClosedMeansGone",
+                             "OwnerOnlyAfterHandover", "LockMatchesCall", "VcpusMatchState"),
+    "HandoverMeansOwnedPause": ("OwnerOnlyAfterHandover",),
+    "ShutdownAlwaysCallable": ("LockMatchesCall",),
+    "LockHeldOnlyInCall": ("LockMatchesCall",),
+    "PauseResumeAlternate": ("VcpusMatchState", "ClosedMeansGone"),
+    "PausedFollowsCalls": (),
     "ExitIsAbsorbing": (),
     "NoBusyWaiting": (),
     "PauseServedInFull": (),
+    "RunServedInFull": (),
+    "QueueReadEveryPhase": (),
     "AbortReturnsWithVcpusRunning": (
-        "RespMeansAnswered", "ActiveControllerWorkerAlive", "PausedOnlyInPausePhase",
+        "RespMeansAnswered", "AliveBeforeClose", "VcpusMatchState",
     ),
-    "NoDeadlock": (
-        "SentCommandQueued", "QueueValid", "RequestedMeansWork", "DoneMeansExited",
-    ),
+    "NoDeadlock": ("LockMatchesCall", "ClosedMeansGone", "CallInRange"),
 }
 """The lemmas each property's strengthening is built from (before closure). A property
 missing here (added to the spec later) gets every lemma plus itself."""
@@ -68,7 +74,9 @@ missing here (added to the spec later) gets every lemma plus itself."""
 MEMO: dict[tuple[Any, ...], Outcome] = {}
 """Per-transition obligations by (hypothesis lemmas, goal, transition). A variant shares most
 transitions (the very same declared objects) with the shipped spec, and an obligation about
-an unchanged transition is literally the same formula, so it is proved once per process."""
+an unchanged transition is literally the same formula, so it is proved once per process.
+Reusing an outcome cannot change a verdict: each is a fresh solver under the same resource
+limit and seeds, so the same formula gets the same answer whichever property asked first."""
 
 
 def lemma_key(lemmas: Any) -> tuple[tuple[str, Any, Any], ...]:
@@ -99,10 +107,16 @@ def combine(name: str, formula: str, parts: list[Outcome], labels: list[str],
 class SafetyProver:
     """Proof obligations for one spec, with per-lemma results cached across properties."""
 
-    def __init__(self, spec: Spec, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+    def __init__(self, spec: Spec, rlimit: int = RLIMIT,
+                 search_rlimit: int = SEARCH_RLIMIT, depth: int = BMC_DEPTH) -> None:
         self.spec = spec
         self.enc = Encoding(spec)
-        self.timeout_ms = timeout_ms
+        self.rlimit = rlimit
+        """Z3 resource limit of each obligation check."""
+        self.search_rlimit = search_rlimit
+        """Z3 resource limit of each depth of a counterexample search."""
+        self.depth = depth
+        """Steps from Init searched for a counterexample when an obligation fails."""
         self.pre = self.enc.state("s")
         self.post = self.enc.state("s'")
         self.params = self.enc.params("step")
@@ -143,7 +157,7 @@ class SafetyProver:
             self.enc, f"init[{lem.name}]", f"Init => {lem.formula}",
             Query(ground=[self.enc.init(self.pre)], goal=(lem, self.pre),
                   states={"s": self.pre}),
-            self.timeout_ms,
+            self.rlimit,
         )
         cons = self.consecution(lem, need, hyp_text)
         self._cache[lem.name] = [init, cons]
@@ -162,7 +176,7 @@ class SafetyProver:
                     Query(ground=[self.enc.step(t, self.pre, self.post, self.params)],
                           facts=facts, goal=(lem, self.post),
                           step=Step(self.pre, self.post, self.params, (t,))),
-                    self.timeout_ms,
+                    self.rlimit,
                 )
             parts.append(MEMO[key])
         return combine(f"step[{lem.name}]", f"{hyp_text} /\\ Next => {lem.name}'", parts,
@@ -187,7 +201,7 @@ class SafetyProver:
                 self.enc, "property", f"Inv => {prop.formula}",
                 Query(facts=facts, goal=as_bool(prop.invariant(self.pre)),
                       states={"s": self.pre}),
-                self.timeout_ms,
+                self.rlimit,
             ))
         elif prop.kind == "step":
             obligations.extend(self._step_obligations(name, facts))
@@ -198,18 +212,26 @@ class SafetyProver:
                 Query(facts=facts, goal=z3.Implies(z3.Not(as_bool(terminal(self.pre))),
                                                    self.enc.progress_enabled(self.pre)),
                       states={"s": self.pre}),
-                self.timeout_ms,
+                self.rlimit,
             ))
         else:
             raise ValueError(f"{name} is not a safety property")
         self.outcomes[name] = obligations
         holds = all(o.holds for o in obligations)
-        cex = None if holds else self.counterexample(name)
+        cex: dict[str, Any] | None = None
+        note: str | None = None
+        if not holds:
+            cex, depth = self.counterexample(name)
+            if cex is None:
+                note = (f"no counterexample of up to {depth} steps from Init (Z3 BMC: "
+                        f"{self.depth} steps, rlimit {self.search_rlimit} per depth)")
         return results.ProofResult(
             name, prop.kind, "induction",
             results.PROVED if holds else results.NOT_PROVED if cex is None else results.VIOLATED,
             tuple(o.result() for o in obligations), round(time.perf_counter() - t0, 4),
-            prop.statement, prop.formula, strengthening=inv, counterexample=cex,
+            prop.statement, prop.formula, strengthening=inv, counterexample=cex, note=note,
+            counterexample_source=None if cex is None else "z3-bmc", bmc_depth=self.depth,
+            rlimit=self.rlimit, seed=SEED,
         )
 
     def _step_obligations(self, name: str, facts: list[tuple[Lemma, Any]]) -> list[Outcome]:
@@ -234,7 +256,7 @@ class SafetyProver:
                     Query(ground=[self.enc.step(t, self.pre, self.post, self.params)],
                           facts=facts, goal=p,
                           step=Step(self.pre, self.post, self.params, (t,))),
-                    self.timeout_ms,
+                    self.rlimit,
                 )
             out.append(MEMO[key])
         if trivial:
@@ -247,14 +269,19 @@ class SafetyProver:
         return out
 
     # counterexamples --------------------------------------------------------------------
-    def counterexample(self, name: str, depth: int = BMC_DEPTH) -> dict[str, Any] | None:
+    def counterexample(self, name: str,
+                       depth: int | None = None) -> tuple[dict[str, Any] | None, int]:
+        """The shortest violation of ``name`` from Init within ``depth`` steps (default: the
+        prover's), and the depth searched (:func:`z3_bmc.reach`)."""
         prop = self.spec.property(name)
         enc = self.enc
+        bound = self.depth if depth is None else depth
+        rl = self.search_rlimit
         if prop.kind == "invariant":
             inv = prop.invariant
             assert inv is not None
-            return reach(enc, lambda u, k: z3.Not(as_bool(inv(u.states[k]))), depth,
-                         name=name, kind="invariant", summary=prop.formula)
+            return reach(enc, lambda u, k: z3.Not(as_bool(inv(u.states[k]))), bound,
+                         name=name, kind="invariant", summary=prop.formula, rlimit=rl)
         if prop.kind == "step":
             step = prop.step
             assert step is not None
@@ -264,10 +291,10 @@ class SafetyProver:
                 return z3.Or(*(z3.And(u.sel[k] == n, z3.Not(as_bool(step(s, t, s2))))
                                for n, t in enumerate(enc.relation)))
 
-            return reach(enc, bad, depth, name=name, kind="step", summary=prop.formula,
-                         bad_step=True)
+            return reach(enc, bad, bound, name=name, kind="step", summary=prop.formula,
+                         bad_step=True, rlimit=rl)
         if prop.kind == "deadlock":
             return reach(enc, lambda u, k: z3.And(z3.Not(as_bool(terminal(u.states[k]))),
                                                   z3.Not(enc.progress_enabled(u.states[k]))),
-                         depth, name=name, kind="deadlock", summary=prop.formula)
-        return None
+                         bound, name=name, kind="deadlock", summary=prop.formula, rlimit=rl)
+        return None, 0

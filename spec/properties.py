@@ -25,21 +25,32 @@ from .lifecycle import (
     AWAITING_ABORT,
     AWAITING_EXIT,
     AWAITING_HANDOVER,
+    CALL_RETURN,
+    CLOSING,
     DONE,
     EXIT,
+    EXPIRE,
     FAIRNESS_GROUPS,
     IDLE,
+    IN_CALL,
     MAX_PERCENT,
     MIN_PERCENT,
     PAUSE,
+    PAUSE_CALL,
     PAUSE_ELAPSED,
+    RESUME_CALL,
+    RESUME_FAILED,
     RUN,
+    RUN_ELAPSED,
+    SHUTDOWN_CALLABLE_IN,
+    STALLED,
     THROTTLING,
     WAITING,
     WEAK_FAIRNESS,
     State,
     Transition,
     is_valid_command,
+    no_call,
     throttling,
 )
 
@@ -67,10 +78,13 @@ class Property:
 
 
 def _worker_step(t: Transition) -> bool:
-    return t.machine == "worker"
+    """A step of the worker thread or its clock (not a vCPU call ending, not the controller)."""
+    return t.actor in ("worker", "clock")
 
 
 def _pause_resume_alternate(pre: State, t: Transition, post: State) -> Value:
+    if t.is_fault:
+        return True  # the best-effort resume after a failure: the vCPUs' state is unknown
     conds: list[Value] = []
     paused = pre.paused
     for call in t.calls:
@@ -86,7 +100,7 @@ def _exit_absorbing(pre: State, t: Transition, post: State) -> Value:
 
 
 def _worker_steps_only_on_input(pre: State, t: Transition, post: State) -> Value:
-    if not _worker_step(t) or t.is_fault:
+    if not _worker_step(t):
         return True
     if t.actor == "clock":
         return Not(is_state(pre.w, WAITING))
@@ -99,10 +113,30 @@ def _pause_served_in_full(pre: State, t: Transition, post: State) -> Value:
     return Not(And(is_state(pre.w, PAUSE), is_state(post.w, RUN)))
 
 
+def _run_served_in_full(pre: State, t: Transition, post: State) -> Value:
+    if t.trigger == RUN_ELAPSED:
+        return True
+    return Not(And(is_state(pre.w, RUN), is_state(post.w, PAUSE)))
+
+
+def _queue_read_every_phase(pre: State, t: Transition, post: State) -> Value:
+    if t.trigger != EXPIRE:
+        return True
+    return Or(pre.polled, chan_empty(pre.chan))
+
+
+def _paused_follows_calls(pre: State, t: Transition, post: State) -> Value:
+    if t.trigger == CALL_RETURN:
+        return Eq(post.paused, pre.call == PAUSE_CALL)
+    if t.trigger == RESUME_FAILED:
+        return post.paused
+    return Eq(post.paused, pre.paused)
+
+
 def _abort_returns_running(pre: State, t: Transition, post: State) -> Value:
     if t.trigger != ABORT_DONE:
         return True
-    return And(Not(post.paused), Or(is_state(post.w, WAITING), post.failed))
+    return Or(post.failed, And(Not(post.paused), is_state(post.w, WAITING)))
 
 
 PROPERTIES: tuple[Property, ...] = (
@@ -132,37 +166,81 @@ PROPERTIES: tuple[Property, ...] = (
     ),
     Property(
         "PausedOnlyInPausePhase",
-        "The vCPUs are paused only during a pause phase, or after a handover.",
+        "The vCPUs are paused only in a pause phase, after a handover, while being resumed, "
+        "or after a failure.",
         "invariant",
-        "paused => w = throttling_pause \\/ handed",
-        invariant=lambda s: Implies(s.paused, Or(is_state(s.w, PAUSE), s.handed)),
-    ),
-    Property(
-        "HandoverKeepsVcpusPaused",
-        "After a handover the vCPUs stay paused: the worker never restarts them.",
-        "invariant",
-        "handed => paused",
-        invariant=lambda s: Implies(s.handed, s.paused),
-    ),
-    Property(
-        "ReturnsOnlyAfterJoin",
-        "shutdown()/handover() return only after the worker exited; vCPUs run unless handed over.",
-        "invariant",
-        "c = done => w = exit /\\ (paused <=> handed)",
+        "paused => w = throttling_pause \\/ handed \\/ call = RESUME \\/ failed",
         invariant=lambda s: Implies(
-            is_state(s.c, DONE), And(is_state(s.w, EXIT), Eq(s.paused, s.handed))
+            s.paused, Or(is_state(s.w, PAUSE), s.handed, s.call == RESUME_CALL, s.failed)
         ),
     ),
     Property(
+        "HandoverKeepsVcpusPaused",
+        "After a handover the vCPUs stay paused: only shutdown() may resume them.",
+        "invariant",
+        "handed /\\ call = NONE => paused",
+        invariant=lambda s: Implies(And(s.handed, no_call(s)), s.paused),
+    ),
+    Property(
+        "ReturnsOnlyAfterJoin",
+        "shutdown()/handover() close the throttler only after the worker exited; vCPUs run "
+        "unless a handover returned.",
+        "invariant",
+        "c = done => w = exit /\\ call = NONE /\\ (paused <=> owner # 0)",
+        invariant=lambda s: Implies(
+            is_state(s.c, DONE),
+            And(is_state(s.w, EXIT), no_call(s), Eq(s.paused, s.owner != 0)),
+        ),
+    ),
+    Property(
+        "HandoverMeansOwnedPause",
+        "A handover() that returned leaves the vCPUs paused, the worker joined, and its "
+        "caller the owner.",
+        "invariant",
+        "owner # 0 => paused /\\ handed /\\ w = exit /\\ call = NONE /\\ c = done",
+        invariant=lambda s: Implies(
+            s.owner != 0,
+            And(s.paused, s.handed, is_state(s.w, EXIT), no_call(s), is_state(s.c, DONE)),
+        ),
+        notes="Defect 2 of issue 15: a handover racing shutdown() returned with vCPUs running.",
+    ),
+    Property(
+        "ShutdownAlwaysCallable",
+        "Whenever no call is in progress, shutdown() is callable: after timeouts and faults "
+        "too.",
+        "invariant",
+        "holder = 0 => c \\in {idle, stalled, closing, done}",
+        invariant=lambda s: Implies(s.holder == 0, in_states(s.c, SHUTDOWN_CALLABLE_IN)),
+        notes=("With ShutdownCompletes and ReturnsOnlyAfterJoin: after any sequence of calls, "
+               "timeouts and faults, a shutdown() returns with the vCPUs running (or raises "
+               "because resume() itself failed, and may be retried). Defect 1 of issue 15."),
+    ),
+    Property(
+        "LockHeldOnlyInCall",
+        "The API lock is held exactly while a caller is inside a blocking call.",
+        "invariant",
+        "holder # 0 <=> c \\in {awaiting_abort, awaiting_exit, awaiting_handover, resuming}",
+        invariant=lambda s: Eq(s.holder != 0, in_states(s.c, IN_CALL)),
+    ),
+    Property(
         "PauseResumeAlternate",
-        "pause() and resume() are called strictly alternately, starting with pause().",
+        "pause() and resume() are called strictly alternately, starting with pause() (a "
+        "best-effort resume after a failure aside).",
         "step",
-        "[][\\A call in calls(t): pause => ~paused, resume => paused]_vars",
+        "[][t \\notin Faults => \\A call in calls(t): pause => ~paused, resume => paused]_vars",
         step=_pause_resume_alternate,
     ),
     Property(
+        "PausedFollowsCalls",
+        "paused changes only when a vCPU call ends, and then as the call says.",
+        "step",
+        "[][(t = call_return => paused' = (call = PAUSE)) /\\ (t = resume_failed => paused') "
+        "/\\ (t \\notin {call_return, resume_failed} => paused' = paused)]_vars",
+        step=_paused_follows_calls,
+    ),
+    Property(
         "ExitIsAbsorbing",
-        "Once the worker has exited it takes no step and runs no callback.",
+        "Once the worker has exited it takes no step (a vCPU call it started may still end).",
         "step",
         "[][w = exit => ~(WorkerStep \\/ ClockStep)]_vars",
         step=_exit_absorbing,
@@ -171,7 +249,7 @@ PROPERTIES: tuple[Property, ...] = (
         "NoBusyWaiting",
         "The worker moves only when a command is queued or a phase deadline expired.",
         "step",
-        "[][WorkerStep /\\ t # fault => Len(chan) > 0 \\/ expired]_vars "
+        "[][WorkerStep => Len(chan) > 0 \\/ expired]_vars "
         "/\\ [][ClockStep => w # waiting]_vars",
         step=_worker_steps_only_on_input,
         notes="In Waiting with an empty queue no worker transition is enabled: it blocks.",
@@ -186,43 +264,60 @@ PROPERTIES: tuple[Property, ...] = (
                "throttle thread, the pull request this project starts from, did)."),
     ),
     Property(
-        "AbortReturnsWithVcpusRunning",
-        "set_throttle_percent(0) returns only when the worker is waiting and the vCPUs run.",
+        "RunServedInFull",
+        "A run phase turns into a pause phase only when its full share has elapsed.",
         "step",
-        "[][t = abort_done => ~paused' /\\ (w' = waiting \\/ failed')]_vars",
+        "[][w = throttling_run /\\ w' = throttling_pause => t = run_elapsed]_vars",
+        step=_run_served_in_full,
+        notes="A new percent waits for the phase boundary: it never takes guest time early.",
+    ),
+    Property(
+        "QueueReadEveryPhase",
+        "A phase ends only after the worker read the queue in it: a command waits at most "
+        "one phase.",
+        "step",
+        "[][t = expire => polled \\/ Len(chan) = 0]_vars",
+        step=_queue_read_every_phase,
+        notes="Bounded response: with PauseServedInFull/RunServedInFull, within one timeslice.",
+    ),
+    Property(
+        "AbortReturnsWithVcpusRunning",
+        "set_throttle_percent(0) returns normally only when the worker waits and the vCPUs run.",
+        "step",
+        "[][t = abort_done => failed' \\/ (~paused' /\\ w' = waiting)]_vars",
         step=_abort_returns_running,
     ),
     Property(
         "NoDeadlock",
         "Every state but 'worker exited and controller done' can move on other than by a fault.",
         "deadlock",
-        "~(w = exit /\\ c = done) => ENABLED (Next without fault)",
+        "~(w = exit /\\ c = done /\\ call = NONE) => ENABLED (Next without faults)",
     ),
     Property(
         "ShutdownCompletes",
-        "Every shutdown() returns (and then the worker has exited with the vCPUs running).",
+        "Every shutdown() returns (closed, or raising because a resume failed).",
         "leadsto",
-        "c = awaiting_exit ~> c = done",
+        "c = awaiting_exit ~> c \\in {done, closing}",
         leads_from=lambda s: is_state(s.c, AWAITING_EXIT),
-        leads_to=lambda s: is_state(s.c, DONE),
+        leads_to=lambda s: in_states(s.c, (DONE, CLOSING)),
         fairness=FAIRNESS,
     ),
     Property(
         "AbortCompletes",
         "Every abort (set_throttle_percent(0)) returns.",
         "leadsto",
-        "c = awaiting_abort ~> c = idle",
+        "c = awaiting_abort ~> c \\in {idle, stalled}",
         leads_from=lambda s: is_state(s.c, AWAITING_ABORT),
-        leads_to=lambda s: is_state(s.c, IDLE),
+        leads_to=lambda s: in_states(s.c, (IDLE, STALLED)),
         fairness=FAIRNESS,
     ),
     Property(
         "HandoverCompletes",
         "Every handover() returns.",
         "leadsto",
-        "c = awaiting_handover ~> c = done",
+        "c = awaiting_handover ~> c \\in {done, closing}",
         leads_from=lambda s: is_state(s.c, AWAITING_HANDOVER),
-        leads_to=lambda s: is_state(s.c, DONE),
+        leads_to=lambda s: in_states(s.c, (DONE, CLOSING)),
         fairness=FAIRNESS,
     ),
     Property(
@@ -239,9 +334,9 @@ PROPERTIES: tuple[Property, ...] = (
         "VcpusResumed",
         "While throttling, paused vCPUs are always resumed again (infinitely often).",
         "leadsto",
-        "paused /\\ ~handed ~> ~paused \\/ handed",
-        leads_from=lambda s: And(s.paused, Not(s.handed)),
-        leads_to=lambda s: Or(Not(s.paused), s.handed),
+        "paused /\\ ~handed /\\ ~failed ~> ~paused \\/ handed \\/ failed",
+        leads_from=lambda s: And(s.paused, Not(s.handed), Not(s.failed)),
+        leads_to=lambda s: Or(Not(s.paused), s.handed, s.failed),
         fairness=FAIRNESS,
     ),
 )

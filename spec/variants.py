@@ -16,14 +16,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .expr import And, Not, chan_empty, chan_head, chan_tail
+from .expr import And, Not, Value, chan_empty, chan_head, chan_tail, is_state
 from .lifecycle import (
     ABORT_DONE,
+    AWAITING,
     AWAITING_ABORT,
     AWAITING_EXIT,
+    CALL_HANDOVER,
     CALL_SET,
+    DONE,
+    EXIT,
     EXPIRE,
+    FAULT,
     IDLE,
+    NO_CALL,
     PAUSE,
     RECV_ABORT,
     RECV_EXIT,
@@ -31,11 +37,18 @@ from .lifecycle import (
     RECV_SET,
     RUN,
     SHUTDOWN_DONE,
+    SHUTDOWN_RESUME,
     THROTTLING,
+    TIMEOUT,
     WAITING,
+    WORKER_STATES,
     Spec,
+    State,
     Transition,
     head_is_set,
+    is_caller,
+    lock_free,
+    no_call,
 )
 
 
@@ -61,7 +74,10 @@ def _api_accepts_100(spec: Spec) -> Spec:
     return spec.with_transitions(
         replace={
             (CALL_SET, IDLE): {
-                "guard": lambda s, p: And(p >= 1, p <= 100, p != s.requested, Not(s.failed)),
+                "guard": lambda s, p, k: And(
+                    is_caller(k), lock_free(s), p >= 1, p <= 100, p != s.requested,
+                    Not(s.failed),
+                ),
             }
         },
     )
@@ -70,7 +86,8 @@ def _api_accepts_100(spec: Spec) -> Spec:
 def _sleeps_with_shutdown_queued(spec: Spec) -> Spec:
     return spec.with_transitions(
         replace={
-            (EXPIRE, phase): {"guard": lambda s: Not(s.expired)} for phase in THROTTLING
+            (EXPIRE, phase): {"guard": lambda s: And(no_call(s), Not(s.expired))}
+            for phase in THROTTLING
         },
     )
 
@@ -78,7 +95,7 @@ def _sleeps_with_shutdown_queued(spec: Spec) -> Spec:
 def _spinning_handshake(spec: Spec) -> Spec:
     spin = Transition(
         "poll", WAITING, WAITING, "worker",
-        guard=lambda s: chan_empty(s.chan),
+        guard=lambda s: And(no_call(s), chan_empty(s.chan)),
         doc="the prototype's wait loop: re-check a flag without blocking",
     )
     return spec.with_transitions(
@@ -100,14 +117,14 @@ def _no_resume_on_leave(spec: Spec) -> Spec:
 def _two_step_update(spec: Spec) -> Spec:
     adopt = Transition(
         "adopt_percent", PAUSE, PAUSE, "worker",
-        guard=lambda s: And(s.percent == 0, head_is_set(s)),
+        guard=lambda s: And(no_call(s), s.percent == 0, head_is_set(s)),
         effect=lambda s: {"chan": chan_tail(s.chan), "percent": chan_head(s.chan),
                           "applied": chan_head(s.chan)},
         doc="second half of a split update: the percent arrives after the state",
     )
     return spec.with_transitions(
         replace={(RECV_SET, WAITING): {"effect": lambda s: {
-            "paused": True, "expired": False, "polled": False,
+            "expired": False, "polled": False,
         }}},
         add=(adopt,),
     )
@@ -119,7 +136,7 @@ def _command_cuts_sleep(spec: Spec) -> Spec:
             "dest": RUN,
             "calls": ("resume",),
             "effect": lambda s: {"chan": chan_tail(s.chan), "percent": chan_head(s.chan),
-                                 "applied": chan_head(s.chan), "paused": False,
+                                 "applied": chan_head(s.chan),
                                  "expired": False, "polled": False},
         }},
     )
@@ -136,7 +153,60 @@ def _resume_after_handover(spec: Spec) -> Spec:
         replace={(RECV_HANDOVER, PAUSE): {
             "calls": ("resume",),
             "effect": lambda s: {"chan": chan_tail(s.chan), "resp": True, "percent": 0,
-                                 "applied": 0, "paused": False, "handed": True,
+                                 "applied": 0, "handed": True,
+                                 "expired": False, "polled": False},
+        }},
+    )
+
+
+def _timeout_leaves_call_pending(spec: Spec) -> Spec:
+    return spec.with_transitions(
+        replace={(TIMEOUT, st): {"dest": st} for st in AWAITING},
+    )
+
+
+def _handover_after_shutdown_returns(spec: Spec) -> Spec:
+    return spec.with_transitions(
+        replace={(CALL_HANDOVER, DONE): {"effect": lambda s, k: {"owner": k}}},
+    )
+
+
+def _shutdown_ignores_paused_vcpus(spec: Spec) -> Spec:
+    return spec.with_transitions(
+        replace={(SHUTDOWN_DONE, AWAITING_EXIT): {
+            "guard": lambda s: And(is_state(s.w, EXIT), no_call(s)),
+        }},
+        remove=((SHUTDOWN_RESUME, AWAITING_EXIT),),
+    )
+
+
+def _worker_dies_silently(spec: Spec) -> Spec:
+    def die(s: State) -> dict[str, Value]:
+        return {"call": NO_CALL, "percent": 0, "applied": 0, "expired": False,
+                "polled": False}
+    return spec.with_transitions(
+        replace={(FAULT, st): {"calls": (), "effect": die} for st in WORKER_STATES},
+    )
+
+
+def _set_cuts_run_phase(spec: Spec) -> Spec:
+    return spec.with_transitions(
+        replace={(RECV_SET, RUN): {
+            "dest": PAUSE,
+            "calls": ("pause",),
+            "effect": lambda s: {"chan": chan_tail(s.chan), "percent": chan_head(s.chan),
+                                 "applied": chan_head(s.chan),
+                                 "expired": False, "polled": False},
+        }},
+    )
+
+
+def _paused_without_pause_call(spec: Spec) -> Spec:
+    return spec.with_transitions(
+        replace={(RECV_HANDOVER, RUN): {
+            "calls": (),
+            "effect": lambda s: {"chan": chan_tail(s.chan), "resp": True, "percent": 0,
+                                 "applied": 0, "paused": True, "handed": True,
                                  "expired": False, "polled": False},
         }},
     )
@@ -151,7 +221,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("sleeps_with_shutdown_queued",
             "The worker starts its next sleep without looking at the queue, so a queued "
             "shutdown can wait forever.",
-            ("ShutdownCompletes", "AbortCompletes", "HandoverCompletes"), 8,
+            ("ShutdownCompletes", "AbortCompletes", "HandoverCompletes",
+             "QueueReadEveryPhase"), 8,
             _sleeps_with_shutdown_queued),
     Variant("spinning_handshake",
             "The first prototype's flag handshake: the worker spins in Waiting and "
@@ -167,13 +238,38 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("command_cuts_sleep",
             "Every received command cuts the current sleep short, so a burst of commands "
             "starves the pause phase.",
-            ("PauseServedInFull",), 4, _command_cuts_sleep),
+            ("PauseServedInFull",), 5, _command_cuts_sleep),
     Variant("shutdown_without_join",
             "shutdown() returns without joining the worker.",
             ("ReturnsOnlyAfterJoin",), 2, _shutdown_without_join),
     Variant("resume_after_handover",
             "The worker resumes the vCPUs after a handover (restarts them during switch-over).",
-            ("HandoverKeepsVcpusPaused", "ReturnsOnlyAfterJoin"), 4, _resume_after_handover),
+            ("HandoverKeepsVcpusPaused", "ReturnsOnlyAfterJoin"), 6, _resume_after_handover),
+    Variant("timeout_leaves_call_pending",
+            "A timed-out abort/shutdown/handover leaves the controller waiting: every later "
+            "call, shutdown() included, is refused (issue 15, defect 1).",
+            ("ShutdownAlwaysCallable", "LockHeldOnlyInCall"), 2, _timeout_leaves_call_pending),
+    Variant("handover_after_shutdown_returns",
+            "handover() after (or racing) shutdown() returns normally although the vCPUs run "
+            "(issue 15, defect 2).",
+            ("HandoverMeansOwnedPause",), 4, _handover_after_shutdown_returns),
+    Variant("shutdown_ignores_paused_vcpus",
+            "shutdown() returns once the worker exited, without resuming vCPUs it left paused "
+            "(a timed-out handover's, a failed resume's; issue 15, defect 3).",
+            ("ReturnsOnlyAfterJoin",), 6, _shutdown_ignores_paused_vcpus),
+    Variant("worker_dies_silently",
+            "A failing vCPU call (e.g. a KeyboardInterrupt) ends the worker without the "
+            "best-effort resume and without recording the failure (issue 15, defect 4).",
+            ("AbortReturnsWithVcpusRunning", "ReturnsOnlyAfterJoin", "VcpusResumed",
+             "HandoverKeepsVcpusPaused"), 4,
+            _worker_dies_silently),
+    Variant("set_cuts_run_phase",
+            "A new percent received in a run phase starts the next pause at once, taking "
+            "guest time early.",
+            ("RunServedInFull",), 8, _set_cuts_run_phase),
+    Variant("paused_without_pause_call",
+            "A handover from a run phase marks the vCPUs paused without calling pause().",
+            ("PausedFollowsCalls",), 8, _paused_without_pause_call),
 )
 
 

@@ -1,8 +1,12 @@
-"""Shared test configuration: Hypothesis profiles, the KVM marker's skip rule."""
+"""Shared test configuration: Hypothesis profiles, the KVM marker's skip rule, and the Z3
+proofs of the shipped spec and the bug zoo with the explorer's results for the zoo (each
+computed once per session, when first needed, and shared by the Z3 tests)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -31,3 +35,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "kvm" in item.keywords:
             item.add_marker(skip)
+
+
+class LazyByName(Mapping[str, Any]):
+    """A read-only mapping computed entry by entry, on first access (then kept)."""
+
+    def __init__(self, names: Iterable[str], compute: Callable[[str], Any]) -> None:
+        self._names = tuple(names)
+        self._compute = compute
+        self._done: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._done:
+            self._done[name] = self._compute(name)
+        return self._done[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+@pytest.fixture(scope="session")
+def zoo_explored() -> Mapping[str, Any]:
+    """The explorer's result (its ``[ci]`` bound) for every bug-zoo variant, by name; each
+    explored once per session, when first needed (shared by the Z3 proofs below, whose
+    counterexamples beyond Z3's depth are the explorer's, and by the Z3 tests)."""
+    from autoconverge.model.explorer import explore
+    from autoconverge.spec import SPEC
+    from autoconverge.spec.variants import VARIANTS, variant
+
+    return LazyByName((v.name for v in VARIANTS),
+                      lambda name: explore(variant(name).build(SPEC)))
+
+
+@pytest.fixture(scope="session")
+def z3_proofs(zoo_explored: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """``prove_all`` of the shipped spec and of every bug-zoo variant, by spec name:
+    ``(spec, {property name: ProofResult})``. One full run per spec and session, when a test
+    first asks for it, part of the zoo in a second process meanwhile (``tests/z3_zoo.py``);
+    a variant proved here reuses its exploration (``zoo_explored``)."""
+    from z3_zoo import SessionProofs
+
+    proofs = SessionProofs(zoo_explored)
+    yield proofs
+    proofs.close()

@@ -41,6 +41,12 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
                     (["--sections", "nosuchsection", "--no-variants"], "nosuchsection")],
     "bench-virtualtime": [(["--cycles", "0"], "--cycles"),
                           (["--cycles", "many"], "--cycles")],
+    "soak-throttler": [(["--runs", "0"], "--runs"),
+                       (["--callers", "x"], "--callers"),
+                       (["--faults", "raise,explode"], "--faults"),
+                       (["--backend", "xen"], "--backend"),
+                       (["--seed", "1", "--replay", "2"], "--replay"),
+                       (["--replay", "2", "--runs", "5"], "--runs")],
     "receive": [(["--listen", "nohostport"], "--listen"),
                 (["--listen", "127.0.0.1:99999"], "--listen"),
                 (["--max-memory", "lots"], "--max-memory"),
@@ -199,3 +205,21 @@ def test_a_module_missing_at_run_time_names_the_commands_extra(
     assert capsys.readouterr().err.strip().splitlines() == [
         "autoconverge: error: verify needs the Python module 'z3', which is not installed: "
         "pip install 'autoconverge[verify]'"]
+
+
+def test_verify_scope_line_prints_the_declared_fairness() -> None:
+    """The human table's "scope:" note states the fairness assumption from the spec's
+    groups (every weakly fair one; none on user calls and timeouts), not a restatement."""
+    from autoconverge.cli.verify import _table, scope_text
+    from autoconverge.spec import FAIRNESS_GROUPS
+
+    text = " ".join(scope_text().split())
+    weak_part, unfair_part = text.split("and none on ", 1)
+    for g in FAIRNESS_GROUPS:
+        what = g.statement.rsplit(" (", 1)[0]
+        assert what in (weak_part if g.weak else unfair_part), (g.name, text)
+    assert {g.name for g in FAIRNESS_GROUPS if not g.weak} == {"user", "timeout"}
+    assert "user calls or on a caller's wait timing out;" in unfair_part
+    assert all(len(line) <= 96 for line in scope_text().splitlines())
+    table = _table({"properties": [], "ok": True, "variant": None})
+    assert scope_text() in table and table.endswith("ALL PROPERTIES HOLD")

@@ -198,10 +198,10 @@ def _throttle_until_fault(fail_on: dict[tuple[Action, int], int],
 
 
 PART_WAY = [
-    {("pause", 1): 2},   # in recv_set, from waiting: fault@waiting
-    {("pause", 2): 3},   # at run_elapsed, from the run phase
+    {("pause", 1): 2},   # started by recv_set (waiting -> pause phase): fault@throttling_pause
+    {("pause", 2): 3},   # started by run_elapsed (run -> pause phase): fault@throttling_pause
     {("pause", 2): 1},
-    {("resume", 1): 2},  # at pause_elapsed: fault from the pause phase
+    {("resume", 1): 2},  # started by pause_elapsed (pause -> run phase): fault@throttling_run
     {("resume", 2): 1},
 ]
 
@@ -219,16 +219,33 @@ def test_the_worker_resumes_what_a_part_way_failure_left_paused(
     assert paused_after_fault == [], f"the fault left vCPUs {paused_after_fault} paused"
     assert not v.is_paused()
     assert v.calls[-1].action == "resume" and v.calls[-1].ok  # the best-effort resume
-    assert L.FAULT in [e.trigger for e in t.events]
+    ((action, _), _), = fail_on.items()
+    fault = [e for e in t.events if e.trigger == L.FAULT]
+    # the fault ends the call in progress (from the state its transition entered) and
+    # starts the resume, whose return the spec records too
+    assert [(e.source, e.view_before.call) for e in fault] == [
+        (L.PAUSE if action == "pause" else L.RUN, L.CALL_CODES[action]),
+    ]
+    after_fault = [e.trigger for e in t.events[t.events.index(fault[0]) + 1:]
+                   if e.machine == "worker"]
+    assert after_fault == [L.CALL_RETURN]
 
 
 @pytest.mark.parametrize("fail_on", PART_WAY, ids=_case_id)
 def test_dropping_the_best_effort_resume_is_noticed(
     fail_on: dict[tuple[Action, int], int], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Mutant: ``_Worker._resume_best_effort`` a no-op. The test above must fail on it: the
-    part-way failure's paused vCPUs stay paused (an all-or-nothing double could not show it
-    for a failed pause(): it would report the vCPUs running)."""
-    monkeypatch.setattr(throttler_module._Worker, "_resume_best_effort", lambda self: None)
+    """Mutant: the fault's best-effort resume (the ``resume`` call the spec's ``fault``
+    starts, performed by ``_Worker._do_call`` once ``failed`` is set) does nothing. The test
+    above must fail on it: the part-way failure's paused vCPUs stay paused (an all-or-nothing
+    double could not show it for a failed pause(): it would report the vCPUs running)."""
+    real_do_call = throttler_module._Worker._do_call
+
+    def drop_best_effort_resume(self: Any, call: int) -> None:
+        if self.failed and call == L.RESUME_CALL:
+            return
+        real_do_call(self, call)
+
+    monkeypatch.setattr(throttler_module._Worker, "_do_call", drop_best_effort_resume)
     with pytest.raises(AssertionError, match=r"left vCPUs \[[0-9, ]+\] paused"):
         test_the_worker_resumes_what_a_part_way_failure_left_paused(fail_on)

@@ -13,6 +13,7 @@ from autoconverge.model.fairness import tarjan_scc
 from autoconverge.model.trace import replay
 from autoconverge.spec import SPEC, Spec, State, Transition
 from autoconverge.spec.expr import Not, is_state
+from autoconverge.spec.lifecycle import param_domains
 from autoconverge.spec.properties import Property
 from autoconverge.spec.variants import VARIANTS, Variant
 
@@ -69,7 +70,7 @@ def test_regression_mismatch_is_reported() -> None:
 
 def _domain(v: Variant | None) -> dict[str, tuple[int, ...]]:
     extra = v.probe_percents if v else ()
-    return {"p": CFG.with_percents(extra).percents}
+    return param_domains(CFG.with_percents(extra).percents)
 
 
 def _check_replay(spec: Spec, prop: PropertyResult, v: Variant | None) -> None:
@@ -85,8 +86,7 @@ def _check_replay(spec: Spec, prop: PropertyResult, v: Variant | None) -> None:
         t = spec.find(last["trigger"], last["source"])
         assert not p.step(states[-2], t, states[-1])
     elif p.kind == "deadlock":
-        assert not any(t.trigger != "fault" for t, _, _ in spec.successors(states[-1],
-                                                                          _domain(v)))
+        assert not any(not t.is_fault for t, _, _ in spec.successors(states[-1], _domain(v)))
     else:
         start = cex["cycle_start"]
         assert p.leads_from(states[cex["p_index"]])

@@ -84,11 +84,12 @@ def test_every_variant_fails_in_spin_and_tlc_like_the_explorer(
 
 
 def test_fairness_is_what_makes_liveness_hold_in_tlc(tmp_path: Path) -> None:
-    """The same module without the three WF conjuncts: TLC finds a (stuttering) lasso for
+    """The same module without the four WF conjuncts: TLC finds a (stuttering) lasso for
     the leads-to properties, so the per-thread weak fairness is load-bearing."""
     text = tla.generate(SPEC, Bounds())
     fair = "Spec == Init /\\ [][Next]_vars\n" \
-           "        /\\ WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(CompletionNext)"
+           "        /\\ WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(VcpuNext) " \
+           "/\\ WF_vars(CompletionNext)"
     assert fair in text
     (tmp_path / "Autoconverge.tla").write_text(text.replace(fair, "Spec == Init /\\ [][Next]_vars"))
     live = tuple(p.name for p in SPEC.properties if p.kind == "leadsto")

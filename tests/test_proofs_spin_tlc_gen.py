@@ -16,11 +16,14 @@ from autoconverge.proofs.codegen import (
     Bounds,
     Step,
     simplify,
+    state_term,
+    step_property_term,
     steps,
     stutter_condition,
 )
-from autoconverge.spec import SPEC, Spec, State
+from autoconverge.spec import SPEC, WEAK_FAIRNESS, Spec, State
 from autoconverge.spec.expr import Term, var
+from autoconverge.spec.lifecycle import CALLERS, param_domains
 from autoconverge.spec.variants import VARIANTS, variant
 
 _OPS = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
@@ -90,13 +93,13 @@ def _bfs_spec(spec: Spec, b: Bounds) -> set[tuple[Any, ...]]:
     todo = deque([init])
     while todo:
         s, n = todo.popleft()
-        for t, _, s2 in spec.successors(s, {"p": b.percents}):
-            if t.trigger == "fault" and not b.faults:
+        for t, _, s2 in spec.successors(s, param_domains(b.percents)):
+            if t.is_fault and not b.faults:
                 continue
             if len(s2.chan) > b.channel_capacity:
                 continue
             n2 = n
-            if t.actor == "controller" and t.trigger.startswith("call_"):
+            if t.user_call:
                 if n >= b.max_calls:
                     continue
                 n2 = n + 1
@@ -136,41 +139,81 @@ def test_out_of_domain_percents_fold_away_and_are_derived_from_the_guard() -> No
     assert "call_set_idle_p100" in buggy and "q[qlen] = 100" in buggy
 
 
+def _asserted(spec: Spec, name: str) -> bool:
+    """Whether a property has something to assert at all (else every step folds it to
+    true and the generator prints no assertion for it)."""
+    p = spec.property(name)
+    if p.kind == "invariant":
+        return state_term(p.invariant) is not True
+    return any(step_property_term(p.step, st) is not True for st in steps(spec, Bounds()))
+
+
 def test_promela_structure() -> None:
     safety = promela.generate(SPEC, Bounds(), "safety")
     live = promela.generate(SPEC, Bounds(), "liveness")
     for text in (safety, live):
-        for proc in ("worker", "clock", "controller"):
+        for proc in ("worker", "clock", "vcpu", "controller"):
             assert f"active proctype {proc}()" in text
         assert "end_idle:" in text and "end_done:" in text
+        # shutdown() is callable after a timeout or a failure: a bounded end, not a stuck caller
+        assert "end_stalled:" in text and "end_closing:" in text
         assert "L_awaiting_exit:" in text and "end_awaiting_exit" not in text
+        assert "L_resuming:" in text and "end_resuming" not in text
         assert "d_step" in text
     for p in SPEC.properties:
         if p.kind in ("invariant", "step"):
-            assert f"prop_{p.name} ||" in safety
+            assert (f"prop_{p.name} ||" in safety) == _asserted(SPEC, p.name), p.name
         if p.kind == "leadsto":
             assert f"ltl {p.name} {{ [] (" in live
             assert f"ltl {p.name}" not in safety
-    assert "stop: the user makes no more calls" in live
+    # paused follows the calls by construction in the shipped spec (only call_return and
+    # resume_failed write it): nothing to assert; a variant that writes it gets the assertion
+    assert not _asserted(SPEC, "PausedFollowsCalls")
+    broken = variant("paused_without_pause_call").build(SPEC)
+    assert "prop_PausedFollowsCalls ||" in promela.generate(broken, Bounds(), "safety")
+    assert "stop: no more user calls or timeouts" in live
     assert "stop:" not in safety
     assert "NO_DEADLOCK" in safety
 
 
+def test_liveness_model_leaves_out_stuttering_timeouts() -> None:
+    """A timeout that changes nothing is no step (explorer, TLA+); in SPIN the weakly fair
+    controller could take it forever instead of completing the call."""
+    pending = variant("timeout_leaves_call_pending").build(SPEC)
+    live = promela.generate(pending, Bounds(), "liveness")
+    block = live.split("/* timeout_awaiting_exit */", 1)[1].split("goto", 1)[0]
+    assert "d_step { !unfair_off && !((0 == holder)) && ((c == c_awaiting_exit))" in block
+    safety = promela.generate(pending, Bounds(), "safety")
+    block = safety.split("/* timeout_awaiting_exit */", 1)[1].split("goto", 1)[0]
+    assert "holder" not in block.split(";", 1)[0]  # the safety model keeps every step
+    # in the shipped spec a timeout always leaves the blocking state: never a stutter
+    shipped = promela.generate(SPEC, Bounds(), "liveness")
+    block = shipped.split("/* timeout_awaiting_exit */", 1)[1].split("goto", 1)[0]
+    assert "!unfair_off && (" in block and "holder == 0" not in block
+
+
 def test_tla_structure_fairness_per_thread() -> None:
     text = tla.generate(SPEC, Bounds())
-    assert text.count("WF_vars(") == 3
-    assert "WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(CompletionNext)" in text
-    assert "Next == WorkerNext \\/ ClockNext \\/ CompletionNext \\/ UserNext \\/ EndStutter" in text
+    assert text.count("WF_vars(") == len(WEAK_FAIRNESS) == 4
+    assert ("WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\ WF_vars(VcpuNext) "
+            "/\\ WF_vars(CompletionNext)") in text
+    assert ("Next == WorkerNext \\/ ClockNext \\/ VcpuNext \\/ CompletionNext \\/ UserNext "
+            "\\/ TimeoutNext \\/ EndStutter") in text
+    assert "WF_vars(UserNext)" not in text and "WF_vars(TimeoutNext)" not in text
     assert "EndStutter == (Terminal \\/ CutByBounds) /\\ UNCHANGED vars" in text
-    assert "\\E p \\in Percents : call_set_idle(p)" in text
+    assert "CONSTANTS MaxCalls, QueueCap, Percents, Callers" in text
+    assert "\\E p \\in Percents, k \\in Callers : call_set_idle(p, k)" in text
+    assert "\\E k \\in Callers : call_shutdown_stalled(k)" in text
     cfg = tla.generate_cfg(SPEC, Bounds(percents=(1, 50, 99), max_calls=4, channel_capacity=3))
     assert "Percents = {1, 50, 99}" in cfg and "MaxCalls = 4" in cfg and "QueueCap = 3" in cfg
+    assert f"Callers = {{{', '.join(map(str, CALLERS))}}}" in cfg
     for p in SPEC.properties:
         section = "INVARIANT" if p.kind in ("invariant", "deadlock") else "PROPERTY"
         line = next(ln for ln in cfg.splitlines() if ln.startswith(section))
         assert p.name in line.split()
         if p.kind == "step":
-            assert f"{p.name} ==\n    [][" in text
+            assert (f"{p.name} ==\n    [][" if _asserted(SPEC, p.name)
+                    else f"{p.name} == [][TRUE]_vars") in text
         if p.kind == "leadsto":
             assert " ~> " in text.split(f"{p.name} ==", 1)[1].split("\n\n", 1)[0]
 

@@ -21,7 +21,7 @@ from autoconverge.proofs.z3_obligations import (
 from autoconverge.proofs.z3_safety import SafetyProver
 from autoconverge.spec import SPEC
 from autoconverge.spec.expr import And, Implies, is_state
-from autoconverge.spec.lifecycle import is_valid_command
+from autoconverge.spec.lifecycle import NO_CALL, is_valid_command
 
 
 def test_instantiation_refines_until_proved() -> None:
@@ -83,10 +83,16 @@ def test_satisfiable_detects_contradictory_hypotheses() -> None:
     no, _ = satisfiable(enc, Query(ground=[exited, is_state(s.w, "waiting")],
                                    states={"s": s}))
     assert no is False
+    # handed => ... /\ (call = NONE => paused): handed, no call in progress and running
+    # contradict it; with a call in progress (e.g. the handover's pause()) they do not
     handed = lemma("HandedMeansExitedPaused")
-    no2, _ = satisfiable(enc, Query(ground=[s.handed, Implies(True, z3.Not(s.paused))],
+    no2, _ = satisfiable(enc, Query(ground=[s.handed, s.call == NO_CALL,
+                                            Implies(True, z3.Not(s.paused))],
                                     facts=[(handed, s)], states={"s": s}))
     assert no2 is False
+    yes, pausing = satisfiable(enc, Query(ground=[s.handed, z3.Not(s.paused)],
+                                          facts=[(handed, s)], states={"s": s}))
+    assert yes is True and pausing is not None and pausing["s"]["call"] != NO_CALL
 
 
 def test_lasso_respects_fairness() -> None:

@@ -91,7 +91,13 @@ def test_guards_and_effects_evaluate_in_three_modes() -> None:
     t = SPEC.find(L.RECV_SET, L.WAITING)
     assert t.enabled(s) is True
     nxt = t.apply(s)
-    assert (nxt.w, nxt.percent, nxt.paused, nxt.chan) == (L.PAUSE, 42, True, ())
+    # the transition only starts pause(): paused changes when the call returns
+    assert (nxt.w, nxt.percent, nxt.paused, nxt.call, nxt.chan) == (
+        L.PAUSE, 42, False, L.PAUSE_CALL, ())
+    ret = SPEC.find(L.CALL_RETURN, L.PAUSE)
+    assert not t.enabled(nxt) and ret.enabled(nxt) is True
+    done = ret.apply(nxt)
+    assert (done.w, done.paused, done.call) == (L.PAUSE, True, L.NO_CALL)
     # z3
     W = z3.EnumSort("W_test", list(L.WORKER_STATES))[0]
     w = z3.Const("w", W)
@@ -150,19 +156,55 @@ def test_fairness_is_declared_once_as_data() -> None:
     reads its group from them (a variant's added transition too); faults are one trigger."""
     from autoconverge.spec.properties import FAIRNESS
 
-    assert FAIRNESS == ("WF(worker) /\\ WF(clock) /\\ WF(controller inside "
-                        "abort/shutdown/handover); no fairness on user calls")
-    assert [g.name for g in L.WEAK_FAIRNESS] == ["worker", "clock", "completion"]
+    assert FAIRNESS == ("WF(worker) /\\ WF(clock) /\\ WF(vcpu) /\\ WF(controller inside "
+                        "abort/shutdown/handover); no fairness on user calls; "
+                        "no fairness on timeouts")
+    assert [g.name for g in L.WEAK_FAIRNESS] == ["worker", "clock", "vcpu", "completion"]
+    assert [g.name for g in L.FAIRNESS_GROUPS] == [
+        "worker", "clock", "vcpu", "completion", "user", "timeout"]
     for t in SPEC.relation():
-        assert t.fairness == (None if t.user_call else
-                              {"worker": "worker", "clock": "clock"}.get(t.actor, "completion"))
-        assert t.is_fault == (t.trigger == L.FAULT)
+        unfair = t.user_call or t.trigger == L.TIMEOUT
+        assert t.user_call == (t.trigger in L.USER_CALL_TRIGGERS)
+        assert t.fairness == (None if unfair else
+                              {"worker": "worker", "clock": "clock", "vcpu": "vcpu"}.get(
+                                  t.actor, "completion"))
+        assert t.fairness_group.name == (
+            "user" if t.user_call else "timeout" if t.trigger == L.TIMEOUT
+            else t.fairness)
+        assert t.is_fault == (t.trigger in (L.FAULT, L.RESUME_FAILED))
+        # a user call names its caller; nothing else takes parameters but set's percent
+        assert ("k" in t.params) == t.user_call
+        assert set(t.params) <= set(L.param_domains((1,)))
     spinning = variant("spinning_handshake").build(SPEC)
     assert variant_of(spinning) is variant("spinning_handshake")
     added = spinning.find("poll", L.WAITING)
     assert added.fairness == "worker" and not added.user_call
     assert variant_of(SPEC) is None and probe_percents(SPEC) == ()
     assert probe_percents(variant("api_accepts_100").build(SPEC)) == (100,)
+
+
+@pytest.mark.covers("ShutdownAlwaysCallable")
+def test_shutdown_callable_in_matches_the_relation() -> None:
+    """The constant ShutdownAlwaysCallable reads is the set of call_shutdown's sources, and
+    every one of them is also declared for each caller with the lock free."""
+    sources = {t.source for t in SPEC.relation() if t.trigger == L.CALL_SHUTDOWN}
+    assert sources == set(L.SHUTDOWN_CALLABLE_IN)
+    assert len(L.SHUTDOWN_CALLABLE_IN) == len(sources)
+    for src in L.SHUTDOWN_CALLABLE_IN:
+        t = SPEC.find(L.CALL_SHUTDOWN, src)
+        assert t.params == ("k",)
+        for k in L.CALLERS:
+            assert t.enabled(L.INITIAL.replace(c=src), k=k) is True
+            assert t.enabled(L.INITIAL.replace(c=src, holder=k), k=k) is False
+    # the lock is held exactly in the other states, so shutdown() is always callable
+    assert set(L.CONTROLLER_STATES) == set(L.SHUTDOWN_CALLABLE_IN) | set(L.IN_CALL)
+    assert not set(L.SHUTDOWN_CALLABLE_IN) & set(L.IN_CALL)
+
+
+def test_param_domains_are_declared_once() -> None:
+    assert L.param_domains((0, 50)) == {"p": (0, 50), "k": L.CALLERS}
+    used = {name for t in SPEC.relation() for name in t.params}
+    assert used == set(L.param_domains(()))
 
 
 @pytest.mark.parametrize("percent", [1, 2, 33, 50, 98, 99])

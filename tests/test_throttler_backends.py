@@ -101,17 +101,18 @@ def test_seed_scenario(backend: Backend) -> None:
     assert end.c == L.DONE and not end.paused
 
 
-@pytest.mark.covers("HandoverKeepsVcpusPaused", "HandoverCompletes")
+@pytest.mark.covers("HandoverKeepsVcpusPaused", "HandoverCompletes", "HandoverMeansOwnedPause")
 def test_handover_leaves_vcpus_paused_for_the_caller(backend: Backend) -> None:
     t = Throttler(backend.vcpus, runtime=RealRuntime(), timeslice_ns=SLICE, trace=True)
     t.set_throttle_percent(60)
     time.sleep(0.025)
     t.handover()
-    assert backend.paused() and t.worker_state == L.EXIT
+    assert backend.paused() and t.worker_state == L.EXIT and t.owned
     assert _advances(backend) in (False, None)  # the guest is stopped, owned by the caller
     t.shutdown()  # a no-op: the vCPUs stay paused
-    assert backend.paused()
-    assert _follows_spec(t).handed
+    assert backend.paused() and t.owned
+    end = _follows_spec(t)
+    assert end.handed and end.owner != 0
     backend.vcpus.resume()  # the caller restarts them (e.g. a cancelled switch-over)
     assert not backend.paused()
     assert _advances(backend) in (True, None)
@@ -175,7 +176,7 @@ def test_two_hundred_lifetimes_on_one_guest() -> None:
             time.sleep(0.001 * (i % 5))
             if i % 2:
                 t.handover()
-                assert b.paused()
+                assert b.paused() and t.owned
                 b.vcpus.resume()
             else:
                 t.shutdown()

@@ -1,26 +1,22 @@
-"""Issue #15: the throttler's known defects, kept as tests that must fail, with their replay.
+"""Issue #15: the throttler's five defects, each a regression test with its replay.
 
 Each defect of the reliability campaign is one deterministic virtual-time program (a seeded
 :class:`VirtualRuntime`, or a schedule found by :func:`explore_schedules` and its list of
-choices) asserting the *correct* behaviour. Today they fail, so they carry
-``xfail(strict=True, raises=AssertionError)``: CI stays green, a test that starts to pass
-turns red (XPASS strict) the moment its fix lands, and the fixer then removes the mark. A
-test that fails for any other reason than its assertion (a SpecViolation, a deadlock of the
-virtual runtime) is red too.
-
-Replay: every docstring names the seed and the program; ``AUTOCONVERGE_SHOW_DEFECTS=1 pytest
-tests/test_throttler_defects.py`` runs the tests without their xfail marks, to read today's
-failures.
+choices) asserting the *correct* behaviour. Until the fix they were strict xfails (commit
+1b75e6a, where CI showed each failing by its assertion); each docstring quotes that failure.
+The same mistakes are kept as bug-zoo variants of the spec (``timeout_leaves_call_pending``,
+``handover_after_shutdown_returns``, ``shutdown_ignores_paused_vcpus``,
+``worker_dies_silently``), which every checker must catch.
 
 The last section checks the oracle the defect tests share: "the worker thread is gone when
 shutdown()/handover() returned" (``Throttler._thread``), including that it catches a
-throttler that returns without joining.
+throttler that returns without joining (the spec's completion guard - the worker gone:
+``exit`` with no vCPU call in progress - now refuses such a step even before the check).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +26,7 @@ from autoconverge.impl import throttler as throttler_module
 from autoconverge.impl.fakes import Action, PartialVcpus, RecordingVcpus
 from autoconverge.impl.schedules import explore_schedules
 from autoconverge.impl.throttler import (
+    SpecViolation,
     Throttler,
     ThrottlerClosed,
     ThrottlerError,
@@ -45,16 +42,7 @@ CALL_TIMEOUT = 50 * MS
 VCPU_COST = 50_000
 """Per-vCPU cost of PartialVcpus: a pause or resume of 4 vCPUs takes 200 us."""
 
-SHOW_DEFECTS = os.environ.get("AUTOCONVERGE_SHOW_DEFECTS") == "1"
-
 V = TypeVar("V", PartialVcpus, RecordingVcpus)
-
-
-def defect(n: int, what: str) -> pytest.MarkDecorator:
-    """The known-bug mark: strict xfail, failing by its assertion only."""
-    return pytest.mark.xfail(
-        not SHOW_DEFECTS, strict=True, raises=AssertionError, reason=f"issue #15 defect {n}: {what}"
-    )
 
 
 def partial(rt: VirtualRuntime, **kw: Any) -> PartialVcpus:
@@ -136,7 +124,6 @@ def _timed_out_call(t: Throttler, call: str) -> None:
 
 @pytest.mark.parametrize("hang", HANGS, ids=lambda h: f"{h[0]}{h[1]}")
 @pytest.mark.parametrize("call", ["abort", "shutdown", "handover"])
-@defect(1, "a timed-out abort/shutdown/handover leaves the controller in awaiting_*")
 def test_d1_shutdown_works_after_a_timed_out_call_once_the_hang_resolves(
     call: str, hang: tuple[Action, int]
 ) -> None:
@@ -145,7 +132,7 @@ def test_d1_shutdown_works_after_a_timed_out_call_once_the_hang_resolves(
     (correct); release the hang; sleep 10 ms; shutdown() must return (or report a worker
     error), the vCPUs running and the worker thread gone.
 
-    Today: "shutdown() after the hang resolved raised ThrottlerError('vcpu-throttle: a
+    Before the fix: "shutdown() after the hang resolved raised ThrottlerError('vcpu-throttle: a
     previous call did not complete (controller state awaiting_*)')"."""
     at_ns = (hang[1] - 1) * T + (50 * MS if hang[0] == "resume" else 0)
 
@@ -162,14 +149,13 @@ def test_d1_shutdown_works_after_a_timed_out_call_once_the_hang_resolves(
     run(scenario, lambda rt: partial(rt, hang_on=[hang]))
 
 
-@defect(1, "a timed-out handover's late worker exits leaving the vCPUs paused for nobody")
 def test_d1_late_handover_leaves_the_vcpus_to_a_later_shutdown() -> None:
     """Seed 0, hang on pause #2 (released), call timeout 50 ms. Program: set 50 %; sleep
     110 ms; handover() -> ThrottlerTimeout: its caller was told it failed, so it does not own
     the vCPUs; release the hang; sleep 10 ms; shutdown() (any ThrottlerError suppressed, so
     that this test is about the vCPUs alone): the vCPUs must run.
 
-    Today the worker receives the handover late, pauses and exits, and nobody resumes:
+    Before the fix the worker receives the handover late, pauses and exits, and nobody resumes:
     "the late handover left vCPUs [0, 1, 2, 3] paused"."""
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: PartialVcpus) -> None:
@@ -185,13 +171,13 @@ def test_d1_late_handover_leaves_the_vcpus_to_a_later_shutdown() -> None:
     run(scenario, lambda rt: partial(rt, hang_on=[("pause", 2)]))
 
 
-@defect(1, "after a timed-out abort the worker thread stays alive")
 def test_d1_no_worker_left_after_a_timed_out_abort() -> None:
     """Seed 0, hang on pause #2 (released), call timeout 50 ms. Program: set 50 %; sleep
     110 ms; abort -> ThrottlerTimeout; release; sleep 10 ms; shutdown() (any ThrottlerError
     suppressed): the worker thread must be gone.
 
-    Today: "shutdown() after a timed-out abort returned while the worker thread is alive"."""
+    Before the fix: "shutdown() after a timed-out abort returned while the worker thread is
+    alive"."""
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: PartialVcpus) -> None:
         t.set_throttle_percent(50)
@@ -210,14 +196,13 @@ def test_d1_no_worker_left_after_a_timed_out_abort() -> None:
 # --- defect 2: handover() racing shutdown() ------------------------------------------------------
 
 
-@defect(2, "handover() racing shutdown() returns normally while the vCPUs run")
 def test_d2_handover_after_a_concurrent_shutdown_raises_closed() -> None:
     """Seed 0, 4 vCPUs (50 us each). Program: set 50 %; sleep 10 ms (pause phase); thread
     "shut" calls shutdown() at once (its resume takes 200 us); thread "hand" sleeps 50 us
     and calls handover() (closed is still False; it then waits for the API lock). handover
     started after shutdown, so it must raise ThrottlerClosed.
 
-    Today: "handover() returned normally with the vCPUs running ([] paused)"."""
+    Before the fix: "handover() returned normally with the vCPUs running ([] paused)"."""
     out: dict[str, object] = {}
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: PartialVcpus) -> None:
@@ -271,13 +256,13 @@ def _race_program(rt: VirtualRuntime) -> None:
     assert not bad, bad[0]
 
 
-@defect(2, "handover() racing shutdown() returns normally while the vCPUs run")
 def test_d2_no_schedule_lets_a_handover_return_with_running_vcpus() -> None:
     """Every schedule of :func:`_race_program` with at most 1 preemption (CHESS-style; 494
     schedules, under a second).
 
     The assertion message carries the failing schedule's choices; replay it with
-    ``_race_program(VirtualRuntime(replay=choices))``. Today the 6th schedule fails:
+    ``_race_program(VirtualRuntime(replay=choices))``. Before the fix the 6th
+    schedule failed:
     "handover() returned with vCPUs [] paused of 2", replay ``[0] * 25 + [1, 1, 1] + [0] * 11
     + [1, 0]`` (the handover thread checks ``closed`` before the shutdown thread takes the
     API lock, and returns once it gets the lock after the shutdown)."""
@@ -332,14 +317,13 @@ def test_d3_shutdown_after_a_reported_fault_is_prompt() -> None:
     )
 
 
-@defect(3, "shutdown() never retries resume: a second shutdown() returns with vCPUs paused")
 def test_d3_a_shutdown_that_returns_leaves_the_vcpus_running() -> None:
     """Seed 0, 4 vCPUs: resume #1 fails after resuming 2 of 4, the worker's best-effort
     resume #2 fails at once, a later resume would succeed. Program: set 50 %; sleep 300 ms
     (the worker faulted at t=50 ms and exited); shutdown() until one returns normally (at
     most 3 tries; ThrottleWorkerError is the reported fault): the vCPUs must then run.
 
-    Today: "shutdown() returned normally on try 2 with vCPUs [2, 3] paused"."""
+    Before the fix: "shutdown() returned normally on try 2 with vCPUs [2, 3] paused"."""
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: PartialVcpus) -> None:
         t.set_throttle_percent(50)
@@ -364,14 +348,13 @@ def test_d3_a_shutdown_that_returns_leaves_the_vcpus_running() -> None:
 
 
 @pytest.mark.parametrize("where", [("pause", 2), ("resume", 1)], ids=lambda w: f"{w[0]}{w[1]}")
-@defect(4, "a KeyboardInterrupt in pause()/resume() kills the worker silently")
 def test_d4_keyboard_interrupt_in_a_vcpu_call_is_a_fault(where: tuple[Action, int]) -> None:
     """Seed 0, 4 vCPUs; ``where`` raises KeyboardInterrupt after 2 of 4 vCPUs. Program: set
     50 %; sleep 300 ms; shutdown() must return or raise ThrottleWorkerError (the fault),
     then the vCPUs run and the worker thread is gone. (A worker that re-raises the interrupt
     after cleaning up is accepted.)
 
-    Today: "shutdown() after the interrupt raised ThrottlerTimeout('vcpu-throttle: worker
+    Before the fix: "shutdown() after the interrupt raised ThrottlerTimeout('vcpu-throttle: worker
     did not answer shutdown within 50.0 ms (stuck in a vCPU call?)')"."""
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: PartialVcpus) -> None:
@@ -386,13 +369,12 @@ def test_d4_keyboard_interrupt_in_a_vcpu_call_is_a_fault(where: tuple[Action, in
 # --- defect 5: the error after a failed shutdown -------------------------------------------------
 
 
-@defect(5, "set_throttle_percent after a failed shutdown raises ThrottlerError, not Closed")
 def test_d5_calls_after_a_timed_out_shutdown_raise_closed() -> None:
     """Seed 0, 4 vCPUs, pause #2 hangs (never released), call timeout 50 ms. Program: set
     50 %; sleep 110 ms; shutdown() -> ThrottlerTimeout; set_throttle_percent(10) and (0) must
     raise ThrottlerClosed (README: after shutdown() "later calls raise ThrottlerClosed").
 
-    Today: "set_throttle_percent(10) after a failed shutdown raised ThrottlerError('vcpu-
+    Before the fix: "set_throttle_percent(10) after a failed shutdown raised ThrottlerError('vcpu-
     throttle: a previous call did not complete (controller state awaiting_exit)')"."""
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: PartialVcpus) -> None:
@@ -490,5 +472,6 @@ def test_the_worker_gone_check_catches_a_missing_join(
     check of the test above must then fail."""
     _slow_exit(monkeypatch)
     monkeypatch.setattr(VirtualThread, "join", lambda self, timeout_ns=None: True)
-    with pytest.raises(AssertionError, match="worker thread is alive"):
+    with pytest.raises((AssertionError, SpecViolation),
+                       match=r"worker thread is alive|guard of '(shutdown_done|handover_\w+)'"):
         run(_end_program(how, where_ms), partial)

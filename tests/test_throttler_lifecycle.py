@@ -20,7 +20,6 @@ from autoconverge.impl.throttler import (
     SpecViolation,
     Throttler,
     ThrottlerClosed,
-    ThrottlerError,
     ThrottlerTimeout,
     ThrottleWorkerError,
     TraceEvent,
@@ -81,7 +80,11 @@ def test_waiting_to_exit(seed: int) -> None:
     _, t, v, _ = run(scenario, seed=seed)
     assert v.calls == []  # nothing to pause or resume
     assert t.worker_state == L.EXIT and t.closed
-    assert triggers(t) == [L.CALL_SHUTDOWN, L.RECV_EXIT, L.SHUTDOWN_DONE]
+    # the second shutdown() is the spec's idempotent self-loop call_shutdown@done
+    assert triggers(t) == [L.CALL_SHUTDOWN, L.RECV_EXIT, L.SHUTDOWN_DONE, L.CALL_SHUTDOWN]
+    assert [(e.source, e.dest) for e in t.events if e.trigger == L.CALL_SHUTDOWN] == [
+        (L.IDLE, L.AWAITING_EXIT), (L.DONE, L.DONE),
+    ]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -121,11 +124,13 @@ def test_seed_lifecycle_scenario(seed: int) -> None:
     assert marks["abort_return"] - marks["abort_call"] <= RESUME_COST + 1 * MS
     shutdown_done = first_event(t, lambda e: e.trigger == L.SHUTDOWN_DONE)
     assert shutdown_done.time_ns - marks["shutdown_call"] <= RESUME_COST + 1 * MS
-    # the controller's triggers, in order
+    # the controller's triggers, in order: the 9 later shutdown() calls are the spec's
+    # idempotent self-loop call_shutdown@done
     assert triggers(t, "controller") == [
         L.CALL_SET, L.CALL_SET, L.CALL_ABORT, L.ABORT_DONE, L.CALL_SET, L.CALL_SET,
-        L.CALL_SHUTDOWN, L.SHUTDOWN_DONE,
+        L.CALL_SHUTDOWN, L.SHUTDOWN_DONE, *[L.CALL_SHUTDOWN] * 9,
     ]
+    assert {e.source for e in t.events if e.trigger == L.CALL_SHUTDOWN} == {L.IDLE, L.DONE}
     # every phase lasts its setpoint's share of the timeslice (a change of percent applies
     # at the next phase boundary, so a cycle may pair a 5 % pause with a 10 % run)
     tolerance = PAUSE_COST + RESUME_COST  # only before the first costs are measured
@@ -216,25 +221,35 @@ def test_burst_of_commands_does_not_shorten_pauses() -> None:
 
 
 @pytest.mark.parametrize("where_ms", [None, 20, 75])  # waiting / pause phase / run phase
-@pytest.mark.covers("HandoverKeepsVcpusPaused", "HandoverCompletes", "ExitIsAbsorbing")
+@pytest.mark.covers(
+    "HandoverKeepsVcpusPaused", "HandoverCompletes", "ExitIsAbsorbing", "HandoverMeansOwnedPause",
+)
 def test_handover_leaves_vcpus_paused(where_ms: int | None) -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         if where_ms is not None:
             t.set_throttle_percent(50)
             rt.sleep_ns(where_ms * MS)
         t.handover()
-        assert v.paused and t.worker_state == L.EXIT and t.closed
+        # a handover that returned: paused, the worker joined, the caller owns the vCPUs
+        assert v.paused and t.worker_state == L.EXIT and t.closed and t.owned
         t.shutdown()  # no-op after handover: the vCPUs stay paused
-        assert v.paused
+        assert v.paused and t.owned
         with pytest.raises(ThrottlerClosed):
             t.set_throttle_percent(10)
         with pytest.raises(ThrottlerClosed):
             t.handover()
+        assert v.paused and t.owned
 
     _, t, v, _ = run(scenario)
     assert v.alternation_error() is None
     assert v.calls[-1].action == "pause"
-    assert triggers(t, "controller")[-2:] == [L.CALL_HANDOVER, L.HANDOVER_DONE]
+    # then shutdown() and handover() after it: the spec's self-loops call_shutdown@done and
+    # the refusing call_handover@done (set_throttle_percent records nothing: the API refuses)
+    assert triggers(t, "controller")[-4:] == [
+        L.CALL_HANDOVER, L.HANDOVER_DONE, L.CALL_SHUTDOWN, L.CALL_HANDOVER,
+    ]
+    assert [(e.source, e.dest) for e in t.events[-2:]] == [(L.DONE, L.DONE)] * 2
+    assert t.events[-3].updates["owner"] == 1  # the creating thread is caller 1
 
 
 @pytest.mark.covers("ExitIsAbsorbing", "ReturnsOnlyAfterJoin")
@@ -366,18 +381,56 @@ def test_failure_during_abort_wakes_the_caller() -> None:
     assert not v.paused
 
 
-@pytest.mark.covers("ShutdownCompletes")
+@pytest.mark.covers("ShutdownCompletes", "ShutdownAlwaysCallable")
 def test_hanging_pause_does_not_hang_the_caller() -> None:
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         t.set_throttle_percent(50)
         rt.sleep_ns(T + 60 * MS)  # the second pause() hangs
+        start = rt.now_ns()
         with pytest.raises(ThrottlerTimeout, match="vcpu-throttle"):
             t.shutdown()
-        with pytest.raises(ThrottlerError, match="did not complete"):
+        assert rt.now_ns() - start <= 50 * MS + 1 * MS  # the call timeout, not the hang
+        # after the timeout only shutdown() is possible (the spec's closing state)
+        with pytest.raises(ThrottlerClosed, match="timed out or failed"):
             t.set_throttle_percent(0)
+        with pytest.raises(ThrottlerClosed, match="only shutdown"):
+            t.handover()
+        # shutdown() stays callable; the pause() still hangs, so it times out again
+        start = rt.now_ns()
+        with pytest.raises(ThrottlerTimeout, match="did not answer shutdown"):
+            t.shutdown()
+        assert rt.now_ns() - start <= 50 * MS + 1 * MS
+        assert not t.closed
 
-    run(scenario, hang_on=[("pause", 2)], hang_ns=None, kill_leftover=True,
-        throttler_kw={"call_timeout_ns": 50 * MS})
+    _, t, _, _ = run(scenario, hang_on=[("pause", 2)], hang_ns=None, kill_leftover=True,
+                     throttler_kw={"call_timeout_ns": 50 * MS})
+    controller = [(e.trigger, e.source, e.dest) for e in t.events if e.machine == "controller"]
+    assert controller[-5:] == [
+        (L.CALL_SHUTDOWN, L.IDLE, L.AWAITING_EXIT), (L.TIMEOUT, L.AWAITING_EXIT, L.CLOSING),
+        (L.CALL_HANDOVER, L.CLOSING, L.CLOSING),
+        (L.CALL_SHUTDOWN, L.CLOSING, L.AWAITING_EXIT), (L.TIMEOUT, L.AWAITING_EXIT, L.CLOSING),
+    ]
+
+
+@pytest.mark.covers("ShutdownCompletes", "ShutdownAlwaysCallable", "ReturnsOnlyAfterJoin")
+def test_shutdown_after_a_timed_out_shutdown_succeeds_once_the_pause_returns() -> None:
+    """The hanging pause() of the test above returns after 200 ms: the shutdown() that timed
+    out left its exit queued, and the next shutdown() returns with the vCPUs running."""
+
+    def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
+        t.set_throttle_percent(50)
+        rt.sleep_ns(T + 60 * MS)  # the second pause() hangs for 200 ms
+        with pytest.raises(ThrottlerTimeout):
+            t.shutdown()
+        assert v.paused or v.in_progress is not None
+        rt.sleep_ns(200 * MS)  # the pause returns; the worker takes its queued exit
+        t.shutdown()
+        assert t.closed and not t.owned and not v.paused and t.worker_state == L.EXIT
+
+    _, t, v, _ = run(scenario, hang_on=[("pause", 2)], hang_ns=200 * MS,
+                     throttler_kw={"call_timeout_ns": 50 * MS})
+    assert v.alternation_error() is None and not v.paused
+    assert triggers(t, "controller")[-3:] == [L.TIMEOUT, L.CALL_SHUTDOWN, L.SHUTDOWN_DONE]
 
 
 # --- internal errors (a bug in the worker loop, not a vCPU call) --------------------------------
@@ -407,33 +460,86 @@ class _BuggyCommands:
         return int(self._channel.get(timeout_ns))
 
 
-@pytest.mark.parametrize(("phase_ms", "phase"), [(10, L.PAUSE), (60, L.RUN)])
-def test_internal_error_while_throttling_exits_through_the_spec_fault(
-    phase_ms: int, phase: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("phase_ms", "call", "dest"), [(10, "resume", L.RUN), (60, "pause", L.PAUSE)],
+)
+@pytest.mark.covers("VcpusResumed", "PausedFollowsCalls")
+def test_internal_error_in_a_vcpu_call_exits_through_the_spec_fault(
+    phase_ms: int, call: str, dest: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker leaves through the spec's fault transition: vCPUs resumed, error reported,
-    the log still a behaviour of the spec."""
+    """A bug in the worker's own code around a vCPU call (here: right after the backend's
+    pause()/resume() returned, before the worker records it) is the spec's ``fault`` like a
+    failing backend: best-effort resume, error reported, the log still a behaviour of the
+    spec. (The next phase boundary from ``phase_ms`` is the call that breaks: pause phase ->
+    pause_elapsed resumes, run phase -> run_elapsed pauses.)"""
     from autoconverge.model.tracecheck import SpecFollower
     from autoconverge.spec import SPEC
+
+    code = L.CALL_CODES[call]
+
+    def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
+        t.set_throttle_percent(50)
+        rt.sleep_ns(phase_ms * MS)
+        worker = t._worker_model
+        real_do_call = worker._do_call
+        armed = [True]
+
+        def buggy_do_call(which: int) -> None:
+            real_do_call(which)
+            if armed[0] and which == code:
+                armed[0] = False
+                raise RuntimeError("injected bug")
+
+        monkeypatch.setattr(worker, "_do_call", buggy_do_call)
+        rt.sleep_ns(T)
+        assert t.worker_state == L.EXIT and not armed[0]
+        with pytest.raises(ThrottleWorkerError, match="injected bug"):
+            t.shutdown()
+        t.shutdown()  # reported once, then idempotent
+
+    _, t, v, _ = run(scenario)
+    assert not v.paused and v.calls[-1].action == "resume"
+    fault = [e for e in t.events if e.trigger == L.FAULT]
+    assert [(e.source, e.dest, e.view_before.call) for e in fault] == [(dest, L.EXIT, code)]
+    end = SpecFollower(SPEC).follow(t.events)
+    assert end.failed and not end.paused and end.w == L.EXIT and end.c == L.DONE
+
+
+@pytest.mark.parametrize(("phase_ms", "phase"), [(10, L.PAUSE), (60, L.RUN)])
+def test_internal_error_while_throttling_still_exits_and_reports(
+    phase_ms: int, phase: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the worker loop outside a vCPU call (the last look at the queue before the
+    deadline raises): the spec's ``fault`` is a failing vCPU call only, so, as while waiting
+    (below), the worker exits without a spec transition, after a best-effort resume of the
+    vCPUs it had paused, and reports the error; shutdown() still closes with the vCPUs
+    running. The log up to the crash is a behaviour of the spec."""
+    from autoconverge.model.tracecheck import SpecFollower
+    from autoconverge.spec import SPEC
+
+    crash: dict[str, int] = {}
 
     def scenario(rt: VirtualRuntime, t: Throttler, v: RecordingVcpus) -> None:
         t.set_throttle_percent(50)
         rt.sleep_ns(phase_ms * MS)
         assert t.worker_state == phase
+        crash["events"] = len(t.events)
         # the queue was empty at the phase's start: the last look before expire raises
         monkeypatch.setattr(t._worker_model, "_commands", _BuggyCommands(t._worker_model._commands,
                                                                   "get_nowait"))
         rt.sleep_ns(T)
-        assert t.worker_state == L.EXIT
+        assert t.worker_state == L.EXIT and not v.paused
+        assert len(t.events) == crash["events"]  # the exit is not a recorded transition
         with pytest.raises(ThrottleWorkerError, match="injected bug"):
             t.shutdown()
+        t.shutdown()  # reported once, then idempotent
 
     _, t, v, _ = run(scenario)
-    assert not v.paused
-    fault = [e for e in t.events if e.trigger == L.FAULT]
-    assert [(e.source, e.dest) for e in fault] == [(phase, L.EXIT)]
-    end = SpecFollower(SPEC).follow(t.events)
-    assert end.failed and not end.paused and end.w == L.EXIT
+    assert not v.paused and t.closed and not t.owned
+    assert L.FAULT not in triggers(t)
+    assert triggers(t)[crash["events"]:] == [L.CALL_SHUTDOWN, L.SHUTDOWN_DONE, L.CALL_SHUTDOWN]
+    end = SpecFollower(SPEC).follow(t.events[:crash["events"]])
+    assert end.w == phase and not end.failed
 
 
 def test_internal_error_while_waiting_still_exits_and_reports(

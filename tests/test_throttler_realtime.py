@@ -45,6 +45,7 @@ def test_seed_scenario_on_real_threads() -> None:
     assert end.w == L.EXIT and end.c == L.DONE and not end.paused
 
 
+@pytest.mark.covers("HandoverMeansOwnedPause")
 def test_handover_on_real_threads() -> None:
     rt = RealRuntime()
     v = RecordingVcpus(rt)
@@ -52,10 +53,10 @@ def test_handover_on_real_threads() -> None:
     t.set_throttle_percent(60)
     time.sleep(0.025)
     t.handover()
-    assert v.paused and t.worker_state == L.EXIT
+    assert v.paused and t.worker_state == L.EXIT and t.closed and t.owned
     assert v.alternation_error() is None
     end = SpecFollower(SPEC).follow(t.events)
-    assert end.handed and end.paused
+    assert end.handed and end.paused and end.owner == 1  # the creating thread is caller 1
 
 
 def test_dropped_handle_stops_its_worker() -> None:
