@@ -652,18 +652,6 @@ def test_d6_e2e_hash_check_catches_a_source_without_the_final_sync(
     assert bad.outcome == "mismatch"
 
 
-def test_d6_two_process_hash_check_catches_a_source_without_the_final_sync(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sim demo (receiver in its own process): exit 1, hashes differ."""
-    monkeypatch.setattr(runner, "MigrationSource", NoFinalSyncSource)
-    code = main(["demo", "--backend", "sim", "--policy", "predictive", "--memory", "32M",
-                 "--working-set", "8M", "--max-bandwidth", "16M", "--warmup", "0.05",
-                 "--json"])
-    d = json.loads(capsys.readouterr().out)
-    assert d["memory_hash_match"] is False and code == 1
-    assert d["outcome"] == "mismatch"
-
-
 @pytest.mark.kvm
 def test_d6_kvm_hash_check_catches_a_source_without_the_final_sync(
         monkeypatch: pytest.MonkeyPatch) -> None:
