@@ -15,8 +15,8 @@ from autoconverge.proofs.encoding import (
     lifted_state,
     states_equal,
 )
-from autoconverge.spec import CONTROLLER_STATES, SPEC, WORKER_STATES, State
 from autoconverge.proofs.z3_liveness import FAIR_NAMES
+from autoconverge.spec import CONTROLLER_STATES, SPEC, WORKER_STATES, State
 from autoconverge.spec.lifecycle import (
     CALLERS,
     CLOCK_GROUP,

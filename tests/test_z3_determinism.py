@@ -165,7 +165,7 @@ verdicts are checked against the explorer below."""
 @pytest.mark.parametrize("name", [SPEC.name, *ALONE])
 def test_alone_equals_full_run(name: str, z3_proofs: Proofs, zoo_explored: Explored) -> None:
     spec, full = z3_proofs[name]
-    explored = zoo_explored[name] if name in zoo_explored else None
+    explored = zoo_explored.get(name, None)
     for prop in reversed(spec.properties):
         alone = prove_one(spec, prop.name, explored=explored)
         assert _key(alone) == _key(full[prop.name]), (name, prop.name)

@@ -104,7 +104,7 @@ class SessionProofs(Mapping[str, Proofs]):
             spec = self._specs[name]
             proofs = self._from_other_process(name)
             if proofs is None:
-                explored = self._explored[name] if name in self._explored else None
+                explored = self._explored.get(name, None)
                 proofs = prove_all(spec, explored=explored)
             self._done[name] = (spec, {r.name: r for r in proofs})
         return self._done[name]
