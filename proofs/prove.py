@@ -75,8 +75,9 @@ SPACER_PROPERTIES: tuple[str, ...] = (
 )
 """Safety properties also given to Spacer (their invariants are quantifier-free). Not
 ReturnsOnlyAfterJoin since the spec models callers, timeouts and calls in progress (issue
-15): Spacer ends "unknown" at its resource limit there (12 s spent for nothing), while the
-named lemmas prove it by induction."""
+15): in the shipped spec Spacer needs 3 to 6 M of its 10 M resource limit for it (too close
+to call its verdict stable), and in four bug-zoo variants it ends "unknown" at the limit
+(4 s each spent for nothing), while the named lemmas prove it by induction."""
 VACUITY_DEPTH = 8
 """Steps from Init within which every antecedent must be reachable."""
 

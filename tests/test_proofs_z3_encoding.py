@@ -16,7 +16,7 @@ from autoconverge.proofs.encoding import (
     states_equal,
 )
 from autoconverge.proofs.z3_liveness import FAIR_NAMES
-from autoconverge.spec import CONTROLLER_STATES, SPEC, WORKER_STATES, State
+from autoconverge.spec import CONTROLLER_STATES, SPEC, WORKER_STATES, State, Transition
 from autoconverge.spec.lifecycle import (
     CALLERS,
     CLOCK_GROUP,
@@ -90,10 +90,10 @@ def test_fairness_groups_are_per_thread() -> None:
     assert "poll@waiting" in [t.label for t in spinning.group(WORKER_GROUP.name)]
 
 
-def _param_values(t: object) -> list[dict[str, int]]:
+def _param_values(t: Transition) -> list[dict[str, int]]:
     """Every combination of the sampled values of a transition's parameters."""
     out: list[dict[str, int]] = [{}]
-    for name in getattr(t, "params", ()):
+    for name in t.params:
         out = [{**o, name: v} for o in out for v in DOMAIN[name]]
     return out
 

@@ -119,8 +119,9 @@ _BROKEN_LEMMA = {
         "AbortReturnsWithVcpusRunning", "PercentApplied"},
     "spinning_handshake": {  # QueueShape/RequestedMeansWork: abort returns unanswered
         "ShutdownCompletes", "AbortCompletes", "HandoverCompletes"},
-    "no_resume_on_leave": {  # VcpusMatchState: paused outside a pause phase
-        "HandoverMeansOwnedPause"},
+    "no_resume_on_leave": {  # VcpusMatchState: paused outside a pause phase (and nothing
+        # violates ReturnsOnlyAfterJoin: shutdown() resumes what the worker left paused)
+        "HandoverMeansOwnedPause", "ReturnsOnlyAfterJoin"},
     "two_step_update": {  # CallOnlyAtPhaseStart: a pause phase with percent 0; VcpusResumed
         # also because the second half of the update is a worker step that defeats its rank
         "ShutdownCompletes", "AbortCompletes", "HandoverCompletes", "PercentApplied",

@@ -71,7 +71,7 @@ def _domain(spec: Spec, cex: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(sorted(v)) for k, v in domain.items()}
 
 
-# --- no wall clock, limits in every result ------------------------------------------------
+# --- no wall clock, limits everywhere -----------------------------------------------------
 
 
 def test_no_wall_clock_budget_is_left_in_the_z3_code() -> None:
@@ -121,24 +121,7 @@ def test_every_solver_has_an_rlimit_and_seeds_and_no_timeout(
         assert p.get("random_seed") == SEED and p.get("smt.random_seed") == SEED, p
 
 
-def test_results_expose_rlimit_seed_depth_and_source(z3_proofs: Proofs) -> None:
-    for _spec, results in z3_proofs.values():
-        for r in results.values():
-            assert r.rlimit == RLIMIT and r.seed == SEED, r.name
-            assert r.bmc_depth == (LASSO_DEPTH if r.kind == "leadsto" else BMC_DEPTH)
-            d = r.as_dict()
-            assert {k: d[k] for k in ("counterexample_source", "bmc_depth", "rlimit", "seed")} \
-                == r.search
-            if r.verdict == "violated":
-                assert r.counterexample_source in COUNTEREXAMPLE_SOURCES
-                assert r.counterexample is not None
-            else:
-                assert r.counterexample_source is None and r.counterexample is None
-            if r.verdict == "not proved":
-                assert r.holds is False and r.note is not None
-
-
-# --- the same verdict alone as in the full run, run after run ---------------------------
+# --- the same verdict alone as in the full run, run after run -----------------------------
 
 
 ALONE: tuple[str, ...] = ("api_accepts_100", "worker_dies_silently", "paused_without_pause_call")
@@ -171,36 +154,12 @@ def test_alone_equals_full_run(name: str, z3_proofs: Proofs, zoo_explored: Explo
         assert _key(alone) == _key(full[prop.name]), (name, prop.name)
 
 
-# --- depth: from the zoo's declaration; the zoo's counterexamples are all found ------------
+# --- depth: from the zoo's declaration; deep enough for the explorer's lassos -------------
 
 
 def test_search_depth_is_read_from_the_zoo() -> None:
     assert max(v.max_trace for v in VARIANTS) == BMC_DEPTH
     assert LASSO_DEPTH == BMC_DEPTH + 1
-
-
-def test_every_counterexample_of_the_explorer_is_violated_in_z3(
-        z3_proofs: Proofs, zoo_explored: Explored) -> None:
-    for v in VARIANTS:
-        _spec, results = z3_proofs[v.name]
-        for p in zoo_explored[v.name].properties:
-            cex = p.counterexample
-            if cex is None:
-                continue
-            r = results[p.name]
-            assert r.verdict == "violated", (v.name, p.name, r.note)
-            assert r.counterexample is not None
-            # a lasso ending in a stutter needs one more (stuttering) step in Z3's search
-            steps = cex["length"] + (1 if cex.get("cycle_start") == cex["length"] else 0)
-            if r.counterexample_source == "explorer-replay":
-                # only where Z3's own search cannot reach, or did not run (no ranking
-                # function, or the ranking rests on a lemma this variant breaks)
-                searched = r.note is not None and "steps from Init" in r.note
-                assert not searched or steps > (r.bmc_depth or 0), (v.name, p.name)
-                continue
-            # Z3's searches are shortest (and unbounded in calls and queue length)
-            slack = 1 if p.kind == "leadsto" else 0
-            assert r.counterexample["length"] <= cex["length"] + slack, (v.name, p.name)
 
 
 def test_explorer_lassos_replay_through_the_encoding(zoo_explored: Explored) -> None:
@@ -217,7 +176,7 @@ def test_explorer_lassos_replay_through_the_encoding(zoo_explored: Explored) -> 
     assert not confirm(enc, spec.property("ShutdownCompletes"), cut)
 
 
-# --- bugs deeper than the old limits --------------------------------------------------------
+# --- bugs deeper than the old limits ------------------------------------------------------
 
 
 def _pauses_in_run(spec: Spec) -> Spec:
@@ -269,3 +228,48 @@ def test_bug_deeper_than_the_old_limits_is_violated(build: Any, name: str,
         assert not prop.invariant(states[-1])
     # run after run: the same verdict, source and length (the explorer run again, too)
     assert _key(prove_one(spec, name)) == _key(first)
+
+
+# --- every spec's full run (last: the other tests run while the session's second process ---
+# --- proves part of the zoo, tests/z3_zoo.py) ---------------------------------------------
+
+
+def test_results_expose_rlimit_seed_depth_and_source(z3_proofs: Proofs) -> None:
+    for _spec, results in z3_proofs.values():
+        for r in results.values():
+            assert r.rlimit == RLIMIT and r.seed == SEED, r.name
+            assert r.bmc_depth == (LASSO_DEPTH if r.kind == "leadsto" else BMC_DEPTH)
+            d = r.as_dict()
+            assert {k: d[k] for k in ("counterexample_source", "bmc_depth", "rlimit", "seed")} \
+                == r.search
+            if r.verdict == "violated":
+                assert r.counterexample_source in COUNTEREXAMPLE_SOURCES
+                assert r.counterexample is not None
+            else:
+                assert r.counterexample_source is None and r.counterexample is None
+            if r.verdict == "not proved":
+                assert r.holds is False and r.note is not None
+
+
+def test_every_counterexample_of_the_explorer_is_violated_in_z3(
+        z3_proofs: Proofs, zoo_explored: Explored) -> None:
+    for v in VARIANTS:
+        _spec, results = z3_proofs[v.name]
+        for p in zoo_explored[v.name].properties:
+            cex = p.counterexample
+            if cex is None:
+                continue
+            r = results[p.name]
+            assert r.verdict == "violated", (v.name, p.name, r.note)
+            assert r.counterexample is not None
+            # a lasso ending in a stutter needs one more (stuttering) step in Z3's search
+            steps = cex["length"] + (1 if cex.get("cycle_start") == cex["length"] else 0)
+            if r.counterexample_source == "explorer-replay":
+                # only where Z3's own search cannot reach, or did not run (no ranking
+                # function, or the ranking rests on a lemma this variant breaks)
+                searched = r.note is not None and "steps from Init" in r.note
+                assert not searched or steps > (r.bmc_depth or 0), (v.name, p.name)
+                continue
+            # Z3's searches are shortest (and unbounded in calls and queue length)
+            slack = 1 if p.kind == "leadsto" else 0
+            assert r.counterexample["length"] <= cex["length"] + slack, (v.name, p.name)
