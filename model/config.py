@@ -19,6 +19,13 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("explorer.toml")
 DEFAULT_SECTION = "ci"
+DEFAULT_SECTIONS: dict[str, str] = {"throttle": "ci", "migration": "migration"}
+"""The bound each lifecycle is checked at by default (its section of explorer.toml)."""
+
+
+def default_section(spec: Any) -> str:
+    """The default bound's section for ``spec``'s lifecycle (its :attr:`Spec.family`)."""
+    return DEFAULT_SECTIONS.get(spec.family, DEFAULT_SECTION)
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class ExplorerConfig:
     """Distinct states of the shipped spec at this bound (regression data)."""
     expected_depth: int | None = None
     """BFS depth of the shipped spec at this bound (regression data)."""
-    expected_spec: str = "autoconverge"
+    expected_spec: str = "throttle"
     """The spec name the expectations are for (variants have other names)."""
     max_states: int = 5_000_000
     """Safety valve: stop (and fail) beyond this many states."""

@@ -133,7 +133,8 @@ def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResu
             distinct_states=len(g.nodes),
             depth=g.max_depth,
             counterexample=cex,
-            counterexample_text=format_counterexample(cex) if cex else None,
+            counterexample_text=(format_counterexample(cex, spec.schema.value_names)
+                                 if cex else None),
             details=details,
         ))
     total = time.perf_counter() - t0

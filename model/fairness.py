@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .graph import ALL_GROUPS_MASK, StateGraph
+from .graph import StateGraph, all_groups_mask
 
 
 def tarjan_scc(nodes: Sequence[int], succ: Callable[[int], Sequence[int]]) -> list[list[int]]:
@@ -170,7 +170,7 @@ def _fair(g: StateGraph, comp: list[int]) -> bool:
             return True  # stuttering forever is fair here
         if not any(w == v for w, _ in g.succ[v]):
             return False
-    need = ALL_GROUPS_MASK
+    need = all_groups_mask(g.spec)
     for v in comp:
         need &= _mask(g, v)  # a group disabled somewhere is satisfied
         for w, lab in g.succ[v]:
@@ -198,7 +198,7 @@ def _lasso(g: StateGraph, comp: list[int], entry: int,
     if len(comp) == 1 and _mask(g, entry) == 0:
         return Lasso(prefix, [], entry, source)
     members = set(comp)
-    need = ALL_GROUPS_MASK
+    need = all_groups_mask(g.spec)
     cycle: list[tuple[int, int]] = []
     cur = entry
 

@@ -18,7 +18,7 @@ A **deadlock** is a non-terminal state in which no transition other than a fault
 not). Faults are excluded because they only model a failing vCPU call: a state that can only
 move by failing is stuck. This is slightly stronger than the property's formula
 ``ENABLED Next``. Each node also records which of the spec's weakly fair groups are enabled
-in it (a bit mask, :data:`GROUP_BITS`), for the fair-cycle search (:mod:`.fairness`).
+in it (a bit mask, :func:`group_bits`), for the fair-cycle search (:mod:`.fairness`).
 """
 
 from __future__ import annotations
@@ -30,15 +30,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoconverge.spec import WEAK_FAIRNESS, Spec, State, Transition, terminal
-from autoconverge.spec import lifecycle as L
+from autoconverge.spec import Spec, State, Transition
 
 from .bound import BoundTransition
 from .config import ExplorerConfig
 
-GROUP_BITS: dict[str, int] = {g.name: 1 << i for i, g in enumerate(WEAK_FAIRNESS)}
-"""The spec's weakly fair groups as bits of a mask, in the spec's order."""
-ALL_GROUPS_MASK = (1 << len(WEAK_FAIRNESS)) - 1
+
+def group_bits(spec: Spec) -> dict[str, int]:
+    """The spec's weakly fair groups as bits of a mask, in the spec's order."""
+    return {g.name: 1 << i for i, g in enumerate(spec.weak_fairness)}
+
+
+def all_groups_mask(spec: Spec) -> int:
+    return (1 << len(spec.weak_fairness)) - 1
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Label(BoundTransition):
     """An edge label: one transition with concrete parameters, and its fairness bit."""
 
     group_bit: int
-    """The bit of the transition's weakly fair group (:data:`GROUP_BITS`); 0 for none."""
+    """The bit of the transition's weakly fair group (:func:`group_bits`); 0 for none."""
 
 
 @dataclass
@@ -108,14 +112,14 @@ class StateGraph:
         return max(self.depth) if self.depth else 0
 
 
-def _labels(relation: tuple[Transition, ...], domain: Mapping[str, tuple[int, ...]]
-            ) -> list[Label]:
+def _labels(relation: tuple[Transition, ...], domain: Mapping[str, tuple[int, ...]],
+            bits: Mapping[str, int]) -> list[Label]:
     out: list[Label] = []
     for t in relation:
         combos = itertools.product(*(domain[name] for name in t.params))
         for values in combos:
             out.append(Label(t, tuple(zip(t.params, values, strict=True)),
-                             GROUP_BITS[t.fairness] if t.fairness else 0))
+                             bits[t.fairness] if t.fairness else 0))
     return out
 
 
@@ -128,7 +132,7 @@ def build_graph(
     """Breadth-first exploration of ``spec`` at ``config``'s bound, checking safety."""
     t0 = time.perf_counter()
     relation = spec.relation()
-    labels_all = _labels(relation, L.param_domains(config.percents))
+    labels_all = _labels(relation, spec.param_domains(config.percents), group_bits(spec))
     fault_free = [i for i, lab in enumerate(labels_all) if not lab.transition.is_fault]
     explored = [i for i, lab in enumerate(labels_all)
                 if config.faults or not lab.transition.is_fault]
@@ -147,6 +151,11 @@ def build_graph(
     abs_stuck: list[bool] = []
     abs_terminal: list[bool] = []
     step_memo: dict[tuple[int, int], list[str]] = {}
+    machines = spec.schema.machines
+    chan_var = spec.schema.channel_var
+
+    def over_capacity(st: State) -> bool:
+        return chan_var is not None and len(getattr(st, chan_var)) > cap
 
     def intern(s: State) -> int:
         a = abs_index.get(s)
@@ -167,7 +176,7 @@ def build_graph(
         out: list[tuple[int, int]] = []
         mask = 0
         progress = False
-        for key in (("worker", s.w), ("controller", s.c)):
+        for key in ((m.name, getattr(s, m.var)) for m in machines):
             for li in by_source.get(key, ()):
                 lab = labels_all[li]
                 if lab.transition.enabled(s, **lab.params_dict):
@@ -178,7 +187,7 @@ def build_graph(
                         progress = True
         abs_succ[a] = out
         g.enabled_mask[a] = mask
-        abs_terminal[a] = bool(terminal(s))
+        abs_terminal[a] = bool(spec.terminal(s))
         abs_stuck[a] = not progress and not abs_terminal[a]
         return out
 
@@ -220,12 +229,12 @@ def build_graph(
             lab = labels_all[li]
             if lab.user_call:
                 nxt_state = g.abstract[b]
-                if calls >= max_calls or len(nxt_state.chan) > cap:
+                if calls >= max_calls or over_capacity(nxt_state):
                     cut = True
                     continue
                 nc = calls + 1
             else:
-                if len(g.abstract[b].chan) > cap:
+                if over_capacity(g.abstract[b]):
                     cut = True
                     continue
                 nc = calls

@@ -5,9 +5,9 @@ one or a bug-zoo variant). Each spec trigger is one rule; its precondition is "s
 transition with this trigger is enabled" (:meth:`Transition.enabled`, the spec's guards), and
 the rule fires the first enabled one in relation order, as ``transitions`` would. Parameters
 (``call_set``'s percent ``p``, every user call's caller ``k``) are drawn from the enabled
-values of their domains (:func:`autoconverge.spec.lifecycle.param_domains` over the
-configured percents). There is no call bound and no channel bound: runs go far beyond the
-explorer's bound (``stateful_step_count`` steps, user calls and timeouts included).
+values of their domains (:meth:`Spec.param_domains` over the configured percents). There
+is no call bound and no channel bound: runs go far beyond the explorer's bound
+(``stateful_step_count`` steps, user calls and timeouts included).
 
 Checked after every step (each step of a fair schedule too): every ``invariant`` property,
 the ``deadlock`` property (a non-terminal state has an enabled transition other than a
@@ -15,12 +15,14 @@ fault), and every ``step`` property on the step just taken; a failure names ever
 the state (or step) violates. ``stutter`` is always enabled, so a run that reaches exit
 does not end in ``InvalidDefinition``.
 
-Liveness, bounded: the rule ``fair_schedule`` is enabled while the controller is blocked in
-abort/shutdown/handover (or shutdown()'s own resume). It runs the spec's weakly fair groups
-(``WEAK_FAIRNESS``: worker, clock, a vCPU call ending, blocking-call completions; never a
-timeout or a user call) under a round-robin scheduler (each enabled group moves within four
-steps; which transition a group takes, and the rotation's order, are drawn) and
-requires the blocking call to return within ``4 * len(chan) + 8`` steps. The scheduler
+Liveness, bounded: the rule ``fair_schedule`` is enabled while a leads-to property is
+pending (its ``p`` holds, its ``q`` does not: for the throttle, a caller blocked in
+abort/shutdown/handover, a percent not yet applied, paused vCPUs). It runs the spec's weakly
+fair groups (the throttle's: worker, clock, a vCPU call ending, blocking-call completions;
+never a timeout or a user call) under a round-robin scheduler (each enabled group moves
+within one rotation; which transition a group takes, and the rotation's order, are drawn)
+and requires every pending ``q`` within :func:`fair_bound` steps (the throttle:
+``4 * len(chan) + 8``; a lifecycle without a FIFO: 64). The scheduler
 never picks a fault (unless it is a group's only move): the bound is about calls returning
 when nothing fails, and a failure only shortens the way to exit. Why that bound holds for
 the shipped spec: every phase consumes at least one queued command (the clock cannot expire
@@ -44,12 +46,11 @@ from typing import Any, ClassVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from autoconverge.spec import WEAK_FAIRNESS, Property, Spec, State, Transition, terminal
-from autoconverge.spec import lifecycle as L
-from autoconverge.spec.variants import probe_percents
+from autoconverge.spec import Property, Spec, State, Transition
+from autoconverge.spec.specs import probe_percents
 
 from .bound import BoundTransition
-from .config import load_config
+from .config import default_section, load_config
 from .trace import fmt_state
 
 
@@ -63,9 +64,13 @@ class PropertyViolation(AssertionError):
         super().__init__(f"{prop} violated: {message}\n{steps}")
 
 
-def fair_bound(s: State) -> int:
-    """Fair-scheduler steps within which a blocking call must return (see module doc)."""
-    return 4 * len(s.chan) + 8
+def fair_bound(spec: Spec, s: Any) -> int:
+    """Fair-scheduler steps within which a leads-to's ``q`` must follow (see module doc): a
+    blocking call waits for at most the queued commands ahead of it (4 steps each) plus 8;
+    a lifecycle without a FIFO gets a fixed 64 (each of its protocol steps is at most one
+    fair step of some actor)."""
+    chan = spec.schema.channel_var
+    return 4 * len(getattr(s, chan)) + 8 if chan is not None else 64
 
 
 class AbstractModelMachine(RuleBasedStateMachine):
@@ -75,13 +80,12 @@ class AbstractModelMachine(RuleBasedStateMachine):
     relation: ClassVar[tuple[Transition, ...]]
     percents: ClassVar[tuple[int, ...]]
     faults: ClassVar[bool]
-    blocking_states: ClassVar[frozenset[str]]
     _enabled_cache: ClassVar[dict[State, dict[str, list[BoundTransition]]]]
 
     def __init__(self) -> None:
         super().__init__()
         self.state: State = self.spec.initial
-        self.trace: list[str] = [fmt_state(self.state.as_dict())]
+        self.trace: list[str] = [fmt_state(self.state, None, self.spec.schema.value_names)]
         self.steps = 0
 
     # -- spec evaluation (memoized per state record) ---------------------------------------
@@ -96,7 +100,7 @@ class AbstractModelMachine(RuleBasedStateMachine):
         for t in cls.relation:
             if t.is_fault and not cls.faults:
                 continue
-            for params in _combos(t.params, L.param_domains(cls.percents)):
+            for params in _combos(t.params, cls.spec.param_domains(cls.percents)):
                 key = (t.trigger, tuple(sorted(params.items())))
                 if key in taken:
                     continue  # transitions fires the first enabled one of a trigger
@@ -112,7 +116,8 @@ class AbstractModelMachine(RuleBasedStateMachine):
         pre, t = self.state, step.transition
         post = t.apply(pre, **step.params_dict)
         args = ", ".join(f"{k}={v}" for k, v in step.params)
-        self.trace.append(f"{t.actor}: {t.trigger}({args}) -> {fmt_state(post.as_dict())}")
+        self.trace.append(f"{t.actor}: {t.trigger}({args}) -> "
+                          f"{fmt_state(post, None, self.spec.schema.value_names)}")
         self.state = post
         self.steps += 1
         # every state reached is checked, inside a fair schedule's run of steps too
@@ -133,19 +138,24 @@ class AbstractModelMachine(RuleBasedStateMachine):
         """Nothing happens (keeps a rule enabled after exit)."""
 
     # -- bounded liveness ----------------------------------------------------------------------
-    @precondition(lambda self: self.state.c in self.blocking_states)
+    def pending(self) -> list[Property]:
+        """The leads-to properties whose ``p`` holds now and ``q`` does not."""
+        s = self.state
+        return [p for p in self.spec.properties
+                if p.kind == "leadsto" and p.leads_from(s) and not p.leads_to(s)]
+
+    @precondition(lambda self: bool(self.pending()))
     @rule(data=st.data())
     def fair_schedule(self, data: st.DataObject) -> None:
-        start = self.state
-        bound = fair_bound(start)
-        pending = [p for p in self.spec.properties
-                   if p.kind == "leadsto" and p.leads_from(start) and not p.leads_to(start)]
+        bound = fair_bound(self.spec, self.state)
+        pending = self.pending()
         # the rotation (its order, hence where it starts) is drawn: a fixed order would
         # only try the schedules in which, e.g., the worker always follows the vCPU
-        order = data.draw(st.permutations([g.name for g in WEAK_FAIRNESS]), label="rotation")
+        order = data.draw(st.permutations([g.name for g in self.spec.weak_fairness]),
+                          label="rotation")
         pos = 0
         for _ in range(bound):
-            if self.state.c not in self.blocking_states:
+            if not pending:
                 break
             en = self.enabled(self.state)
             moved = False
@@ -168,10 +178,10 @@ class AbstractModelMachine(RuleBasedStateMachine):
             if not moved:
                 break  # no fair thread can move: a stutter (deadlock is checked separately)
             pending = [p for p in pending if not p.leads_to(self.state)]
-        if self.state.c in self.blocking_states and pending:
+        if pending:
             names = ", ".join(p.name for p in pending)
             raise PropertyViolation(
-                names, f"a blocking call did not return within {bound} fair steps", self.trace)
+                names, f"q did not follow p within {bound} fair steps", self.trace)
 
     # -- invariants ----------------------------------------------------------------------------
     @invariant()
@@ -184,7 +194,7 @@ class AbstractModelMachine(RuleBasedStateMachine):
         s = self.state
         bad = [*(violated or ()), *(p for p in self.spec.properties
                                     if p.kind == "invariant" and not p.invariant(s))]
-        if not terminal(s):
+        if not self.spec.terminal(s):
             en = self.enabled(s)
             if not any(not b.transition.is_fault for bs in en.values() for b in bs):
                 bad += [p for p in self.spec.properties if p.kind == "deadlock"]
@@ -225,16 +235,14 @@ def make_abstract_machine(
     """A state-machine class for ``spec`` (default percents: the explorer's ``[ci]`` domain,
     plus the probes of the variant ``spec`` was built as)."""
     if percents is None:
-        percents = load_config(probe_percents=probe_percents(spec)).percents
+        percents = load_config(section=default_section(spec),
+                               probe_percents=probe_percents(spec)).percents
     relation = spec.relation()
-    # the controller is blocked in a call where it has a weakly fair step (a completion)
-    blocking = frozenset(t.source for t in relation if t.actor == "controller" and t.fairness)
     ns: dict[str, Any] = {
         "spec": spec,
         "relation": relation,
         "percents": tuple(percents),
         "faults": faults,
-        "blocking_states": blocking,
         "_enabled_cache": {},
     }
     for trigger in dict.fromkeys(t.trigger for t in relation if faults or not t.is_fault):

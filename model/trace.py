@@ -13,24 +13,24 @@ confirm the trace is a behaviour of the spec and ends where it claims.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from autoconverge.spec import COMMAND_NAMES, Spec, State
+from autoconverge.spec import Spec, State
 
 from .graph import StateGraph
 
 
-def state_dict(s: State) -> dict[str, Any]:
-    d: dict[str, Any] = dict(s.as_dict())
-    d["chan"] = list(s.chan)
-    return d
+def state_dict(s: Any) -> dict[str, Any]:
+    """A state record as JSON-ready values (a FIFO as a list)."""
+    return {f.name: (list(v) if isinstance(v := getattr(s, f.name), tuple) else v)
+            for f in dataclasses.fields(s)}
 
 
-def state_from_dict(d: Mapping[str, Any]) -> State:
-    fields = dict(d)
-    fields["chan"] = tuple(fields["chan"])
-    return State(**fields)
+def state_from_dict(d: Mapping[str, Any], record: type = State) -> Any:
+    """The record of type ``record`` (default: the throttle's) that :func:`state_dict` gave."""
+    return record(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def step_dicts(g: StateGraph, steps: list[tuple[int, int]]) -> list[dict[str, Any]]:
@@ -50,20 +50,25 @@ def step_dicts(g: StateGraph, steps: list[tuple[int, int]]) -> list[dict[str, An
     return out
 
 
-def fmt_chan(chan: Any) -> str:
-    return "[" + ", ".join(COMMAND_NAMES.get(x, str(x)) for x in chan) + "]"
+def _named(names: Mapping[int, str] | None, x: Any) -> str:
+    return names.get(x, str(x)) if names is not None and isinstance(x, int) else str(x)
 
 
-def fmt_state(s: State | Mapping[str, Any],
-              prev: State | Mapping[str, Any] | None = None) -> str:
-    """One line, fields changed since ``prev`` marked with ``*``."""
-    d = state_dict(s) if isinstance(s, State) else dict(s)
-    prev = None if prev is None else (state_dict(prev) if isinstance(prev, State) else prev)
-    """One line: machine states first, then flags; fields changed since ``prev`` get a *."""
+def fmt_state(s: Any, prev: Any = None,
+              value_names: Mapping[str, Mapping[int, str]] | None = None) -> str:
+    """One line: the record's fields in order; fields changed since ``prev`` get a ``*``;
+    integer codes named by ``value_names`` (a schema's)."""
+    d = dict(s) if isinstance(s, Mapping) else state_dict(s)
+    if prev is not None and not isinstance(prev, Mapping):
+        prev = state_dict(prev)
+    names_of = value_names or {}
     parts: list[str] = []
     for k, v in d.items():
-        if k == "chan":
-            text = fmt_chan(v)
+        names = names_of.get(k)
+        if isinstance(v, list | tuple):
+            text = "[" + ", ".join(_named(names, x) for x in v) + "]"
+        elif names is not None and not isinstance(v, bool):
+            text = _named(names, v)
         elif isinstance(v, bool):
             text = "T" if v else "F"
         else:
@@ -73,10 +78,12 @@ def fmt_state(s: State | Mapping[str, Any],
     return " ".join(parts)
 
 
-def format_counterexample(cex: Mapping[str, Any]) -> str:
+def format_counterexample(cex: Mapping[str, Any],
+                          value_names: Mapping[str, Mapping[int, str]] | None = None) -> str:
+    """A counterexample as numbered lines (``value_names``: a schema's, for int codes)."""
     lines = [f"{cex['property']} violated ({cex['kind']}): {cex.get('summary', '')}".rstrip()]
     prev = cex["initial"]
-    lines.append(f"  {0:3}  {'initial':34} {fmt_state(prev)}")
+    lines.append(f"  {0:3}  {'initial':34} {fmt_state(prev, None, value_names)}")
     cycle_start = cex.get("cycle_start")
     for i, st in enumerate(cex["steps"], start=1):
         if cycle_start is not None and i - 1 == cycle_start:
@@ -84,7 +91,7 @@ def format_counterexample(cex: Mapping[str, Any]) -> str:
         args = ", ".join(f"{k}={v}" for k, v in st["params"].items())
         calls = f" [{', '.join(st['calls'])}()]" if st["calls"] else ""
         what = f"{st['actor']}: {st['trigger']}({args}){calls}"
-        lines.append(f"  {i:3}  {what:34} {fmt_state(st['state'], prev)}")
+        lines.append(f"  {i:3}  {what:34} {fmt_state(st['state'], prev, value_names)}")
         prev = st["state"]
     if cycle_start is not None and cycle_start == len(cex["steps"]):
         lines.append("       -- then stutters forever: no fair thread can move --")
@@ -105,7 +112,7 @@ def replay(spec: Spec, cex: Mapping[str, Any],
     assert state_dict(s) == dict(cex["initial"]), "initial state differs"
     states = [s]
     for i, st in enumerate(cex["steps"], start=1):
-        want = state_from_dict(st["state"])
+        want = state_from_dict(st["state"], spec.schema.record)
         found = [
             nxt for t, params, nxt in spec.successors(s, param_domain)
             if t.trigger == st["trigger"] and t.source == st["source"]

@@ -1,12 +1,16 @@
-"""autoconverge.spec: the throttle thread's lifecycle, declared once, with its properties.
+"""autoconverge.spec: the lifecycles, each declared once, with their properties.
 
-``SPEC`` is the shipped specification; ``variants.VARIANTS`` are deliberately broken copies.
-Which transitions are weakly fair is declared with the lifecycle (``FAIRNESS_GROUPS``, read
-per transition as :attr:`Transition.fairness`).
+``SPEC`` is the throttle thread's specification (:mod:`.lifecycle`, :mod:`.properties`);
+``variants.VARIANTS`` are deliberately broken copies. The migration's specification is
+:mod:`.migration` (``MIGRATION_SPEC``, its zoo in :mod:`.migration_variants`); :mod:`.specs`
+names both for the tools that check either. Which transitions are weakly fair is declared
+with each lifecycle (its schema's fairness groups, read per transition as
+:attr:`Transition.fairness`); the vocabulary both share is :mod:`.core`.
 """
 
 from __future__ import annotations
 
+from .core import FairnessGroup, MachineDecl, Schema, Spec, Transition
 from .lifecycle import (
     ABORT_PERCENT,
     CMD_ABORT,
@@ -18,21 +22,20 @@ from .lifecycle import (
     INITIAL,
     MAX_PERCENT,
     MIN_PERCENT,
+    THROTTLE_SCHEMA,
     USER_CALL_GROUP,
     WEAK_FAIRNESS,
     WORKER_STATES,
-    FairnessGroup,
-    Spec,
     State,
-    Transition,
     declared_transitions,
     terminal,
 )
 from .properties import FAIRNESS, PROPERTIES, Property
 
 SPEC = Spec(
-    name="autoconverge",
+    name="throttle",
     transitions=declared_transitions(),
+    schema=THROTTLE_SCHEMA,
     properties=PROPERTIES,
     description="The vCPU throttle thread: controller x worker x clock x queue x vCPUs.",
 )
@@ -51,11 +54,14 @@ __all__ = [
     "MIN_PERCENT",
     "PROPERTIES",
     "SPEC",
+    "THROTTLE_SCHEMA",
     "USER_CALL_GROUP",
     "WEAK_FAIRNESS",
     "WORKER_STATES",
     "FairnessGroup",
+    "MachineDecl",
     "Property",
+    "Schema",
     "Spec",
     "State",
     "Transition",

@@ -41,12 +41,19 @@ the machines it builds (:meth:`Spec.relation`). Guards and effects use only
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal
 
-from transitions import Machine
-
+from .core import (
+    EffectCallback,
+    FairnessGroup,
+    GuardCondition,
+    MachineDecl,
+    Schema,
+    Spec,
+    SpecModel,
+    Transition,
+)
 from .expr import (
     And,
     Not,
@@ -175,30 +182,6 @@ USER_CALL_TRIGGERS: tuple[str, ...] = (CALL_SET, CALL_ABORT, CALL_SHUTDOWN, CALL
 # --- fairness -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FairnessGroup:
-    """Transitions a scheduler treats as one: weakly fair together, or (user calls) not at all.
-
-    A transition belongs to the first group of :data:`FAIRNESS_GROUPS` whose ``actor`` is its
-    actor and whose ``triggers`` include its trigger (empty ``triggers``: every transition of
-    the actor), so a bug-zoo variant's added transitions fall into their thread's group.
-    """
-
-    name: str
-    """The group's identifier in every checker (fairness bits, Z3 group codes, reports)."""
-    statement: str
-    """One line: what the group is and its fairness."""
-    formula: str
-    """The assumption in the properties' notation, e.g. ``WF(worker)``."""
-    actor: Actor
-    triggers: tuple[str, ...] = ()
-    weak: bool = True
-    """Weakly fair: if the group stays enabled, one of its transitions is eventually taken."""
-
-    def covers(self, actor: str, trigger: str) -> bool:
-        return actor == self.actor and (not self.triggers or trigger in self.triggers)
-
-
 WORKER_GROUP = FairnessGroup("worker", "worker thread (weakly fair)", "WF(worker)", "worker")
 """The worker thread, when it can move, eventually moves (an OS scheduler)."""
 CLOCK_GROUP = FairnessGroup("clock", "clock (weakly fair)", "WF(clock)", "clock")
@@ -235,10 +218,6 @@ worker that, say, prefers its timer forever over a queued shutdown. In this orde
 number the groups by it (the explorer's fairness bits, the Z3 ranking proofs' group codes)."""
 FAIRNESS_GROUPS: tuple[FairnessGroup, ...] = (*WEAK_FAIRNESS, USER_CALL_GROUP, TIMEOUT_GROUP)
 """Every group, the weakly fair ones first."""
-
-
-def _declared_group(actor: str, trigger: str) -> FairnessGroup | None:
-    return next((g for g in FAIRNESS_GROUPS if g.covers(actor, trigger)), None)
 
 
 # --- the state record -----------------------------------------------------------------------
@@ -369,91 +348,6 @@ def lock_free(s: State) -> Value:
 
 
 # --- declarations ----------------------------------------------------------------------------
-
-Guard = Callable[..., Value]
-Effect = Callable[..., Mapping[str, Value]]
-
-
-def _true(s: State, **_: Value) -> Value:
-    return True
-
-
-def _nothing(s: State, **_: Value) -> Mapping[str, Value]:
-    return {}
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One declared transition: a trigger from ``source`` to ``dest`` of one machine.
-
-    ``guard(state, **params)`` and ``effect(state, **params)`` (updates to the record's
-    non-machine-state fields) use only :mod:`expr`. ``calls`` is the vCPU call the transition
-    starts (at most one): the step sets ``call`` to it (derived here, never written by an
-    effect) and the call ends in a later, separate step (``call_return``, or a fault), so other
-    threads can move while it is in progress. ``params`` name the trigger's arguments (their
-    finite domains are a checker's choice, e.g. the explorer config).
-    """
-
-    trigger: str
-    source: str
-    dest: str
-    actor: Actor
-    guard: Guard = _true
-    effect: Effect = _nothing
-    calls: tuple[Call, ...] = ()
-    params: tuple[str, ...] = ()
-    doc: str = ""
-
-    @property
-    def machine(self) -> Literal["worker", "controller"]:
-        return "controller" if self.actor == "controller" else "worker"
-
-    @property
-    def user_call(self) -> bool:
-        """Started by a user (an API call), as opposed to a thread's own step."""
-        return _declared_group(self.actor, self.trigger) is USER_CALL_GROUP
-
-    @property
-    def fairness_group(self) -> FairnessGroup:
-        """Its group of :data:`FAIRNESS_GROUPS`; a transition no group declares is scheduled
-        like a user call (no fairness)."""
-        return _declared_group(self.actor, self.trigger) or USER_CALL_GROUP
-
-    @property
-    def fairness(self) -> str | None:
-        """The name of its weakly fair group; None for user calls (no fairness)."""
-        group = self.fairness_group
-        return group.name if group.weak else None
-
-    @property
-    def is_fault(self) -> bool:
-        """A failing vCPU call (:data:`FAULT_TRIGGERS`). Not progress (a state that can only
-        move by failing is stuck) and left out of a bound without faults."""
-        return self.trigger in FAULT_TRIGGERS
-
-    @property
-    def label(self) -> str:
-        return f"{self.trigger}@{self.source}"
-
-    def enabled(self, s: State, **params: Value) -> Value:
-        """Guard plus 'the owning machine is in the source state'."""
-        st = s.c if self.machine == "controller" else s.w
-        return And(is_state(st, self.source), self.guard(s, **params))
-
-    def updates(self, s: State, **params: Value) -> dict[str, Value]:
-        """The step's changes to the record's non-machine fields: the declared effect, plus
-        ``call`` set to the vCPU call the transition starts (derived from ``calls``)."""
-        updates = dict(self.effect(s, **params))
-        if self.calls:
-            updates["call"] = CALL_CODES[self.calls[-1]]
-        return updates
-
-    def apply(self, s: State, **params: Value) -> State:
-        """The successor state (the guard is not checked here)."""
-        updates = self.updates(s, **params)
-        updates["c" if self.machine == "controller" else "w"] = self.dest
-        return s.replace(**updates)
-
 
 def _pop(s: State) -> Value:
     return chan_tail(s.chan)
@@ -738,179 +632,6 @@ def _controller_transitions() -> list[Transition]:
     return ts
 
 
-# --- machines built from the declaration --------------------------------------------------
-
-
-class SpecModel(Protocol):
-    """What a model bound to a spec machine provides to the spec's callbacks."""
-
-    def spec_view(self) -> State:
-        """The current global state as the model sees it (concrete values)."""
-        ...
-
-    def apply_updates(self, updates: Mapping[str, Value]) -> None:
-        """Store the effect's updates of the model's own variables."""
-        ...
-
-
-class GuardCondition:
-    """A ``transitions`` condition that evaluates a spec transition's guard."""
-
-    def __init__(self, transition: Transition) -> None:
-        self.transition = transition
-
-    def __call__(self, event: Any) -> bool:
-        model: SpecModel = event.model
-        return bool(self.transition.guard(model.spec_view(), **event.kwargs))
-
-
-class EffectCallback:
-    """``after`` callback: store the transition's effect (computed on the pre-state)."""
-
-    def __init__(self, transition: Transition) -> None:
-        self.transition = transition
-
-    def __call__(self, event: Any) -> None:
-        # effects read only the record's non-machine fields, which the state change in
-        # between did not touch: the model's view here equals the pre-state for them
-        event.model.apply_updates(
-            self.transition.updates(event.model.spec_view(), **event.kwargs)
-        )
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A lifecycle specification: the declaration plus its named properties.
-
-    :data:`SPEC` is the shipped one; bug-zoo variants (:mod:`variants`) are copies with a
-    few transitions or properties overridden.
-    """
-
-    name: str
-    transitions: tuple[Transition, ...]
-    initial: State = INITIAL
-    properties: tuple[Any, ...] = ()
-    description: str = ""
-    _machines: dict[str, Machine] = field(default_factory=dict, compare=False, repr=False)
-
-    # building ------------------------------------------------------------------------------
-    def machine(self, which: Literal["worker", "controller"], **kwargs: Any) -> Machine:
-        """The ``transitions`` machine for one actor (built once, shared by many models)."""
-        if which in self._machines and not kwargs:
-            return self._machines[which]
-        states = WORKER_STATES if which == "worker" else CONTROLLER_STATES
-        initial = self.initial.w if which == "worker" else self.initial.c
-        declared = [
-            {
-                "trigger": t.trigger,
-                "source": t.source,
-                "dest": t.dest,
-                "conditions": [GuardCondition(t)],
-                "after": [EffectCallback(t)],
-            }
-            for t in self.transitions
-            if t.machine == which
-        ]
-        m = Machine(
-            model=None,
-            states=list(states),
-            transitions=declared,
-            initial=initial,
-            auto_transitions=False,
-            send_event=True,
-            ignore_invalid_triggers=False,
-            **kwargs,
-        )
-        if not kwargs:
-            self._machines[which] = m
-        return m
-
-    def relation(self) -> tuple[Transition, ...]:
-        """The transition relation, introspected from the machines' ``events``.
-
-        This is what every consumer (explorer, encoders, generators, the implementation's
-        trigger checks) iterates: the ``transitions`` machines are the single source.
-        """
-        out: list[Transition] = []
-        for which in ("worker", "controller"):
-            for event in self.machine(which).events.values():
-                for transitions in event.transitions.values():
-                    for tr in transitions:
-                        guard = tr.conditions[0].func
-                        assert isinstance(guard, GuardCondition)
-                        t = guard.transition
-                        assert (t.trigger, t.source, t.dest) == (event.name, tr.source, tr.dest)
-                        out.append(t)
-        return tuple(out)
-
-    def triggers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t.trigger for t in self.relation()))
-
-    def find(self, trigger: str, source: str) -> Transition:
-        for t in self.relation():
-            if t.trigger == trigger and t.source == source:
-                return t
-        raise KeyError(f"no transition {trigger!r} from {source!r} in spec {self.name!r}")
-
-    def property(self, name: str) -> Any:
-        for p in self.properties:
-            if p.name == name:
-                return p
-        raise KeyError(f"no property {name!r} in spec {self.name!r}")
-
-    # deriving variants ---------------------------------------------------------------------
-    def with_transitions(
-        self,
-        *,
-        replace: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
-        add: tuple[Transition, ...] = (),
-        remove: tuple[tuple[str, str], ...] = (),
-        name: str | None = None,
-        description: str | None = None,
-    ) -> Spec:
-        """A copy with transitions (keyed by (trigger, source)) replaced, added or removed."""
-        replace = dict(replace or {})
-        new: list[Transition] = []
-        for t in self.transitions:
-            key = (t.trigger, t.source)
-            if key in remove:
-                continue
-            if key in replace:
-                t = dataclasses.replace(t, **replace.pop(key))
-            new.append(t)
-        if replace:
-            raise KeyError(f"no transitions to replace: {sorted(replace)}")
-        return Spec(
-            name=name or self.name,
-            transitions=(*new, *add),
-            initial=self.initial,
-            properties=self.properties,
-            description=description if description is not None else self.description,
-        )
-
-    # convenience for checkers ----------------------------------------------------------------
-    def successors(
-        self, s: State, param_domain: Mapping[str, tuple[int, ...]]
-    ) -> Iterator[tuple[Transition, Mapping[str, int], State]]:
-        """Concrete successors: every enabled (transition, params) and the next state."""
-        for t in self.relation():
-            for params in _param_combinations(t.params, param_domain):
-                if t.enabled(s, **params):
-                    yield t, params, t.apply(s, **params)
-
-
-def _param_combinations(
-    names: tuple[str, ...], domain: Mapping[str, tuple[int, ...]]
-) -> Iterator[dict[str, int]]:
-    if not names:
-        yield {}
-        return
-    head, *rest = names
-    for v in domain[head]:
-        for more in _param_combinations(tuple(rest), domain):
-            yield {head: v, **more}
-
-
 def declared_transitions() -> tuple[Transition, ...]:
     return (*_worker_transitions(), *_controller_transitions())
 
@@ -918,3 +639,32 @@ def declared_transitions() -> tuple[Transition, ...]:
 def terminal(s: State) -> Value:
     """The only legitimate end: the worker exited and the controller returned."""
     return And(is_state(s.w, EXIT), is_state(s.c, DONE), no_call(s))
+
+
+THROTTLE_SCHEMA = Schema(
+    name="throttle",
+    record=State,
+    initial=INITIAL,
+    machines=(
+        MachineDecl("worker", "w", WORKER_STATES, (EXIT,)),
+        MachineDecl("controller", "c", CONTROLLER_STATES, (DONE,)),
+    ),
+    actors={"worker": "worker", "clock": "worker", "vcpu": "worker",
+            "controller": "controller"},
+    fairness_groups=FAIRNESS_GROUPS,
+    terminal=terminal,
+    fault_triggers=FAULT_TRIGGERS,
+    param_domains=param_domains,
+    call_codes=CALL_CODES,
+    call_var="call",
+    channel_var="chan",
+    value_names={"chan": COMMAND_NAMES},
+)
+"""The throttle lifecycle's schema: the record, the worker and controller machines (clock
+and vCPU steps are declared on the worker machine), fairness, faults, parameters."""
+
+
+__all__ = [  # the shared vocabulary, re-exported for the throttle's readers
+    "EffectCallback", "FairnessGroup", "GuardCondition", "MachineDecl", "Schema", "Spec",
+    "SpecModel", "Transition",
+]

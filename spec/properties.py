@@ -15,10 +15,7 @@ Kinds (what a checker must do with the predicate):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
-
+from .core import Property, fairness_formula
 from .expr import And, Eq, Implies, Not, Or, Value, chan_empty, chan_head, in_states, is_state
 from .lifecycle import (
     ABORT_DONE,
@@ -46,7 +43,6 @@ from .lifecycle import (
     STALLED,
     THROTTLING,
     WAITING,
-    WEAK_FAIRNESS,
     State,
     Transition,
     is_valid_command,
@@ -54,27 +50,8 @@ from .lifecycle import (
     throttling,
 )
 
-Kind = Literal["invariant", "step", "deadlock", "leadsto"]
-
-FAIRNESS = "; ".join((
-    " /\\ ".join(g.formula for g in WEAK_FAIRNESS),
-    *(g.formula for g in FAIRNESS_GROUPS if not g.weak),
-))
+FAIRNESS = fairness_formula(FAIRNESS_GROUPS)
 """The leads-to properties' fairness assumption, printed from :data:`FAIRNESS_GROUPS`."""
-
-
-@dataclass(frozen=True)
-class Property:
-    name: str
-    statement: str
-    kind: Kind
-    formula: str
-    invariant: Callable[[State], Value] | None = None
-    step: Callable[[State, Transition, State], Value] | None = None
-    leads_from: Callable[[State], Value] | None = None
-    leads_to: Callable[[State], Value] | None = None
-    fairness: str = ""
-    notes: str = ""
 
 
 def _worker_step(t: Transition) -> bool:

@@ -11,7 +11,7 @@ from autoconverge.model.config import ExplorerConfig, load_config
 from autoconverge.model.explorer import ExplorationResult, PropertyResult, explore
 from autoconverge.model.fairness import tarjan_scc
 from autoconverge.model.trace import replay
-from autoconverge.spec import SPEC, Spec, State, Transition
+from autoconverge.spec import SPEC, THROTTLE_SCHEMA, Spec, State, Transition
 from autoconverge.spec.expr import Not, is_state
 from autoconverge.spec.lifecycle import param_domains
 from autoconverge.spec.properties import Property
@@ -137,7 +137,7 @@ def _toy_clock(quit_guard: Any = None) -> Spec:
                       effect=lambda s: {"polled": Not(s.polled)})
     quit_ = Transition("quit", "waiting", "exit", "clock",
                        guard=quit_guard or (lambda s: True))
-    return Spec("toy", (spin, quit_), properties=(_QUITS,))
+    return Spec("toy", (spin, quit_), schema=THROTTLE_SCHEMA, properties=(_QUITS,))
 
 
 def _toy_user() -> Spec:
@@ -145,7 +145,7 @@ def _toy_user() -> Spec:
     call = Transition("call_quit", "idle", "done", "controller",
                       effect=lambda s: {"resp": True})
     leave = Transition("leave", "waiting", "exit", "worker", guard=lambda s: s.resp)
-    return Spec("toy", (call, leave), properties=(_QUITS,))
+    return Spec("toy", (call, leave), schema=THROTTLE_SCHEMA, properties=(_QUITS,))
 
 
 def _toy_cfg() -> ExplorerConfig:

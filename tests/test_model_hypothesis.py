@@ -68,7 +68,7 @@ def test_fair_schedule_returns_within_bound_on_the_spec(
         expired=expired, chan=(*queued, last), requested=50, holder=1)
     m.fair_schedule(data)  # raises PropertyViolation if the call does not return in time
     assert m.state.c == "done" and m.state.w == "exit"
-    assert m.steps <= fair_bound(SPEC.initial.replace(chan=(*queued, last)))
+    assert m.steps <= fair_bound(SPEC, SPEC.initial.replace(chan=(*queued, last)))
 
 
 def _sleep_bug_caught_by(spec: Spec) -> PropertyViolation:
