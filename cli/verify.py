@@ -1,12 +1,13 @@
-"""``autoconverge verify`` and ``autoconverge diagram``: every check on the spec, one table.
+"""``autoconverge verify`` and ``autoconverge diagram``: every check on the specs, one table.
 
-``verify`` runs, on the shipped spec or one bug-zoo variant:
+``verify`` runs, on both shipped specs (the throttle thread's and the migration's; ``--spec``
+selects one) or on one bug-zoo variant of either:
 
 1. declaration checks (every state reachable, every transition enabled somewhere, no
    overlapping guards, exit the only state without a way out) - ``autoconverge.model``;
 2. the explicit-state explorer (every property, bounded, under the spec's fairness);
-3. the Z3 proofs (unbounded), the timing arithmetic proof and vacuity checks -
-   ``autoconverge.proofs``;
+3. the Z3 proofs (unbounded), the timing arithmetic proof (the throttle's) and vacuity
+   checks - ``autoconverge.proofs``;
 4. with ``--cross-check``: SPIN and TLC on code generated from the same spec.
 
 A property holds only if every method that checked it says so. Exit 0: all hold; 1: a
@@ -24,19 +25,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from autoconverge.spec import FAIRNESS_GROUPS, SPEC, FairnessGroup, Spec
+from autoconverge.spec import SPEC, FairnessGroup, Spec
 from autoconverge.spec.diagram import DiagramError, diagram
-from autoconverge.spec.variants import VARIANTS, variant
+from autoconverge.spec.specs import SPECS, Variant, all_variants, variant
 
 from .arguments import input_file, output_file
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("verify", help="check every property of the spec (or of a variant)")
+    p = sub.add_parser("verify", help="check every property of both specs (or of a variant)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--variant", metavar="NAME", help="check a bug-zoo variant instead")
-    p.add_argument("--list-variants", action="store_true", help="list the bug-zoo variants")
+    p.add_argument("--spec", choices=tuple(SPECS), metavar="|".join(SPECS),
+                   help="check one spec only (default: both)")
+    p.add_argument("--variant", metavar="NAME",
+                   help="check a bug-zoo variant (of either spec) instead")
+    p.add_argument("--list-variants", action="store_true",
+                   help="list the bug-zoo variants of both specs")
     p.add_argument("--cross-check", action="store_true", help="also run SPIN and TLC")
     p.add_argument("--no-proofs", action="store_true", help="skip the Z3 proofs")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -45,6 +50,8 @@ def register(sub: Any) -> None:
     r = sub.add_parser("report", help="write the Markdown proof report for reviewers")
     r.add_argument("--output", "-o", metavar="FILE", default="-", type=output_file(),
                    help="where to write it (default: stdout)")
+    r.add_argument("--spec", choices=tuple(SPECS), metavar="|".join(SPECS),
+                   help="report on one spec only (default: both)")
     r.add_argument("--variant", metavar="NAME", help="report on a bug-zoo variant")
     r.add_argument("--cross-check", action="store_true", help="include SPIN and TLC")
     r.add_argument("--traceability", action="store_true",
@@ -56,7 +63,11 @@ def register(sub: Any) -> None:
 
     d = sub.add_parser("diagram", help="the state diagram generated from the spec")
     d.add_argument("--format", choices=("mermaid", "svg"), default="mermaid")
-    d.add_argument("--machine", choices=("worker", "controller"), default="worker")
+    d.add_argument("--spec", choices=tuple(SPECS), default="throttle", metavar="|".join(SPECS),
+                   help="whose machine (default: throttle)")
+    d.add_argument("--machine", default=None, metavar="NAME",
+                   help="the machine: worker|controller (throttle, default worker), "
+                        "source|destination (migration, default source)")
     d.add_argument("--output", "-o", metavar="FILE", type=output_file(),
                    help="write to FILE instead of stdout")
     d.set_defaults(func=cmd_diagram)
@@ -82,14 +93,20 @@ def _require_checkers() -> None:
                          + "; ".join(missing))
 
 
-def _selected_spec(args: argparse.Namespace) -> tuple[Spec, str | None, tuple[int, ...]]:
+def _selected_specs(args: argparse.Namespace
+                    ) -> list[tuple[Spec, str | None, tuple[int, ...]]]:
+    """(spec, variant name, probe percents) for each spec to check."""
     if args.variant is None:
-        return SPEC, None, ()
+        names = [args.spec] if getattr(args, "spec", None) else list(SPECS)
+        return [(SPECS[n], None, ()) for n in names]
     try:
-        v = variant(args.variant)
+        shipped, v = variant(args.variant)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
-    return v.build(SPEC), v.name, v.probe_percents
+    if getattr(args, "spec", None) and args.spec != shipped.family:
+        raise UsageError(f"variant {v.name!r} is a variant of the {shipped.family} spec, "
+                         f"not of {args.spec}")
+    return [(v.build(shipped), v.name, v.probe_percents)]
 
 
 def run_verify(spec: Spec, *, variant_name: str | None = None,
@@ -97,12 +114,15 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
                cross_check: bool = False,
                progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Run every available check; return the JSON-ready report."""
+    from autoconverge.model.config import default_section
     from autoconverge.model.explorer import explore, load_config
     from autoconverge.proofs.declaration import check_declaration
 
-    report: dict[str, Any] = {"spec": spec.name, "variant": variant_name}
+    family = spec.family
+    report: dict[str, Any] = {"spec": family, "variant": variant_name}
     rows: dict[str, dict[str, Any]] = {
         p.name: {
+            "spec": family,
             "name": p.name, "kind": p.kind, "statement": p.statement, "formula": p.formula,
             "fairness": p.fairness or None, "holds": True, "methods": [],
         }
@@ -110,19 +130,19 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
     }
 
     def merge(name: str, method: str, holds: bool, evidence: dict[str, Any]) -> None:
-        row = rows.setdefault(name, {"name": name, "kind": "other", "holds": True,
-                                     "methods": []})
+        row = rows.setdefault(name, {"spec": family, "name": name, "kind": "other",
+                                     "holds": True, "methods": []})
         row[method] = evidence
         row["methods"].append(method)
         row["holds"] = bool(row["holds"] and holds)
 
-    config = load_config(probe_percents=probe_percents)
-    progress("declaration checks")
+    config = load_config(section=default_section(spec), probe_percents=probe_percents)
+    progress(f"{family}: declaration checks")
     declaration = check_declaration(spec, config)
     report["declaration"] = [c.as_dict() for c in declaration]
     checks_ok = all(c.holds for c in declaration)
 
-    progress("explicit-state exploration")
+    progress(f"{family}: explicit-state exploration")
     result = explore(spec, config)
     report["explorer"] = result.stats.as_dict()
     for prop in result.properties:
@@ -138,22 +158,24 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
             z3_search_limits,
         )
 
-        progress("Z3 proofs (unbounded)")
+        progress(f"{family}: Z3 proofs (unbounded)")
         for proof in prove_all(spec, explored=result):
             merge(proof.name, "proof", proof.holds, proof.as_dict())
         report["z3_search"] = z3_search_limits()
-        progress("Z3 timing arithmetic")
-        timing = prove_timing()
-        report["timing"] = timing.as_dict()
-        progress("vacuity checks")
+        if family == SPEC.family:  # the throttle's timeslice arithmetic
+            progress(f"{family}: Z3 timing arithmetic")
+            timing = prove_timing()
+            report["timing"] = timing.as_dict()
+            checks_ok = checks_ok and timing.holds
+        progress(f"{family}: vacuity checks")
         vacuity = check_vacuity(spec)
         report["vacuity"] = [v.as_dict() for v in vacuity]
-        checks_ok = checks_ok and timing.holds and all(v.holds for v in vacuity)
+        checks_ok = checks_ok and all(v.holds for v in vacuity)
 
     if cross_check:
         from autoconverge.proofs.crosscheck import cross_check as run_cross_check
 
-        progress("SPIN and TLC")
+        progress(f"{family}: SPIN and TLC")
         cc = run_cross_check(spec, variant=variant_name)
         for agreement in cc.properties:
             evidence = agreement.as_dict()
@@ -184,20 +206,21 @@ def _group_what(g: FairnessGroup) -> str:
     return re.sub(r"\s*\([^()]*\)$", "", g.statement)
 
 
-def scope_text(width: int = 96) -> str:
-    """What the verdicts cover: the bounds, and the fairness assumption, printed from
-    :data:`autoconverge.spec.FAIRNESS_GROUPS` (never restated here)."""
-    weak = "; ".join(_group_what(g) for g in FAIRNESS_GROUPS if g.weak)
-    unfair = " or on ".join(_group_what(g) for g in FAIRNESS_GROUPS if not g.weak)
-    text = ("scope: explorer/SPIN/TLC are exhaustive up to the bounds of model/explorer.toml; "
-            "Z3 proofs are unbounded; liveness assumes weak fairness per thread "
-            f"({weak}), and none on {unfair}; time is abstracted by the clock's expire event, "
-            "the vCPUs are all-or-nothing (autoconverge report).")
-    return textwrap.fill(text, width=width, subsequent_indent=" " * len("scope: "),
-                         break_on_hyphens=False)
+def scope_text(width: int = 96, spec: Spec = SPEC) -> str:
+    """What the verdicts on ``spec`` cover: the bounds, the fairness assumption (printed from
+    the spec's fairness groups, never restated here) and what the model abstracts."""
+    groups = spec.fairness_groups
+    weak = "; ".join(_group_what(g) for g in groups if g.weak)
+    unfair = " or on ".join(_group_what(g) for g in groups if not g.weak)
+    text = (f"scope ({spec.family}): explorer/SPIN/TLC are exhaustive up to the bounds of "
+            "model/explorer.toml; Z3 proofs are unbounded; liveness assumes weak fairness per "
+            f"thread ({weak}), and none on {unfair}; {spec.schema.abstracts} "
+            "(autoconverge report).")
+    return textwrap.fill(text, width=width, subsequent_indent="  ", break_on_hyphens=False)
 
 
-def _table(report: dict[str, Any]) -> str:
+def _table(report: dict[str, Any], final: bool = True) -> str:
+    """One spec's report as text (``final``: with the closing verdict line)."""
     cols = ["explorer", "proof", "spin", "tlc"]
     present = [c for c in cols if any(c in r for r in report["properties"])]
     head = f"{'property':30} {'kind':9} {'holds':6} " + " ".join(f"{c:9}" for c in present)
@@ -237,39 +260,71 @@ def _table(report: dict[str, Any]) -> str:
                 lines.append(f"\ncounterexample for {r['name']} ({by}):")
                 lines.append(cex if isinstance(cex, str) else json.dumps(cex, indent=1))
                 break
-    lines.append("\n" + scope_text())
-    lines.append(f"\n{'ALL PROPERTIES HOLD' if report['ok'] else 'VIOLATIONS FOUND'}"
-                 + (f" (variant {report['variant']})" if report.get("variant") else ""))
+    lines.append("\n" + scope_text(spec=SPECS.get(report.get("spec") or "", SPEC)))
+    if final:
+        lines.append(_verdict(report))
     return "\n".join(lines)
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    return (f"\n{'ALL PROPERTIES HOLD' if report['ok'] else 'VIOLATIONS FOUND'}"
+            + (f" (variant {report['variant']})" if report.get("variant") else ""))
+
+
+def combine(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One JSON object for several specs: every property (each names its ``spec``), each
+    spec's own evidence under ``specs``, ``ok`` only if every spec's is."""
+    if len(reports) == 1:
+        return reports[0]
+    return {
+        "spec": "+".join(r["spec"] for r in reports),
+        "variant": None,
+        "specs": {r["spec"]: {k: v for k, v in r.items() if k != "properties"}
+                  for r in reports},
+        "properties": [p for r in reports for p in r["properties"]],
+        "ok": all(r["ok"] for r in reports),
+    }
+
+
+def _text(reports: list[dict[str, Any]]) -> str:
+    if len(reports) == 1:
+        return _table(reports[0])
+    parts = [f"== {r['spec']} ==\n" + _table(r, final=False) for r in reports]
+    return "\n\n".join(parts) + _verdict(combine(reports))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.list_variants:
+        listed: list[tuple[str, Variant]] = [
+            (family, v) for family, v in all_variants() if args.spec in (None, family)]
         if args.json:
-            print(json.dumps([{"name": v.name, "description": v.description,
+            print(json.dumps([{"spec": family, "name": v.name, "description": v.description,
                                "violates": list(v.violates), "max_trace": v.max_trace}
-                              for v in VARIANTS], indent=2))
+                              for family, v in listed], indent=2))
         else:
-            for v in VARIANTS:
-                print(f"{v.name:30} {v.description}")
+            for family, v in listed:
+                print(f"{family:10} {v.name:34} {v.description}")
         return EXIT_OK
-    spec, name, probes = _selected_spec(args)
+    selected = _selected_specs(args)
     if args.cross_check:
         _require_checkers()
-    report = run_verify(spec, variant_name=name, probe_percents=probes,
-                        proofs=not args.no_proofs, cross_check=args.cross_check,
-                        progress=_Progress(args.quiet))
+    progress = _Progress(args.quiet)
+    reports = [run_verify(spec, variant_name=name, probe_percents=probes,
+                          proofs=not args.no_proofs, cross_check=args.cross_check,
+                          progress=progress)
+               for spec, name, probes in selected]
+    report = combine(reports)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        print(_table(report))
+        print(_text(reports))
     return EXIT_OK if report["ok"] else EXIT_VIOLATED
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from autoconverge.proofs.report import proof_report, traceability_table
 
-    spec, name, probes = _selected_spec(args)
+    selected = _selected_specs(args)
     if args.cross_check:
         _require_checkers()
     if args.readme:
@@ -277,16 +332,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         from autoconverge.proofs.report import sync_readme
 
-        stale = sync_readme(spec, Path(args.readme), write=True)
+        stale = sync_readme([s for s, _, _ in selected], Path(args.readme), write=True)
         print(f"{args.readme}: refreshed {', '.join(stale) or 'nothing (up to date)'}",
               file=sys.stderr)
         return EXIT_OK
     if args.traceability:
-        text = traceability_table(spec) + "\n"
+        text = traceability_table([s for s, _, _ in selected]) + "\n"
     else:
-        report = run_verify(spec, variant_name=name, probe_percents=probes,
-                            cross_check=args.cross_check, progress=_Progress(args.quiet))
-        text = proof_report(spec, report)
+        progress = _Progress(args.quiet)
+        text = "\n".join(
+            proof_report(spec, run_verify(spec, variant_name=name, probe_percents=probes,
+                                          cross_check=args.cross_check, progress=progress))
+            for spec, name, probes in selected)
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -297,8 +354,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
+    spec = SPECS[args.spec]
+    machines = [m.name for m in spec.schema.machines]
+    machine = args.machine or machines[0]
+    if machine not in machines:
+        raise UsageError(f"--machine: the {spec.family} spec has no machine {machine!r}; "
+                         f"its machines: {', '.join(machines)}")
     try:
-        out = diagram(SPEC, args.machine, args.format)
+        out = diagram(spec, machine, args.format)
     except DiagramError as exc:
         raise UsageError(str(exc)) from None
     if args.output:

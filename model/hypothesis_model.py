@@ -44,7 +44,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from autoconverge.spec import Property, Spec, State, Transition
 from autoconverge.spec.specs import probe_percents
@@ -80,6 +86,8 @@ class AbstractModelMachine(RuleBasedStateMachine):
     relation: ClassVar[tuple[Transition, ...]]
     percents: ClassVar[tuple[int, ...]]
     faults: ClassVar[bool]
+    unfair_triggers: ClassVar[frozenset[str]]
+    """Triggers with no weakly fair transition (user calls, timeouts, failures)."""
     _enabled_cache: ClassVar[dict[State, dict[str, list[BoundTransition]]]]
 
     def __init__(self) -> None:
@@ -87,6 +95,21 @@ class AbstractModelMachine(RuleBasedStateMachine):
         self.state: State = self.spec.initial
         self.trace: list[str] = [fmt_state(self.state, None, self.spec.schema.value_names)]
         self.steps = 0
+        self.swarm: frozenset[str] = self.unfair_triggers
+
+    @initialize(data=st.data())
+    def choose_swarm(self, data: st.DataObject) -> None:
+        """Swarm testing: each run allows a drawn subset of the unfair triggers (user calls,
+        timeouts, failures). A run where, say, only the link may break goes deeper than one
+        where every interruption competes (the migration's commit window); every subset,
+        all of them included, is possible."""
+        if self.unfair_triggers:
+            self.swarm = frozenset(data.draw(
+                st.sets(st.sampled_from(sorted(self.unfair_triggers)), min_size=1),
+                label="swarm"))
+
+    def allowed(self, trigger: str) -> bool:
+        return trigger not in self.unfair_triggers or trigger in self.swarm
 
     # -- spec evaluation (memoized per state record) ---------------------------------------
     @classmethod
@@ -183,6 +206,24 @@ class AbstractModelMachine(RuleBasedStateMachine):
             raise PropertyViolation(
                 names, f"q did not follow p within {bound} fair steps", self.trace)
 
+    @rule(data=st.data(), n=st.integers(min_value=1, max_value=24))
+    def fair_burst(self, data: st.DataObject, n: int) -> None:
+        """Up to ``n`` steps, mostly of the weakly fair groups (which step each takes is drawn),
+        with an occasional drawn interruption (any enabled step: a user call, a timeout, a
+        failure): runs of progress that reach deep protocol states (a migration's commit)
+        and get interrupted anywhere along them."""
+        for _ in range(n):
+            en = self.enabled(self.state)
+            every = [b for k, bs in en.items() if self.allowed(k) for b in bs]
+            cands = [b for b in every
+                     if b.fairness is not None and not b.transition.is_fault]
+            if every and data.draw(st.integers(0, 7), label="interrupt?") == 0:
+                cands = every
+            if not cands:
+                return
+            by_name = {c.label: c for c in cands}
+            self.fire(by_name[data.draw(st.sampled_from(sorted(by_name)), label="fair")])
+
     # -- invariants ----------------------------------------------------------------------------
     @invariant()
     def spec_invariants(self) -> None:
@@ -224,7 +265,8 @@ def _trigger_rule(trigger: str) -> Any:
     fire.__name__ = trigger
     fire.__qualname__ = trigger
     as_rule = rule(data=st.data())(fire)
-    return precondition(lambda self: trigger in self.enabled(self.state))(as_rule)
+    return precondition(
+        lambda self: self.allowed(trigger) and trigger in self.enabled(self.state))(as_rule)
 
 
 def make_abstract_machine(
@@ -241,6 +283,9 @@ def make_abstract_machine(
     ns: dict[str, Any] = {
         "spec": spec,
         "relation": relation,
+        "unfair_triggers": frozenset(
+            t.trigger for t in relation
+            if not any(u.fairness for u in relation if u.trigger == t.trigger)),
         "percents": tuple(percents),
         "faults": faults,
         "_enabled_cache": {},

@@ -54,6 +54,11 @@ def _named(names: Mapping[int, str] | None, x: Any) -> str:
     return names.get(x, str(x)) if names is not None and isinstance(x, int) else str(x)
 
 
+def fmt_chan(chan: Any, names: Mapping[int, str] | None = None) -> str:
+    """A FIFO's elements, integer codes named by ``names``."""
+    return "[" + ", ".join(_named(names, x) for x in chan) + "]"
+
+
 def fmt_state(s: Any, prev: Any = None,
               value_names: Mapping[str, Mapping[int, str]] | None = None) -> str:
     """One line: the record's fields in order; fields changed since ``prev`` get a ``*``;
@@ -66,7 +71,7 @@ def fmt_state(s: Any, prev: Any = None,
     for k, v in d.items():
         names = names_of.get(k)
         if isinstance(v, list | tuple):
-            text = "[" + ", ".join(_named(names, x) for x in v) + "]"
+            text = fmt_chan(v, names)
         elif names is not None and not isinstance(v, bool):
             text = _named(names, v)
         elif isinstance(v, bool):

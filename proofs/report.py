@@ -1,11 +1,14 @@
 """The reviewers' Markdown proof report and the README's traceability table.
 
-For each property of the spec: its statement, kind, formula and fairness (from
-``spec/properties.py``), the explorer's verdict at its bound, the Z3 obligations with their
+For each property of a spec (the throttle's or the migration's): its statement, kind,
+formula and fairness (from ``spec/properties.py`` or ``spec/migration_properties.py``), the
+explorer's verdict at its bound, the Z3 obligations with their
 verdicts, the SPIN/TLC verdicts when cross-checked, which tests exercise it, and what the
 checks abstract away. Which tests exercise a property is declared by the tests themselves
 with ``@pytest.mark.covers("PropertyName", ...)`` (or a module-level ``pytestmark``), read
-here from the test sources, so the table cannot drift from the suite.
+here from the test sources, so the table cannot drift from the suite. An unqualified name or
+group (``"*"``, a kind) means the throttle spec's; ``"migration:Name"`` / ``"migration:*"``
+name the migration spec's.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from autoconverge.spec import FAIRNESS_GROUPS, Spec
+from autoconverge.spec import Spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFINED_IN = "spec/properties.py"
+DEFINED_IN: dict[str, str] = {"throttle": "spec/properties.py",
+                              "migration": "spec/migration_properties.py"}
+UNQUALIFIED = "throttle"
+"""The spec a ``covers`` argument without a ``family:`` prefix refers to."""
 MODEL_CHECKED_IN = ("model/explorer.py", "proofs/promela.py", "proofs/tla.py")
 PROVED_IN = {
     "invariant": "proofs/z3_safety.py",
@@ -27,7 +33,7 @@ PROVED_IN = {
     "leadsto": "proofs/z3_liveness.py",
 }
 
-ABSTRACTIONS = (
+THROTTLE_ABSTRACTIONS = (
     "Time is abstracted by the clock actor: a phase ends by an `expire` event that weak "
     "fairness makes happen; durations are proved separately (timing arithmetic).",
     "The vCPUs are all-or-nothing (`paused`): a pause()/resume() is a start (the transition) "
@@ -38,8 +44,31 @@ ABSTRACTIONS = (
     "modelled).",
     "The explorer, SPIN and TLC are bounded (user calls, queue capacity, percent domain: "
     "model/explorer.toml); the Z3 proofs are not (all percents, queue lengths, call counts).",
-    "Liveness assumes: " + ", ".join(g.statement for g in FAIRNESS_GROUPS) + ".",
 )
+
+MIGRATION_ABSTRACTIONS = (
+    "Memory is one `dirty` flag: a pass sends what is dirty, the guest may dirty more while "
+    "it runs with the dirty log on, DONE carries the final sync; page contents, passes and "
+    "the policy's convergence estimate are not modelled (`start_handover` may happen at "
+    "any time in pre-copy).",
+    "The channels hold one control message each way plus a trailing ERROR (the protocol is "
+    "lock-step); a broken link loses what is in flight; the destination may die at any "
+    "step; the source process does not die.",
+    "The throttler is its API contract (running, a handover in progress, handed over, a "
+    "handover timed out whose pause may land late, shut down), argued from the throttle "
+    "spec's properties (HandoverCompletes, HandoverMeansOwnedPause, ReturnsOnlyAfterJoin); "
+    "the refinement is not mechanically proved.",
+    "The finite model needs no bound: the explorer, SPIN and TLC see every reachable state.",
+)
+
+ABSTRACTIONS: dict[str, tuple[str, ...]] = {"throttle": THROTTLE_ABSTRACTIONS,
+                                            "migration": MIGRATION_ABSTRACTIONS}
+"""What each spec's checks abstract away (the fairness line is added from the spec)."""
+
+
+def abstractions(spec: Spec) -> tuple[str, ...]:
+    return (*ABSTRACTIONS.get(spec.family, ()),
+            "Liveness assumes: " + ", ".join(g.statement for g in spec.fairness_groups) + ".")
 
 
 def _covers_args(node: ast.expr) -> list[str]:
@@ -81,12 +110,14 @@ GROUPS = ("*", "invariant", "step", "deadlock", "leadsto", "safety")
 
 
 def _expand(spec: Spec, tests: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    prefixes = [f"{spec.family}:"] + ([""] if spec.family == UNQUALIFIED else [])
     out: dict[str, list[str]] = {}
     for p in spec.properties:
         names = [p.name, "*", p.kind]
         if p.kind != "leadsto":
             names.append("safety")
-        out[p.name] = sorted({t for n in names for t in tests.get(n, [])})
+        out[p.name] = sorted({t for pre in prefixes for n in names
+                              for t in tests.get(pre + n, [])})
     return out
 
 
@@ -94,24 +125,34 @@ def _link(path: str) -> str:
     return f"[{path}]({path})"
 
 
-def traceability_table(spec: Spec, tests_dir: Path | None = None) -> str:
-    """The README's table: property -> defined in -> model-checked in -> proved in -> tested."""
-    tests = _expand(spec, covering_tests(tests_dir or REPO_ROOT / "tests"))
+def traceability_table(specs: Spec | Iterable[Spec], tests_dir: Path | None = None) -> str:
+    """The README's table: spec, property -> defined in -> model-checked in -> proved in ->
+    tested in, for each of ``specs``."""
+    specs = [specs] if isinstance(specs, Spec) else list(specs)
+    found = covering_tests(tests_dir or REPO_ROOT / "tests")
     lines = [
-        "| property | kind | defined in | model-checked in | proved in | tested in |",
-        "|---|---|---|---|---|---|",
+        "| spec | property | kind | defined in | model-checked in | proved in | tested in |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for p in spec.properties:
-        tested = tests.get(p.name, [])
-        files = sorted({t.split("::")[0] for t in tested})
-        lines.append(
-            f"| `{p.name}` | {p.kind} | {_link(DEFINED_IN)} | "
-            + ", ".join(_link(m) for m in MODEL_CHECKED_IN)
-            + f" | {_link(PROVED_IN[p.kind])} | "
-            + (", ".join(_link(f) for f in files) or "-")
-            + " |"
-        )
+    for spec in specs:
+        tests = _expand(spec, found)
+        for p in spec.properties:
+            tested = tests.get(p.name, [])
+            files = sorted({t.split("::")[0] for t in tested})
+            lines.append(
+                f"| {spec.family} | `{p.name}` | {p.kind} | "
+                f"{_link(DEFINED_IN[spec.family])} | "
+                + ", ".join(_link(m) for m in MODEL_CHECKED_IN)
+                + f" | {_link(proved_in(spec, p.kind))} | "
+                + (", ".join(_link(f) for f in files) or "-")
+                + " |"
+            )
     return "\n".join(lines)
+
+
+def proved_in(spec: Spec, kind: str) -> str:
+    """The module whose Z3 proofs cover properties of this kind of this spec."""
+    return PROVED_IN[kind] if spec.family == UNQUALIFIED else "proofs/prove.py"
 
 
 def _verdict(ev: Mapping[str, Any] | None) -> str:
@@ -150,7 +191,7 @@ def proof_report(spec: Spec, report: Mapping[str, Any], tests_dir: Path | None =
         "",
         "## What is abstracted",
         "",
-        *(f"- {a}" for a in ABSTRACTIONS),
+        *(f"- {a}" for a in abstractions(spec)),
         "",
         "## Properties",
     ]
@@ -207,28 +248,32 @@ def linked_files(table: str) -> Iterable[str]:
     return sorted(set(re.findall(r"\]\(([^)]+)\)", table)))
 
 
-def readme_blocks(spec: Spec, tests_dir: Path | None = None) -> dict[str, str]:
-    """The README's generated blocks: the two state diagrams and the traceability table."""
+def readme_blocks(specs: Spec | Iterable[Spec], tests_dir: Path | None = None
+                  ) -> dict[str, str]:
+    """The README's generated blocks: every machine's state diagram and the traceability
+    table of ``specs``."""
     from autoconverge.spec.diagram import diagram
 
+    specs = [specs] if isinstance(specs, Spec) else list(specs)
     blocks = {}
-    for machine in ("worker", "controller"):
-        text = str(diagram(spec, machine, "mermaid"))
-        lines = text[text.index("stateDiagram"):].splitlines()
-        keep = [ln for ln in lines if ln.strip() and not ln.strip().startswith(("classDef",
-                                                                               "Class "))]
-        blocks[f"diagram:{machine}"] = "```mermaid\n" + "\n".join(keep) + "\n```"
-    blocks["traceability"] = traceability_table(spec, tests_dir)
+    for spec in specs:
+        for machine in (m.name for m in spec.schema.machines):
+            text = str(diagram(spec, machine, "mermaid"))
+            lines = text[text.index("stateDiagram"):].splitlines()
+            keep = [ln for ln in lines if ln.strip()
+                    and not ln.strip().startswith(("classDef", "Class "))]
+            blocks[f"diagram:{machine}"] = "```mermaid\n" + "\n".join(keep) + "\n```"
+    blocks["traceability"] = traceability_table(specs, tests_dir)
     return blocks
 
 
-def sync_readme(spec: Spec, readme: Path, *, write: bool) -> list[str]:
+def sync_readme(specs: Spec | Iterable[Spec], readme: Path, *, write: bool) -> list[str]:
     """Fill the README's generated blocks; return the names of blocks that were stale."""
     import re
 
     text = readme.read_text()
     stale = []
-    for name, block in readme_blocks(spec).items():
+    for name, block in readme_blocks(specs).items():
         pattern = re.compile(rf"(<!-- {re.escape(name)}:start -->\n)(.*?)(<!-- "
                              rf"{re.escape(name)}:end -->)", re.S)
         m = pattern.search(text)

@@ -102,6 +102,9 @@ class Schema:
     """The FIFO field a checker bounds by its channel capacity (None: no FIFO)."""
     value_names: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
     """Names of integer codes per field (a FIFO's elements included), for readable traces."""
+    abstracts: str = ""
+    """One sentence: what the lifecycle's model leaves out or abstracts (for the scope notes
+    every verdict is printed with)."""
 
     @property
     def variables(self) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The state diagrams of a spec's two machines, drawn by ``transitions``' GraphMachine.
+"""The state diagram of one of a spec's machines, drawn by ``transitions``' GraphMachine.
 
 Read from the spec's relation (never a second table): Mermaid text by default, SVG with
 graphviz (the ``dot`` program and the ``graphviz`` Python package, both optional).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .lifecycle import CONTROLLER_STATES, WORKER_STATES, Spec
+from .core import Spec
 
 
 class DiagramError(Exception):
@@ -16,21 +16,34 @@ class DiagramError(Exception):
 
 
 def diagram(spec: Spec, machine: str = "worker", fmt: str = "mermaid") -> str | bytes:
-    """The machine's diagram (``worker`` or ``controller``) as Mermaid text or SVG bytes."""
+    """The machine's diagram (one of the spec's machines, e.g. ``worker``) as Mermaid text
+    or SVG bytes."""
     from transitions.extensions import GraphMachine
 
-    which = "controller" if machine == "controller" else "worker"
-    states = CONTROLLER_STATES if which == "controller" else WORKER_STATES
+    which = machine
+    decl = spec.schema.machine(which)
+    states = decl.states
+    own = [t for t in spec.relation() if t.machine == which]
+    loops: dict[str, set[str]] = {}
+    for t in own:
+        if t.source == t.dest:
+            loops.setdefault(t.trigger, set()).add(t.source)
+    # a self-loop the machine has in every state is ambient (e.g. the migration's guest
+    # writes, link breaks): listed once in the title instead of drawn on every state
+    ambient = sorted(k for k, v in loops.items() if v >= set(states))
     transitions = [
         {"trigger": t.trigger + ("" if not t.calls else f" / {', '.join(t.calls)}()"),
          "source": t.source, "dest": t.dest}
-        for t in spec.relation() if t.machine == which
+        for t in own if t.trigger not in ambient
     ]
     engine: Literal["mermaid", "graphviz"] = "mermaid" if fmt == "mermaid" else "graphviz"
     try:
         gm = GraphMachine(model=None, states=list(states), transitions=transitions,
-                          initial=states[0], auto_transitions=False, graph_engine=engine,
-                          title=f"{spec.name}: {which}", show_conditions=False)
+                          initial=getattr(spec.initial, decl.var), auto_transitions=False,
+                          graph_engine=engine,
+                          title=f"{spec.name}: {which}"
+                          + (f" (in every state: {', '.join(ambient)})" if ambient else ""),
+                          show_conditions=False)
     except (ImportError, ModuleNotFoundError) as exc:
         raise DiagramError(
             "SVG output needs graphviz: pip install graphviz and the 'dot' program "

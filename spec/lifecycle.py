@@ -659,6 +659,7 @@ THROTTLE_SCHEMA = Schema(
     call_var="call",
     channel_var="chan",
     value_names={"chan": COMMAND_NAMES},
+    abstracts="time is abstracted by the clock's expire event, the vCPUs are all-or-nothing",
 )
 """The throttle lifecycle's schema: the record, the worker and controller machines (clock
 and vCPU steps are declared on the worker machine), fairness, faults, parameters."""

@@ -542,6 +542,9 @@ MIGRATION_SCHEMA = Schema(
     fault_triggers=FAULT_TRIGGERS,
     value_names={"sd": SD_NAMES, "ds": DS_NAMES, "vm": VM_NAMES, "dvm": DVM_NAMES,
                  "thr": THR_NAMES},
+    abstracts="memory is one dirty flag (a pass sends it, DONE carries the final sync), one "
+              "message is in flight each way, the throttler is its API contract (argued from "
+              "the throttle spec's properties, not proved), the source process does not die",
 )
 """The migration's schema: the record, the source and destination machines (the
 environment's steps are declared on the source machine), fairness, faults."""

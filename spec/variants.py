@@ -259,7 +259,8 @@ VARIANTS: tuple[Variant, ...] = (
             "A failing vCPU call (e.g. a KeyboardInterrupt) ends the worker without the "
             "best-effort resume and without recording the failure (issue 15, defect 4).",
             ("AbortReturnsWithVcpusRunning", "ReturnsOnlyAfterJoin", "VcpusResumed",
-             "HandoverKeepsVcpusPaused"), 4,
+             "HandoverKeepsVcpusPaused", "PausedOnlyInPausePhase", "HandoverMeansOwnedPause"),
+            4,
             _worker_dies_silently),
     Variant("set_cuts_run_phase",
             "A new percent received in a run phase starts the next pause at once, taking "

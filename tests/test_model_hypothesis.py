@@ -9,6 +9,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
+from autoconverge.model.config import default_section, load_config
+from autoconverge.model.explorer import explore
 from autoconverge.model.hypothesis_model import (
     PropertyViolation,
     fair_bound,
@@ -45,6 +47,9 @@ def test_machine_fails_on_every_variant(v: Variant) -> None:
     with pytest.raises(PropertyViolation) as info:
         run_state_machine_as_test(machine, settings=FIND)
     names = set(info.value.prop.split(", "))
+    # what it names is violated (the explorer agrees), and one of them is the variant's
+    explored = explore(v.build(SPEC), load_config(section=default_section(SPEC)))
+    assert names <= {p.name for p in explored.properties if not p.holds}, names
     assert names & set(v.violates), f"{v.name}: got {names}, want one of {v.violates}"
     assert len(info.value.trace) > 1  # the run that failed, step by step
 
