@@ -1,17 +1,24 @@
 """The spec's relation evaluated on syntax trees: what the Promela and TLA+ generators print.
 
-Nothing here is a second copy of the lifecycle. Every guard, effect and property is the spec's
-own function, called on a :class:`~autoconverge.spec.State` whose fields are
-:func:`~autoconverge.spec.expr.var` terms; the resulting :class:`~autoconverge.spec.expr.Term`
-trees are constant-folded (:func:`simplify`) and handed to a printer.
+Nothing here is a second copy of a lifecycle. Every guard, effect and property is the spec's
+own function, called on the spec's state record (:attr:`Schema.record
+<autoconverge.spec.Schema.record>`) whose fields are :func:`~autoconverge.spec.expr.var`
+terms; the resulting :class:`~autoconverge.spec.expr.Term` trees are constant-folded
+(:func:`simplify`) and handed to a printer. Everything about the lifecycle's shape - its
+machines and their state variables, its variables and initial record, its fairness groups,
+its terminal states, its parameters' domains, its FIFO (if any) - is read from the spec's
+schema, so both lifecycles (the throttle, the migration) and their zoos go through here.
 
 Both generators model the same *bounded* slice of the spec as the explicit-state explorer
 (:mod:`autoconverge.model.graph`):
 
-- ``p`` of ``call_set`` ranges over :attr:`Bounds.percents` (plus a variant's probes);
-- a user call (a ``call_*`` trigger) needs ``ncalls < MAX_CALLS`` and increments ``ncalls``
-  (an extra state variable, exactly like the explorer's node = (state, calls used));
-- a step that would leave more than ``QUEUE_CAP`` commands queued is cut;
+- a trigger's parameters range over :meth:`Spec.param_domains` of :attr:`Bounds.percents`
+  (plus a variant's probes): the throttle's ``p`` and ``k``; the migration has none;
+- a user call (a transition of the schema's user group, :attr:`Transition.user_call`) needs
+  ``ncalls < MAX_CALLS`` and increments ``ncalls`` (an extra state variable, exactly like the
+  explorer's node = (state, calls used));
+- a step that would leave more than ``QUEUE_CAP`` commands in the schema's FIFO
+  (:attr:`Schema.channel_var`; a lifecycle without one has no such bound) is cut;
 - faults (:attr:`Transition.is_fault`) are left out when :attr:`Bounds.faults` is false;
 - a *deadlock* is a non-terminal state in which no transition except a fault is enabled in
   the unbounded spec (bounds ignored): :func:`progress_enabled`;
@@ -27,10 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoconverge.model.bound import BoundTransition
-from autoconverge.spec import Spec, State, Transition, terminal
-from autoconverge.spec import lifecycle as L
+from autoconverge.spec import Schema, Spec, Transition
 from autoconverge.spec.expr import Term, Value, var
-from autoconverge.spec.lifecycle import CONTROLLER_STATES, VARIABLES, WORKER_STATES
 
 CALLS = "ncalls"
 """The extra state variable counting user calls (the call bound)."""
@@ -38,8 +43,39 @@ MAX_CALLS = "MAX_CALLS"
 """Symbol of the call bound (a printer maps it to a macro or a TLA+ constant)."""
 QUEUE_CAP = "QUEUE_CAP"
 """Symbol of the channel capacity."""
-ALL_VARIABLES: tuple[str, ...] = (*VARIABLES, CALLS)
 SYMBOLS = (MAX_CALLS, QUEUE_CAP)
+
+
+def all_variables(spec: Spec) -> tuple[str, ...]:
+    """The generated models' variables: the spec's record, then ``ncalls``."""
+    return (*spec.variables, CALLS)
+
+
+def channel_var(spec: Spec) -> str | None:
+    """The spec's FIFO variable (None: the lifecycle has none)."""
+    return spec.schema.channel_var
+
+
+def variable_kinds(spec: Spec) -> dict[str, str]:
+    """Each record field's kind, read from the initial record and the schema: ``machine``
+    (a machine's state), ``chan`` (the FIFO), ``bool`` or ``int``."""
+    machine_vars = set(spec.schema.machine_vars)
+    chan = channel_var(spec)
+    out: dict[str, str] = {}
+    for name in spec.variables:
+        v = getattr(spec.initial, name)
+        if name in machine_vars:
+            out[name] = "machine"
+        elif name == chan:
+            out[name] = "chan"
+        elif isinstance(v, bool):
+            out[name] = "bool"
+        elif isinstance(v, int):
+            out[name] = "int"
+        else:
+            raise NotImplementedError(
+                f"{spec.name}: no generated type for field {name!r} = {v!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -69,9 +105,10 @@ class Bounds:
                 "channel_capacity": self.channel_capacity, "faults": self.faults}
 
 
-def symbolic_state() -> State:
-    """A state whose every field is the variable of the same name."""
-    return State(**{name: var(name) for name in VARIABLES})
+def symbolic_state(spec: Spec | Schema) -> Any:
+    """The spec's (or schema's) record with every field the variable of the same name."""
+    schema = spec.schema if isinstance(spec, Spec) else spec
+    return schema.record(**{name: var(name) for name in schema.variables})
 
 
 def is_term(x: object) -> bool:
@@ -197,12 +234,13 @@ def mentions(x: Value, names: set[str]) -> bool:
 
 
 def chan_delta(x: Value) -> tuple[int, tuple[Value, ...]]:
-    """A channel value as (commands dropped from the head of ``chan``, commands appended).
+    """A channel value as (commands dropped from the head of the FIFO variable, commands
+    appended).
 
-    Supports what effects write: ``chan``, ``chan_tail(...)`` of it, ``chan_push(...)`` onto
-    either. Anything else (a tail taken after a push) raises ``NotImplementedError``.
+    Supports what effects write: the variable, ``chan_tail(...)`` of it, ``chan_push(...)``
+    onto either. Anything else (a tail taken after a push) raises ``NotImplementedError``.
     """
-    if is_var(x, "chan"):
+    if isinstance(x, Term) and x.op == "var":
         return 0, ()
     if isinstance(x, Term) and x.op == "chan_tail":
         d, pushed = chan_delta(x.args[0])
@@ -215,17 +253,9 @@ def chan_delta(x: Value) -> tuple[int, tuple[Value, ...]]:
     raise NotImplementedError(f"unsupported channel expression {x!r}")
 
 
-def machine_var(t: Transition) -> str:
-    return "c" if t.machine == "controller" else "w"
-
-
-def state_symbol(name: str) -> str:
-    """Which machine a state name belongs to: ``w`` or ``c``."""
-    if name in WORKER_STATES:
-        return "w"
-    if name in CONTROLLER_STATES:
-        return "c"
-    raise KeyError(f"unknown machine state {name!r}")
+def state_symbol(spec: Spec, name: str) -> str:
+    """The variable of the machine a state name belongs to (``w``/``c``, ``src``/``dst``)."""
+    return spec.schema.machine_of_state(name).var
 
 
 @dataclass(frozen=True)
@@ -240,23 +270,24 @@ class Step(BoundTransition):
     updates: Mapping[str, Value]
     """Every variable the step writes (machine state and ``ncalls`` included), simplified,
     as expressions over the pre-state; ``chan`` as written by the effect."""
-    post: State
-    """The successor as expressions over the pre-state."""
+    post: Any
+    """The successor (the spec's record) as expressions over the pre-state."""
 
     @property
     def symbolic_params(self) -> tuple[str, ...]:
         return tuple(k for k, v in self.params if isinstance(v, Term))
 
 
-def _bound_guard(t: Transition, chan: Value) -> Value:
+def _bound_guard(t: Transition, chan_name: str | None, chan: Value) -> Value:
     conds: list[Value] = []
     if t.user_call:
         conds.append(Term("lt", (var(CALLS), var(MAX_CALLS))))
-    drops, pushed = chan_delta(chan)
-    if len(pushed) > drops:
-        grow = len(pushed) - drops
-        conds.append(Term("le", (Term("add", (Term("chan_len", (var("chan"),)), const(grow))),
-                                 var(QUEUE_CAP))))
+    if chan_name is not None:
+        drops, pushed = chan_delta(chan)
+        if len(pushed) > drops:
+            grow = len(pushed) - drops
+            conds.append(Term("le", (Term("add", (Term("chan_len", (var(chan_name),)),
+                                                  const(grow))), var(QUEUE_CAP))))
     return True if not conds else conds[0] if len(conds) == 1 else Term("and", tuple(conds))
 
 
@@ -267,32 +298,33 @@ def steps(spec: Spec, bounds: Bounds, *, symbolic_params: bool = False) -> list[
     domain); otherwise one step per value of the domain, dropping steps whose guard folds to
     false (e.g. ``call_set`` with an out-of-range percent).
     """
-    s = symbolic_state()
+    s = symbolic_state(spec)
+    chan = channel_var(spec)
+    domains = spec.param_domains(bounds.percents)
     out: list[Step] = []
     for t in spec.relation():
         if t.is_fault and not bounds.faults:
             continue
-        for params in _param_values(t.params, bounds, symbolic_params):
+        for params in _param_values(t.params, domains, symbolic_params):
             enabled = simplify(t.enabled(s, **params))
             if enabled is False:
                 continue
             post = t.apply(s, **params)
             updates: dict[str, Value] = {}
             for k, v in t.updates(s, **params).items():
-                updates[k] = v if k == "chan" else simplify(v)
-            updates[machine_var(t)] = t.dest
+                updates[k] = v if k == chan else simplify(v)
+            updates[t.machine_var] = t.dest
             if t.user_call:
                 updates[CALLS] = Term("add", (var(CALLS), const(1)))
-            if "chan" in updates and is_var(updates["chan"], "chan"):
-                del updates["chan"]
-            out.append(Step(t, tuple(params.items()), enabled,
-                            _bound_guard(t, updates.get("chan", var("chan"))), updates, post))
+            if chan is not None and chan in updates and is_var(updates[chan], chan):
+                del updates[chan]
+            bound = _bound_guard(t, chan, updates.get(chan, var(chan)) if chan else None)
+            out.append(Step(t, tuple(params.items()), enabled, bound, updates, post))
     return out
 
 
-def _param_values(names: tuple[str, ...], bounds: Bounds, symbolic: bool
-                  ) -> Iterator[dict[str, Value]]:
-    domains = L.param_domains(bounds.percents)
+def _param_values(names: tuple[str, ...], domains: Mapping[str, tuple[int, ...]],
+                  symbolic: bool) -> Iterator[dict[str, Value]]:
     if not names:
         yield {}
         return
@@ -301,12 +333,12 @@ def _param_values(names: tuple[str, ...], bounds: Bounds, symbolic: bool
         raise KeyError(f"no domain for transition parameter {head!r}")
     values: tuple[Value, ...] = (var(head),) if symbolic else domains[head]
     for v in values:
-        for more in _param_values(tuple(rest), bounds, symbolic):
+        for more in _param_values(tuple(rest), domains, symbolic):
             yield {head: v, **more}
 
 
-def terminal_term() -> Value:
-    return simplify(terminal(symbolic_state()))
+def terminal_term(spec: Spec) -> Value:
+    return simplify(spec.terminal(symbolic_state(spec)))
 
 
 def progress_enabled(all_steps: list[Step]) -> Value:
@@ -323,8 +355,9 @@ def cut_by_bounds(all_steps: list[Step]) -> Value:
         for st in all_steps if st.bound is not True)))
 
 
-def no_deadlock_term(all_steps: list[Step]) -> Value:
-    return simplify(Term("or", (const(terminal_term()), const(progress_enabled(all_steps)))))
+def no_deadlock_term(spec: Spec, all_steps: list[Step]) -> Value:
+    return simplify(Term("or", (const(terminal_term(spec)),
+                                const(progress_enabled(all_steps)))))
 
 
 def _quantified(st: Step, body: Value) -> Value:
@@ -337,16 +370,32 @@ def _quantified(st: Step, body: Value) -> Value:
 def step_property_term(pred: Any, st: Step) -> Value:
     """A step property's predicate on this step, as a term over the pre-state, simplified with
     what the step's guard fixes (it is only asserted on steps taken: e.g. the source state)."""
-    return simplify(_substitute(simplify(pred(symbolic_state(), st.transition, st.post)),
+    schema = st.transition.schema
+    assert schema is not None, f"{st.transition.label} is not part of a spec"
+    return simplify(_substitute(simplify(pred(symbolic_state(schema), st.transition, st.post)),
                                 *_literals(st.enabled)))
 
 
-def state_term(pred: Any) -> Value:
-    return simplify(pred(symbolic_state()))
+def post_state_term(x: Value, st: Step) -> Value:
+    """A state predicate (a term over the current state) on ``st``'s post-state, as a term
+    over that post-state simplified with what the step fixes there: the variables it sets to
+    constants (its machine's new state, flags, codes) and what its guard fixes of the
+    variables it leaves alone. Equivalent to ``x`` in every post-state of the step."""
+    facts, excluded = _literals(st.enabled)
+    written = set(st.updates)
+    post: dict[str, Value] = {k: v for k, v in facts.items() if k not in written}
+    post.update({k: v for k, v in st.updates.items() if not is_term(v)})
+    kept = frozenset(lit for lit in excluded if lit[0] not in written)
+    return simplify(_substitute(x, post, kept))
+
+
+def state_term(spec: Spec, pred: Any) -> Value:
+    """A state predicate of ``spec`` (an invariant, a leads-to's ``p`` or ``q``) as a term."""
+    return simplify(pred(symbolic_state(spec)))
 
 
 def initial_values(spec: Spec) -> dict[str, Any]:
-    vals: dict[str, Any] = dict(spec.initial.as_dict())
+    vals: dict[str, Any] = {name: getattr(spec.initial, name) for name in spec.variables}
     vals[CALLS] = 0
     return vals
 
@@ -414,14 +463,16 @@ def stutter_condition(st: Step) -> Value:
     *stuttering* step in TLA+, invisible to an action property ``[][A]_vars``."""
     if st.user_call or st.transition.dest != st.transition.source:
         return False
+    schema = st.transition.schema
+    assert schema is not None
     conds: list[Value] = []
     for name, v in st.updates.items():
-        if name == "chan":
+        if name == schema.channel_var:
             drops, pushed = chan_delta(v)
             if drops != len(pushed):
                 return False
-            conds.append(Term("eq", (v, var("chan"))))
-        elif name in ("w", "c"):
+            conds.append(Term("eq", (v, var(name))))
+        elif name in schema.machine_vars:
             continue
         else:
             conds.append(Term("eq", (const(v), var(name))))

@@ -2,16 +2,19 @@
 
 :func:`cross_check` runs the explicit-state explorer (:mod:`autoconverge.model.explorer`),
 SPIN on the generated Promela (:mod:`.promela`) and TLC on the generated TLA+ (:mod:`.tla`)
-on one spec (the shipped one, or a bug-zoo variant), at the explorer's bounds (a section of
-``model/explorer.toml``, ``[ci]`` by default, plus the variant's probe percents), and
-compares, per property, the verdicts, and overall the distinct-state counts, the
-transitions and the BFS depth where the checkers' granularity of steps matches.
+on one spec (either lifecycle of :data:`autoconverge.spec.specs.SPECS`, shipped, or a
+variant of its bug zoo, :data:`~autoconverge.spec.specs.ZOOS`), at the explorer's bounds (a
+section of ``model/explorer.toml``: by default the lifecycle's own,
+:func:`~autoconverge.model.config.default_section` - ``[ci]`` for the throttle,
+``[migration]`` for the migration - plus the variant's probe percents), and compares, per
+property, the verdicts, and overall the distinct-state counts, the transitions and the BFS
+depth where the checkers' granularity of steps matches.
 
 It does for all three: one transition of the spec = one step (a SPIN ``d_step``, one TLA+
 action); a state = the spec's record plus the number of user calls made. So the counts are
 *expected to be equal* and a difference is reported as a disagreement. What differs, and is
 not compared: SPIN's liveness runs (the product with the never claim, the fairness copies and
-the controller's ``stop`` option) and SPIN's DFS depth; TLC's "states generated" (it counts
+the unfair process's ``stop`` option) and SPIN's DFS depth; TLC's "states generated" (it counts
 the explicit stutter steps and re-visits).
 
 The result is a :class:`CrossCheck` built from each checker's :class:`.runs.CheckerRun`
@@ -28,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoconverge.model.config import ExplorerConfig, load_config
+from autoconverge.model.config import ExplorerConfig, default_section, load_config
 from autoconverge.model.explorer import explore
 from autoconverge.spec import SPEC, Spec
-from autoconverge.spec.variants import VARIANTS, Variant, variant_of
-from autoconverge.spec.variants import variant as find_variant
+from autoconverge.spec.specs import ZOOS, variant_of
+from autoconverge.spec.specs import variant as find_variant
+from autoconverge.spec.variants import Variant
 
 from . import tools
 from .codegen import Bounds
@@ -202,16 +206,35 @@ def bounds_for(variant: Variant | None = None, section: str = "ci") -> Bounds:
     return base.with_percents(tuple(variant.probe_percents)) if variant else base
 
 
+def family_of(variant: Variant) -> str:
+    """The lifecycle whose bug zoo ``variant`` belongs to (:data:`ZOOS`)."""
+    for family, zoo in ZOOS.items():
+        if any(v.name == variant.name for v in zoo):
+            return family
+    raise KeyError(f"variant {variant.name!r} is in no bug zoo")
+
+
 def _resolve(spec: Spec, variant: Variant | str | None) -> tuple[Spec, Variant | None]:
+    """The spec to check and its variant: ``spec`` itself (a shipped spec, or a variant
+    already built, found back by its name), or ``variant`` built from ``spec`` (which must be
+    of the variant's lifecycle)."""
     if variant is None:
         return spec, variant_of(spec)
-    v = find_variant(variant) if isinstance(variant, str) else variant
+    v = find_variant(variant)[1] if isinstance(variant, str) else variant
+    if spec.name == v.name:
+        return spec, v  # already built (``verify --variant``)
+    family = family_of(v)
+    if spec.family != family:
+        raise ValueError(f"variant {v.name!r} breaks the {family} lifecycle, not "
+                         f"{spec.family!r} ({spec.name!r})")
     return v.build(spec), v
 
 
-def run_explorer(spec: Spec, bounds: Bounds, section: str = "ci") -> CheckerRun:
-    """The explorer at ``bounds`` (its config section with these percents and bounds)."""
-    cfg = dataclasses.replace(explorer_config(section), percents=bounds.percents,
+def run_explorer(spec: Spec, bounds: Bounds, section: str | None = None) -> CheckerRun:
+    """The explorer at ``bounds`` (its config section - default: the lifecycle's own - with
+    these percents and bounds)."""
+    cfg = dataclasses.replace(explorer_config(section or default_section(spec)),
+                              percents=bounds.percents,
                               max_calls=bounds.max_calls,
                               channel_capacity=bounds.channel_capacity, faults=bounds.faults)
     t0 = time.perf_counter()
@@ -231,7 +254,7 @@ def cross_check(
     *,
     variant: Variant | str | None = None,
     bounds: Bounds | None = None,
-    section: str = "ci",
+    section: str | None = None,
     checkers: tuple[str, ...] = CHECKERS,
     workdir: Path | None = None,
     parallel: bool = True,
@@ -239,14 +262,18 @@ def cross_check(
 ) -> CrossCheck:
     """Run the checkers on ``spec`` (or on ``variant`` built from it) and compare.
 
-    Per property each checker's verdict (``None`` when the checker was skipped); overall the
-    distinct states, transitions and depth. ``agree``: every verdict of the checkers that ran
-    is the same, and the distinct-state counts are equal. For a variant, ``caught[checker]``
-    says whether that checker reported at least one of ``variant.violates``. A checker whose
-    tools are missing is skipped with the reason (``skipped``); ``parallel`` runs TLC in a
-    thread next to the explorer and SPIN.
+    The bounds are ``bounds`` if given, else ``section`` of the explorer's config, by default
+    the lifecycle's own (:func:`~autoconverge.model.config.default_section`); a variant's
+    probe percents are added either way. Per property each checker's verdict (``None`` when
+    the checker was skipped); overall the distinct states, transitions and depth.
+    ``agree``: every verdict of the checkers that ran is the same, and the distinct-state
+    counts are equal. For a variant, ``caught[checker]`` says whether that checker reported
+    at least one of ``variant.violates``. A checker whose tools are missing is skipped with
+    the reason (``skipped``); ``parallel`` runs TLC in a thread next to the explorer and
+    SPIN.
     """
     target, var = _resolve(spec, variant)
+    section = section or default_section(target)
     b = bounds if bounds is not None else bounds_for(var, section)
     if bounds is not None and var is not None:
         b = b.with_percents(tuple(var.probe_percents))
@@ -290,9 +317,9 @@ def cross_check(
 
 
 def cross_check_all(spec: Spec, **kwargs: Any) -> CrossCheckAll:
-    """:func:`cross_check` on ``spec`` and on every bug-zoo variant built from it."""
+    """:func:`cross_check` on ``spec`` and on every variant of its lifecycle's bug zoo."""
     return CrossCheckAll(cross_check(spec, **kwargs),
-                         [cross_check(spec, variant=v, **kwargs) for v in VARIANTS])
+                         [cross_check(spec, variant=v, **kwargs) for v in ZOOS[spec.family]])
 
 
 # --- benchmark -------------------------------------------------------------------------------
@@ -300,10 +327,11 @@ def cross_check_all(spec: Spec, **kwargs: Any) -> CrossCheckAll:
 BENCH_SECTIONS: tuple[str, ...] = ("small", "ci", "large")
 
 
-def bench_bounds(name: str) -> Bounds:
+def bench_bounds(name: str, spec: Spec | None = None) -> Bounds:
     """Named bounds for the benchmark: an explorer config section, or ``small`` (2 calls,
-    queue 2, on top of ``ci``), or ``calls=N,cap=M`` on top of ``ci``."""
-    base = bounds_for(None, "ci")
+    queue 2, on top of the lifecycle's default section: ``ci`` for the throttle), or
+    ``calls=N,cap=M`` on top of it."""
+    base = bounds_for(None, default_section(spec if spec is not None else SPEC))
     if name == "small":
         return dataclasses.replace(base, max_calls=2, channel_capacity=2)
     if "=" in name:
@@ -324,7 +352,7 @@ def bench_checkers(bounds: list[Bounds | str], spec: Spec | None = None,
     target = spec if spec is not None else SPEC
     rows: list[dict[str, Any]] = []
     for item in bounds:
-        b = bench_bounds(item) if isinstance(item, str) else item
+        b = bench_bounds(item, target) if isinstance(item, str) else item
         row: dict[str, Any] = {"bounds": b.as_dict(), "name": item if isinstance(item, str)
                                else None}
         t0 = time.perf_counter()

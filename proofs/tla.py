@@ -1,24 +1,29 @@
 """TLA+ (and a TLC ``.cfg``) generated from the spec declaration.
 
-:func:`generate` prints a TLA+ module for one spec (shipped or a bug-zoo variant); every
-guard, effect and property is the spec's own function evaluated on syntax trees
-(:mod:`.codegen`). :func:`generate_cfg` prints the model configuration at a
-:class:`~autoconverge.proofs.codegen.Bounds`.
+:func:`generate` prints a TLA+ module for one spec (either lifecycle, shipped or a bug-zoo
+variant); every guard, effect and property is the spec's own function evaluated on syntax
+trees (:mod:`.codegen`), and the module's shape (variables, initial state, fairness groups,
+terminal states, parameters, the FIFO) is the spec's schema's. :func:`generate_cfg` prints
+the model configuration at a :class:`~autoconverge.proofs.codegen.Bounds`. The module is
+named after the spec (:func:`module_name`: ``Throttle``, ``Migration``, a variant's name), so
+concurrent runs on different specs never share a file.
 
 Module layout:
 
-- variables: the spec's state record plus ``ncalls`` (user calls made); the channel ``chan``
-  is a TLA+ sequence (``Head``/``Tail``/``Append``), unbounded in the module, bounded by the
-  constant ``QueueCap`` in the actions that push;
-- constants ``MaxCalls``, ``QueueCap``, ``Percents`` (the domain of ``set_throttle_percent``);
-- one action per transition (``recv_set_waiting``, ``call_set_idle(p)``, ...), grouped by
-  the spec's fairness groups (:data:`autoconverge.spec.FAIRNESS_GROUPS`): ``WorkerNext``,
-  ``ClockNext``, ``CompletionNext`` (a blocking call returning) and ``UserNext`` (user calls);
-- ``Spec == Init /\\ [][Next]_vars /\\ WF_vars(WorkerNext) /\\ WF_vars(ClockNext) /\\
-  WF_vars(CompletionNext)``: weak fairness per *thread*, never per action (per-action
-  fairness would certify a worker that prefers its timer over a queued shutdown forever);
-  user calls carry no fairness;
-- ``EndStutter``: an explicit stutter step in terminal states (``w = "exit" /\\ c = "done"``)
+- variables: the spec's state record plus ``ncalls`` (user calls made); a FIFO (the
+  throttle's ``chan``) is a TLA+ sequence (``Head``/``Tail``/``Append``), unbounded in the
+  module, bounded by the constant ``QueueCap`` in the actions that push (a lifecycle without
+  a FIFO has no ``QueueCap``);
+- constants ``MaxCalls``, [``QueueCap``,] and one per trigger parameter holding its domain
+  (the throttle's ``Percents``, ``Callers``: :data:`PARAM_CONSTANTS`);
+- one action per transition (``recv_set_waiting``, ``call_set_idle(p, k)``, ...), grouped by
+  the schema's fairness groups: ``<Group>Next`` (the throttle's ``WorkerNext``,
+  ``ClockNext``, ``VcpuNext``, ``CompletionNext``, ``UserNext``, ``TimeoutNext``);
+- ``Spec == Init /\\ [][Next]_vars /\\ WF_vars(<Group>Next) ...`` for every weakly fair
+  group: weak fairness per *thread*, never per action (per-action fairness would certify a
+  worker that prefers its timer over a queued shutdown forever); the unfair groups (user
+  calls, timeouts, faults...) carry none;
+- ``EndStutter``: an explicit stutter step in terminal states (the schema's ``terminal``)
   and in *bounded ends* (a user call is enabled but cut by ``MaxCalls``/``QueueCap``), so
   TLC's own deadlock check reports exactly the states the explorer calls stuck-without-a-cut;
   the property ``NoDeadlock`` itself is the (stronger) invariant "terminal, or a transition
@@ -30,23 +35,23 @@ Module layout:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from autoconverge.spec import FAIRNESS_GROUPS, WEAK_FAIRNESS, FairnessGroup, Spec, State
-from autoconverge.spec import lifecycle as L
+from autoconverge.spec import FairnessGroup, Spec
 from autoconverge.spec.expr import Term
-from autoconverge.spec.lifecycle import VARIABLES
 
 from . import tools
 from .codegen import (
-    ALL_VARIABLES,
     MAX_CALLS,
     QUEUE_CAP,
     Bounds,
     Step,
+    all_variables,
+    channel_var,
     const,
     cut_by_bounds,
     initial_values,
@@ -61,13 +66,24 @@ from .codegen import (
 from .printer import TermPrinter
 from .runs import CheckerRun, PropertyVerdict
 
-MODULE = "Autoconverge"
 STUTTER_SUFFIX = "_Stutter"
 
 
+def module_name(spec: Spec) -> str:
+    """The TLA+ module (and file) name of ``spec``: its name in CamelCase (``Throttle``,
+    ``Migration``, ``ApiAccepts100``)."""
+    name = "".join(part[:1].upper() + part[1:] for part in re.split(r"\W|_", spec.name))
+    return name if name[:1].isalpha() else f"M{name}"
+
+
 PARAM_CONSTANTS: dict[str, str] = {"p": "Percents", "k": "Callers"}
-"""The TLA+ constant holding each trigger parameter's domain (values from
-:func:`autoconverge.spec.lifecycle.param_domains`, set in the TLC configuration)."""
+"""Readable names of the TLA+ constants holding a trigger parameter's domain (the throttle's
+percent and caller); any other parameter ``x`` gets ``Domain_x`` (:func:`param_constant`).
+The values are :meth:`Spec.param_domains`, set in the TLC configuration."""
+
+
+def param_constant(name: str) -> str:
+    return PARAM_CONSTANTS.get(name, f"Domain_{name}")
 
 
 class TlaPrinter(TermPrinter):
@@ -82,9 +98,6 @@ class TlaPrinter(TermPrinter):
         "chan_tail": "Tail({})", "chan_push": "Append({}, {})",
     }
     SYMBOLS: ClassVar[Mapping[str, str]] = {MAX_CALLS: "MaxCalls", QUEUE_CAP: "QueueCap"}
-    DOMAINS: ClassVar[Mapping[str, str]] = {
-        f"{name}_domain": constant for name, constant in PARAM_CONSTANTS.items()
-    }
 
     def state(self, name: str) -> str:
         return f'"{name}"'
@@ -94,7 +107,7 @@ class TlaPrinter(TermPrinter):
 
     def special(self, op: str, a: tuple[Any, ...]) -> str | None:
         if op == "exists":
-            return f"(\\E {a[0]} \\in {self.DOMAINS[a[1]]} : {self(a[2])})"
+            return f"(\\E {a[0]} \\in {param_constant(a[0])} : {self(a[2])})"
         return None
 
 
@@ -141,19 +154,19 @@ def _action_ref(st: Step) -> str:
 def _quantify(st: Step, body: str, quantifier: str = "\\E") -> str:
     if not st.symbolic_params:
         return body
-    binders = ", ".join(f"{p} \\in {PARAM_CONSTANTS[p]}" for p in st.symbolic_params)
+    binders = ", ".join(f"{p} \\in {param_constant(p)}" for p in st.symbolic_params)
     return f"{quantifier} {binders} : {body}"
 
 
-def _action(st: Step) -> str:
+def _action(st: Step, variables: tuple[str, ...]) -> str:
     head = _action_ref(st)
     parts = [expr(st.enabled)]
     if st.bound is not True:
         parts.append(expr(st.bound))
-    for name in ALL_VARIABLES:
+    for name in variables:
         if name in st.updates:
             parts.append(f"{name}' = {expr(st.updates[name])}")
-    unchanged = [n for n in ALL_VARIABLES if n not in st.updates]
+    unchanged = [n for n in variables if n not in st.updates]
     if unchanged:
         parts.append("UNCHANGED <<" + ", ".join(unchanged) + ">>")
     t = st.transition
@@ -171,51 +184,57 @@ def generate(spec: Spec, bounds: Bounds) -> str:
     (the numeric bounds are constants, set in :func:`generate_cfg`)."""
     all_steps = steps(spec, bounds, symbolic_params=True)
     init = initial_values(spec)
+    variables = all_variables(spec)
     lines: list[str] = [
-        f"---- MODULE {MODULE} ----",
-        f"\\* Generated by autoconverge.proofs.tla from spec {spec.name!r}. Do not edit.",
+        f"---- MODULE {module_name(spec)} ----",
+        f"\\* Generated by autoconverge.proofs.tla from spec {spec.name!r} "
+        f"(lifecycle {spec.family!r}). Do not edit.",
         "EXTENDS Integers, Sequences",
         "",
-        "CONSTANTS MaxCalls, QueueCap, " + ", ".join(PARAM_CONSTANTS.values()),
+        "CONSTANTS " + ", ".join(_constants(spec, bounds)),
         "",
-        "VARIABLES " + ", ".join(ALL_VARIABLES),
-        "vars == <<" + ", ".join(ALL_VARIABLES) + ">>",
+        "VARIABLES " + ", ".join(variables),
+        "vars == <<" + ", ".join(variables) + ">>",
         "",
         "Init ==",
-        "    " + _conj([f"{n} = {expr(init[n])}" for n in ALL_VARIABLES], "    "),
+        "    " + _conj([f"{n} = {expr(init[n])}" for n in variables], "    "),
         "",
     ]
     for st in all_steps:
-        lines.append(_action(st))
+        lines.append(_action(st, variables))
         lines.append("")
 
-    for g in FAIRNESS_GROUPS:
+    for g in spec.fairness_groups:
         members = [_quantify(st, _action_ref(st)) for st in all_steps
                    if st.transition.fairness_group == g]
         lines += [f"\\* {g.statement}", f"{_group_action(g)} ==\n    {_disj(members, '    ')}", ""]
     lines += [
-        f"Terminal == {expr(terminal_term())}",
+        f"Terminal == {expr(terminal_term(spec))}",
         "",
-        "\\* a user call is enabled but cut by MaxCalls/QueueCap",
+        "\\* a user call is enabled but cut by " + "/".join(
+            ("MaxCalls", "QueueCap") if channel_var(spec) else ("MaxCalls",)),
         f"CutByBounds ==\n    {expr(cut_by_bounds(all_steps))}",
         "",
         "\\* terminal states and bounded ends stutter explicitly (else TLC calls them deadlocks)",
         "EndStutter == (Terminal \\/ CutByBounds) /\\ UNCHANGED vars",
         "",
-        "Next == " + " \\/ ".join((*(_group_action(g) for g in FAIRNESS_GROUPS), "EndStutter")),
+        "Next == " + " \\/ ".join((*(_group_action(g) for g in spec.fairness_groups),
+                                    "EndStutter")),
         "",
-        "Spec == Init /\\ [][Next]_vars",
-        "        /\\ " + " /\\ ".join(f"WF_vars({_group_action(g)})" for g in WEAK_FAIRNESS),
+        "Spec == Init /\\ [][Next]_vars" + (
+            "\n        /\\ " + " /\\ ".join(f"WF_vars({_group_action(g)})"
+                                        for g in spec.weak_fairness)
+            if spec.weak_fairness else ""),
         "",
         "\\* ---- properties ----",
     ]
     for p in spec.properties:
         lines.append(f"\\* {p.name}: {p.statement}")
         if p.kind == "invariant":
-            lines.append(f"{p.name} ==\n    {expr(state_term(p.invariant))}")
+            lines.append(f"{p.name} ==\n    {expr(state_term(spec, p.invariant))}")
         elif p.kind == "deadlock":
             lines.append("\\* terminal, or a transition other than fault enabled (bounds ignored)")
-            lines.append(f"{p.name} ==\n    {expr(no_deadlock_term(all_steps))}")
+            lines.append(f"{p.name} ==\n    {expr(no_deadlock_term(spec, all_steps))}")
         elif p.kind == "step":
             conj: list[str] = []
             still: list[str] = []
@@ -237,11 +256,22 @@ def generate(spec: Spec, bounds: Bounds) -> str:
                 lines.append("\\* checked as a state predicate on their enabling condition")
                 lines.append(f"{p.name}{STUTTER_SUFFIX} ==\n    {_conj(still, '    ')}")
         elif p.kind == "leadsto":
-            lines.append(f"{p.name} ==\n    {expr(state_term(p.leads_from))} ~> "
-                         f"{expr(state_term(p.leads_to))}")
+            lines.append(f"{p.name} ==\n    {expr(state_term(spec, p.leads_from))} ~> "
+                         f"{expr(state_term(spec, p.leads_to))}")
         lines.append("")
     lines.append("====")
     return "\n".join(lines) + "\n"
+
+
+def _param_domains(spec: Spec, bounds: Bounds) -> dict[str, tuple[int, ...]]:
+    """The domains of the parameters some transition of ``spec`` takes."""
+    used = {name for t in spec.relation() for name in t.params}
+    return {n: d for n, d in spec.param_domains(bounds.percents).items() if n in used}
+
+
+def _constants(spec: Spec, bounds: Bounds) -> list[str]:
+    return ["MaxCalls", *(("QueueCap",) if channel_var(spec) else ()),
+            *(param_constant(n) for n in _param_domains(spec, bounds))]
 
 
 def generate_cfg(spec: Spec, bounds: Bounds, *, properties: tuple[str, ...] | None = None
@@ -257,9 +287,9 @@ def generate_cfg(spec: Spec, bounds: Bounds, *, properties: tuple[str, ...] | No
         f"\\* Generated by autoconverge.proofs.tla for spec {spec.name!r}. Do not edit.",
         "CONSTANTS",
         f"    MaxCalls = {bounds.max_calls}",
-        f"    QueueCap = {bounds.channel_capacity}",
-        *(f"    {PARAM_CONSTANTS[name]} = {{{', '.join(str(v) for v in values)}}}"
-          for name, values in L.param_domains(bounds.percents).items()),
+        *((f"    QueueCap = {bounds.channel_capacity}",) if channel_var(spec) else ()),
+        *(f"    {param_constant(name)} = {{{', '.join(str(v) for v in values)}}}"
+          for name, values in _param_domains(spec, bounds).items()),
         "SPECIFICATION Spec",
     ]
     if invs:
@@ -291,7 +321,8 @@ def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> Che
     t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    (workdir / f"{MODULE}.tla").write_text(generate(spec, bounds))
+    module = module_name(spec)
+    (workdir / f"{module}.tla").write_text(generate(spec, bounds))
     t_gen = time.perf_counter() - t0
     by_name = {p.name: p for p in spec.properties}
     deadlock_props = [p.name for p in spec.properties if p.kind == "deadlock"]
@@ -303,7 +334,7 @@ def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> Che
         cfg = f"MC{len(runs)}.cfg"
         (workdir / cfg).write_text(generate_cfg(spec, bounds, properties=tuple(remaining)))
         check_deadlock = all(n in remaining for n in deadlock_props)
-        r = tools.run_tlc(workdir, MODULE, cfg, deadlock=check_deadlock, timeout=timeout)
+        r = tools.run_tlc(workdir, module, cfg, deadlock=check_deadlock, timeout=timeout)
         runs.append({"cfg": cfg, "properties": list(remaining), "violated": list(r.violated),
                      "deadlock": r.deadlock, "temporal": r.temporal_violated,
                      "distinct": r.distinct, "depth": r.depth - 1 if r.depth >= 0 else -1,
@@ -314,7 +345,7 @@ def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> Che
             found += [n for n in deadlock_props if n in remaining and n not in found]
         if r.temporal_violated:
             live = [n for n in remaining if by_name[n].kind == "leadsto"]
-            on_lasso = [n for n in live if _violated_on_lasso(by_name[n], r)]
+            on_lasso = [n for n in live if _violated_on_lasso(spec, by_name[n], r)]
             if not on_lasso:
                 raise tools.ToolError(
                     f"TLC found a temporal counterexample that violates none of {live}")
@@ -331,7 +362,7 @@ def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> Che
     complete = [x for x in runs if x["complete"]]
     if not complete:  # every property violated, each run stopped early: count once more
         (workdir / "MCcount.cfg").write_text(generate_cfg(spec, bounds, properties=()))
-        r = tools.run_tlc(workdir, MODULE, "MCcount.cfg", deadlock=False, timeout=timeout)
+        r = tools.run_tlc(workdir, module, "MCcount.cfg", deadlock=False, timeout=timeout)
         complete = [{"distinct": r.distinct, "depth": r.depth - 1}]
     distinct = complete[0]["distinct"]
     depths = [x["depth"] for x in complete if x["depth"] >= 0]
@@ -346,12 +377,14 @@ def _check_tlc(spec: Spec, bounds: Bounds, workdir: Path, timeout: float) -> Che
     )
 
 
-def _violated_on_lasso(prop: Any, r: tools.TlcResult) -> bool:
+def _violated_on_lasso(spec: Spec, prop: Any, r: tools.TlcResult) -> bool:
     """``p ~> q`` fails on the lasso: some state satisfies p and no state from there on
-    (cycle included) satisfies q."""
+    (cycle included) satisfies q (the states read as ``spec``'s records)."""
     if not r.trace or r.loop_start is None:
         return False
-    states = [State(**{k: v for k, v in d.items() if k in VARIABLES}) for d in r.trace]
+    names = set(spec.variables)
+    states = [spec.schema.record(**{k: v for k, v in d.items() if k in names})
+              for d in r.trace]
     cycle = states[r.loop_start:]
     for i, s in enumerate(states):
         if prop.leads_from(s) and not any(prop.leads_to(x) for x in (*states[i:], *cycle)):

@@ -1,7 +1,9 @@
-"""The Promela/TLA+ generators without the tools: the shared relation, the texts, the parsers."""
+"""The Promela/TLA+ generators without the tools: the shared relation, the texts, the parsers
+(both lifecycles: the throttle and the migration, and their zoos)."""
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections import deque
 from typing import Any
@@ -23,7 +25,8 @@ from autoconverge.proofs.codegen import (
 )
 from autoconverge.spec import SPEC, WEAK_FAIRNESS, Spec, State
 from autoconverge.spec.expr import Term, var
-from autoconverge.spec.lifecycle import CALLERS, param_domains
+from autoconverge.spec.lifecycle import CALLERS
+from autoconverge.spec.specs import MIGRATION_SPEC, ZOOS
 from autoconverge.spec.variants import VARIANTS, variant
 
 _OPS = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
@@ -65,9 +68,13 @@ def _ev(x: Any, env: dict[str, Any]) -> Any:
     raise AssertionError(f"unexpected op {x.op}")
 
 
+def _record(s: Any) -> dict[str, Any]:
+    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+
+
 def _bfs_steps(spec: Spec, b: Bounds) -> set[tuple[Any, ...]]:
     all_steps = steps(spec, b)
-    env0 = {**spec.initial.as_dict(), CALLS: 0, MAX_CALLS: b.max_calls,
+    env0 = {**_record(spec.initial), CALLS: 0, MAX_CALLS: b.max_calls,
             QUEUE_CAP: b.channel_capacity}
     keys = sorted(k for k in env0 if k not in (MAX_CALLS, QUEUE_CAP))
     seen = {tuple(env0[k] for k in keys)}
@@ -87,16 +94,17 @@ def _bfs_steps(spec: Spec, b: Bounds) -> set[tuple[Any, ...]]:
 
 def _bfs_spec(spec: Spec, b: Bounds) -> set[tuple[Any, ...]]:
     """The same bounded slice straight from Spec.successors (as the explorer does it)."""
-    keys = sorted((*spec.initial.as_dict(), CALLS))
+    keys = sorted((*_record(spec.initial), CALLS))
+    chan = spec.schema.channel_var
     init = (spec.initial, 0)
     seen = {init}
     todo = deque([init])
     while todo:
         s, n = todo.popleft()
-        for t, _, s2 in spec.successors(s, param_domains(b.percents)):
+        for t, _, s2 in spec.successors(s, spec.param_domains(b.percents)):
             if t.is_fault and not b.faults:
                 continue
-            if len(s2.chan) > b.channel_capacity:
+            if chan is not None and len(getattr(s2, chan)) > b.channel_capacity:
                 continue
             n2 = n
             if t.user_call:
@@ -106,18 +114,24 @@ def _bfs_spec(spec: Spec, b: Bounds) -> set[tuple[Any, ...]]:
             if (s2, n2) not in seen:
                 seen.add((s2, n2))
                 todo.append((s2, n2))
-    return {tuple({**s.as_dict(), CALLS: n}[k] for k in keys) for s, n in seen}
+    return {tuple({**_record(s), CALLS: n}[k] for k in keys) for s, n in seen}
 
 
 SMALL = Bounds(percents=(0, 1, 50, 99, 100), max_calls=3, channel_capacity=2)
 ALL_SPECS = [SPEC, *(v.build(SPEC) for v in VARIANTS)]
+MIGRATION_SPECS = [MIGRATION_SPEC, *(v.build(MIGRATION_SPEC) for v in ZOOS["migration"])]
+MIGRATION_BOUNDS = Bounds(percents=(), max_calls=1, channel_capacity=0)
+"""The migration's own bound (``[migration]`` of explorer.toml: it cuts nothing)."""
 
 
-@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.name)
-def test_generator_relation_is_the_spec_relation(spec: Spec) -> None:
-    """The guard/effect trees both generators print reach exactly the spec's states."""
-    from_trees = _bfs_steps(spec, SMALL)
-    from_spec = _bfs_spec(spec, SMALL)
+@pytest.mark.parametrize(("spec", "bounds"),
+                         [*(pytest.param(s, SMALL, id=s.name) for s in ALL_SPECS),
+                          pytest.param(MIGRATION_SPEC, MIGRATION_BOUNDS, id="migration")])
+def test_generator_relation_is_the_spec_relation(spec: Spec, bounds: Bounds) -> None:
+    """The guard/effect trees both generators print reach exactly the spec's states (the
+    migration's: ``If`` in effects, guards reading the other machine's state, no FIFO)."""
+    from_trees = _bfs_steps(spec, bounds)
+    from_spec = _bfs_spec(spec, bounds)
     assert from_trees == from_spec
     assert len(from_trees) > 50
 
@@ -144,22 +158,30 @@ def _asserted(spec: Spec, name: str) -> bool:
     true and the generator prints no assertion for it)."""
     p = spec.property(name)
     if p.kind == "invariant":
-        return state_term(p.invariant) is not True
+        return state_term(spec, p.invariant) is not True
     return any(step_property_term(p.step, st) is not True for st in steps(spec, Bounds()))
 
 
 def test_promela_structure() -> None:
     safety = promela.generate(SPEC, Bounds(), "safety")
     live = promela.generate(SPEC, Bounds(), "liveness")
+    procs = [p.name for p in promela.processes(SPEC)]
+    # one process per weakly fair group, then one for every unfair step
+    assert procs == [*(g.name for g in WEAK_FAIRNESS), "unfair"]
+    assert procs == ["worker", "clock", "vcpu", "completion", "unfair"]
     for text in (safety, live):
-        for proc in ("worker", "clock", "vcpu", "controller"):
+        for proc in procs:
             assert f"active proctype {proc}()" in text
-        assert "end_idle:" in text and "end_done:" in text
-        # shutdown() is callable after a timeout or a failure: a bounded end, not a stuck caller
-        assert "end_stalled:" in text and "end_closing:" in text
-        assert "L_awaiting_exit:" in text and "end_awaiting_exit" not in text
-        assert "L_resuming:" in text and "end_resuming" not in text
+            assert f"end_{proc}:" in text  # a process blocked on its guards is a legitimate end
+        assert text.count("active proctype") == len(procs)
+        assert "mtype w = w_waiting;" in text and "mtype c = c_idle;" in text
+        assert "short q[QUEUE_SLOTS];" in text and "#define QUEUE_CAP 3" in text
         assert "d_step" in text
+    # the user calls and the timeouts run in the unfair process, the completions apart
+    unfair = safety.split("active proctype unfair()", 1)[1]
+    completion = safety.split("active proctype completion()", 1)[1].split("active proctype", 1)[0]
+    assert "/* call_shutdown_idle_k1 */" in unfair and "/* timeout_awaiting_exit */" in unfair
+    assert "/* shutdown_done_awaiting_exit */" in completion and "call_" not in completion
     for p in SPEC.properties:
         if p.kind in ("invariant", "step"):
             assert (f"prop_{p.name} ||" in safety) == _asserted(SPEC, p.name), p.name
@@ -171,25 +193,28 @@ def test_promela_structure() -> None:
     assert not _asserted(SPEC, "PausedFollowsCalls")
     broken = variant("paused_without_pause_call").build(SPEC)
     assert "prop_PausedFollowsCalls ||" in promela.generate(broken, Bounds(), "safety")
-    assert "stop: no more user calls or timeouts" in live
+    assert "stop: no more user calls, timeouts or other unfair steps" in live
     assert "stop:" not in safety
     assert "NO_DEADLOCK" in safety
 
 
-def test_liveness_model_leaves_out_stuttering_timeouts() -> None:
-    """A timeout that changes nothing is no step (explorer, TLA+); in SPIN the weakly fair
-    controller could take it forever instead of completing the call."""
+def test_liveness_model_stops_unfair_steps_apart_from_fair_ones() -> None:
+    """Only the unfair steps stop (``unfair_off``), and a stuttering timeout cannot stand in
+    for the completions' fairness: they are another process (a timeout that changes nothing
+    is no step in the explorer or TLA+; SPIN's -f is fairness per process)."""
     pending = variant("timeout_leaves_call_pending").build(SPEC)
     live = promela.generate(pending, Bounds(), "liveness")
-    block = live.split("/* timeout_awaiting_exit */", 1)[1].split("goto", 1)[0]
-    assert "d_step { !unfair_off && !((0 == holder)) && ((c == c_awaiting_exit))" in block
+    block = live.split("/* timeout_awaiting_exit */", 1)[1].split(":: /*", 1)[0]
+    assert "d_step { !unfair_off && ((c == c_awaiting_exit))" in block
+    unfair = live.split("active proctype unfair()", 1)[1].split("active proctype", 1)[0]
+    assert "/* timeout_awaiting_exit */" in unfair
+    assert "d_step { !unfair_off -> ncalls = MAX_CALLS; unfair_off = true }" in unfair
+    for proc in promela.processes(pending):
+        if proc.weak:
+            fair = live.split(f"active proctype {proc.name}()", 1)[1].split("}\n", 1)[0]
+            assert "unfair_off" not in fair and "timeout_" not in fair
     safety = promela.generate(pending, Bounds(), "safety")
-    block = safety.split("/* timeout_awaiting_exit */", 1)[1].split("goto", 1)[0]
-    assert "holder" not in block.split(";", 1)[0]  # the safety model keeps every step
-    # in the shipped spec a timeout always leaves the blocking state: never a stutter
-    shipped = promela.generate(SPEC, Bounds(), "liveness")
-    block = shipped.split("/* timeout_awaiting_exit */", 1)[1].split("goto", 1)[0]
-    assert "!unfair_off && (" in block and "holder == 0" not in block
+    assert "unfair_off" not in safety  # the safety model: every step, nothing stops
 
 
 def test_tla_structure_fairness_per_thread() -> None:
@@ -229,7 +254,7 @@ def test_stuttering_steps_get_a_companion_invariant() -> None:
 
 
 def test_step_names_are_unique_identifiers() -> None:
-    for spec in ALL_SPECS:
+    for spec in (*ALL_SPECS, *MIGRATION_SPECS):
         names = [st.name for st in steps(spec, Bounds(percents=(0, 1, 50, 99, 100)))]
         assert len(names) == len(set(names))
         assert all(n.replace("_", "").isalnum() for n in names)
@@ -292,12 +317,12 @@ def test_parse_tlc_and_lasso() -> None:
     full = [{**SPEC.initial.as_dict(), **d} for d in r.trace]
     r.trace = full
     shutdown = SPEC.property("ShutdownCompletes")
-    assert tla._violated_on_lasso(shutdown, r)
+    assert tla._violated_on_lasso(SPEC, shutdown, r)
     resumed = SPEC.property("VcpusResumed")
-    assert tla._violated_on_lasso(resumed, r)
+    assert tla._violated_on_lasso(SPEC, resumed, r)
     r.trace = [full[0]]
     r.loop_start = 0
-    assert not tla._violated_on_lasso(resumed, r)
+    assert not tla._violated_on_lasso(SPEC, resumed, r)
     with pytest.raises(tools.ToolError):
         tools.parse_tlc("Error: Parsing or semantic analysis failed.\n")
 
@@ -308,3 +333,63 @@ def test_parse_tla_values() -> None:
     assert tools.parse_tla_value("TRUE") is True
     s = State(**{**SPEC.initial.as_dict(), "chan": tools.parse_tla_value("<<99>>")})
     assert s.chan == (99,)
+
+
+# --- the migration: no FIFO, int codes and flags, If in effects, guards across machines -------
+
+
+def test_migration_promela_has_no_queue_and_reads_both_machines() -> None:
+    safety = promela.generate(MIGRATION_SPEC, MIGRATION_BOUNDS, "safety")
+    live = promela.generate(MIGRATION_SPEC, MIGRATION_BOUNDS, "liveness")
+    procs = [p.name for p in promela.processes(MIGRATION_SPEC)]
+    assert procs == ["source", "destination", "throttler", "operator", "unfair"]
+    for text in (safety, live):
+        assert "QUEUE_CAP" not in text and "qlen" not in text and "q[" not in text
+        assert "#define MAX_CALLS 1" in text
+        assert "mtype src = src_start;" in text and "mtype dst = dst_listening;" in text
+        assert "short thr = 0;" in text and "bool link = true;" in text
+        for proc in procs:
+            assert f"active proctype {proc}()" in text
+    # If in an effect: a message is lost when the link is down
+    assert "sd = (link -> 1 : 0)" in safety
+    # a source guard reads the destination's machine state
+    commit = safety.split("/* send_commit_ready_to_commit */", 1)[1].split(":: /*", 1)[0]
+    assert "(dst != dst_dead)" in commit or "!((dst == dst_dead))" in commit
+    # the cancel is the user call: counted, and stoppable in the liveness model
+    unfair = live.split("active proctype unfair()", 1)[1]
+    assert "/* cancel_start */" in unfair and "(ncalls < MAX_CALLS)" in unfair
+    assert "unfair_off = true" in unfair
+    for p in MIGRATION_SPEC.properties:
+        if p.kind == "leadsto":
+            assert f"ltl {p.name} {{ [] (" in live
+
+
+def test_migration_tla_structure() -> None:
+    text = tla.generate(MIGRATION_SPEC, MIGRATION_BOUNDS)
+    assert text.startswith("---- MODULE Migration ----")
+    assert "CONSTANTS MaxCalls\n" in text and "QueueCap" not in text
+    assert "VARIABLES src, dst, vm, thr," in text and text.count("ncalls") > 2
+    assert ("Spec == Init /\\ [][Next]_vars\n        /\\ WF_vars(SourceNext) /\\ "
+            "WF_vars(DestinationNext) /\\ WF_vars(ThrottlerNext) /\\ WF_vars(OperatorNext)"
+            ) in text
+    assert ("Next == SourceNext \\/ DestinationNext \\/ ThrottlerNext \\/ OperatorNext "
+            "\\/ UserNext \\/ ClockNext \\/ LateNext \\/ GuestNext \\/ FaultsNext "
+            "\\/ CrashNext \\/ EndStutter") in text
+    assert "sd' = (IF link THEN 1 ELSE 0)" in text
+    assert 'Init ==\n    /\\ src = "start"\n    /\\ dst = "listening"' in text
+    cfg = tla.generate_cfg(MIGRATION_SPEC, MIGRATION_BOUNDS)
+    assert "MaxCalls = 1" in cfg and "QueueCap" not in cfg and "Percents" not in cfg
+    for p in MIGRATION_SPEC.properties:
+        section = "INVARIANT" if p.kind in ("invariant", "deadlock") else "PROPERTY"
+        line = next(ln for ln in cfg.splitlines() if ln.startswith(section))
+        assert p.name in line.split()
+
+
+def test_generated_names_differ_per_spec() -> None:
+    """Concurrent runs on different specs never share a file (TLC's module, SPIN's model)."""
+    specs = [*ALL_SPECS, *MIGRATION_SPECS]
+    modules = {tla.module_name(s) for s in specs}
+    models = {promela.model_name(s) for s in specs}
+    assert len(modules) == len(models) == len(specs)
+    assert tla.module_name(SPEC) == "Throttle" and promela.model_name(SPEC) == "throttle"
+    assert all(m.isidentifier() for m in modules | models)
