@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("autoconverge.cli.bench_model", "verify"),
     ("autoconverge.cli.bench_virtualtime", "verify"),
     ("autoconverge.cli.soak_throttler", "kvm"),
+    ("autoconverge.cli.soak", "migration"),
     ("autoconverge.cli.migration", "migration"),
     ("autoconverge.cli.demo", "migration"),
     ("autoconverge.cli.bench_migration", "migration"),

@@ -375,7 +375,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
                "refused_peers": res.refused_peers, "iterations": res.iterations,
                "pages_received": res.pages_received, "bytes_received": res.bytes_received,
                "memory_hash": res.memory_hash, "counters_at_resume": res.counters_at_resume,
-               "counters_after": res.counters_after, "prepare_ms": res.prepare_ms}
+               "counters_after": res.counters_after, "prepare_ms": res.prepare_ms,
+               "trace": res.trace}
         print(json.dumps(out))
     return EXIT_OK if res.status == "completed" else EXIT_VIOLATED
 

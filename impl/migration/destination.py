@@ -27,6 +27,9 @@ from typing import Literal
 
 import numpy as np
 
+from autoconverge.spec import migration as M
+
+from . import fault_points
 from .errors import (
     ErrorCode,
     MigrationCancelled,
@@ -37,6 +40,7 @@ from .errors import (
 )
 from .framing import FrameChannel, MsgType
 from .host_memory import check_fits
+from .lifecycle import MigrationSpecViolation, SideLifecycle, destination_observation
 from .messages import (
     Layout,
     Limits,
@@ -78,6 +82,9 @@ class DestinationResult:
     """Seconds from accepting the source's connection to its authentication."""
     refused_peers: int = 0
     """Connections refused before the source authenticated."""
+    trace: list[str] = field(default_factory=list)
+    """The destination's steps of the migration spec, ``trigger@state``, in order (what
+    :mod:`autoconverge.model.migration_tracecheck` validates)."""
 
 
 class MigrationDestination:
@@ -101,8 +108,12 @@ class MigrationDestination:
         res = DestinationResult(status="failed")
         vm: DestinationVm | None = None
         started = False
+        commit_read = False
         failure: BaseException | None = None
+        life = SideLifecycle("destination")
+        res.trace = life.trace
         try:
+            life.before(M.RECV_LAYOUT)
             lay = decode_layout(self.channel.expect(MsgType.LAYOUT).payload, self.limits)
             res.layout = lay
             check_fits(lay.memory_size, self.verify)
@@ -118,6 +129,7 @@ class MigrationDestination:
             # the integrity hash is taken after the guest resumed, over a mirror of guest memory
             # that receives every batch too (no copy during the downtime); fault it in now
             mirror = self._mirror(lay.memory_size) if self.verify else None
+            life.fire(M.RECV_LAYOUT, sd=M.LAYOUT)  # accepted, VM created: READY
             self.channel.send(MsgType.READY, encode_ready(self.channel.max_pages_payload))
             states: list[bytes] | None = None
             touched = np.zeros(lay.page_count, dtype=np.bool_)  # new guest memory is zero
@@ -125,6 +137,7 @@ class MigrationDestination:
                 f = self.channel.expect(MsgType.PAGES, MsgType.ITERATION_END, MsgType.VCPU_STATE,
                                    MsgType.DONE)
                 if f.type is MsgType.PAGES:
+                    fault_points.hit("destination", "recv_pages")
                     if states is not None:
                         raise ProtocolError("PAGES after VCPU_STATE")
                     batch = decode_pages(f.payload, lay)
@@ -139,6 +152,7 @@ class MigrationDestination:
                         raise ProtocolError("duplicate VCPU_STATE")
                     states = decode_vcpu_state(f.payload, lay)
                 else:
+                    life.before(M.RECV_DONE)
                     if states is None:
                         raise ProtocolError("DONE before VCPU_STATE")
                     decode_done(f.payload)
@@ -152,21 +166,27 @@ class MigrationDestination:
             res.counters_at_resume = list(vm.progress())
             prepare_ns = int((self.clock.now() - t) * 1e9)
             res.prepare_ms = prepare_ns / 1e6
+            life.fire(M.RECV_DONE, sd=M.DONE, done_clean=True)  # loaded: PREPARED
             self.channel.send(MsgType.PREPARED)
+            life.before(M.RECV_COMMIT)
             expect_empty(self.channel.expect(MsgType.COMMIT))
+            commit_read = True
+            life.check(M.RECV_COMMIT, sd=M.COMMIT)  # refused: the guest must not start
             try:
                 vm.start()
             except Exception as exc:
                 raise VmStateError(f"the VM did not start from the vCPU state the source "
                                    f"sent: {type(exc).__name__}: {exc}") from exc
             started = True  # from here on the guest lives here, whatever happens
-            self.channel.send(MsgType.RESUMED)
-            res.status = "completed"
+            life.fire(M.RECV_COMMIT, sd=M.COMMIT)  # the guest runs: RESUMED
+            res.status = "completed"  # also if RESUMED cannot be sent: the guest runs here
             res.vm = vm
+            self.channel.send(MsgType.RESUMED)
             self.clock.wait(self._cancel, self.run_after_s)
             res.counters_after = list(vm.progress())
             if mirror is not None:
                 res.memory_hash = hashlib.sha256(mirror.data).hexdigest()
+            life.fire(M.SEND_REPORT)
             self.channel.send(MsgType.REPORT, encode_report(Report(
                 bytes.fromhex(res.memory_hash) if res.memory_hash else None,
                 tuple(res.counters_at_resume), tuple(res.counters_after),
@@ -174,8 +194,18 @@ class MigrationDestination:
         except Exception as exc:  # MigrationError subclasses for anything the peer caused
             failure = exc
             self._fail(res, exc, started)
+            if not started and life.violation is None:
+                # the spec's step before the VM is discarded (then ERROR, when possible)
+                try:
+                    if commit_read:  # COMMIT came, the VM did not start
+                        life.fire(M.START_FAILS, sd=M.COMMIT)
+                    else:
+                        life.fire(M.DISCARD, **destination_observation(exc))
+                except MigrationSpecViolation:
+                    pass  # raised below, once the VM is gone
         finally:
             res.bytes_received = self.channel.bytes_received
+            life.close()
             if vm is not None and not started:
                 try:
                     vm.close()
@@ -183,6 +213,8 @@ class MigrationDestination:
                     res.error = f"{res.error}; discarding the VM failed: {exc}"
         if failure is not None and not started:
             self._tell_peer(failure)  # after the VM is gone
+        if life.violation is not None:
+            raise life.violation
         return res
 
     @staticmethod

@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from autoconverge.impl.throttler import ThrottlerTimeout, ThrottleWorkerError, validate_percent
+from autoconverge.spec import migration as M
 
 from .errors import (
     ErrorCode,
@@ -49,6 +50,7 @@ from .errors import (
     TransportError,
 )
 from .framing import FrameChannel, MsgType, decode_error
+from .lifecycle import MigrationSpecViolation, SideLifecycle, source_observation
 from .macs import MAC_NAMES
 from .messages import (
     IterationEnd,
@@ -210,6 +212,9 @@ class MigrationResult:
     dirty_log_stopped: bool = False
     handshake_s: float | None = None
     """Seconds from starting to connect to being authenticated by the receiver."""
+    trace: list[str] = field(default_factory=list)
+    """The source's steps of the migration spec, ``trigger@state``, in order (what
+    :mod:`autoconverge.model.migration_tracecheck` validates)."""
     timeline: list[Sample] = field(default_factory=list)
 
     @property
@@ -230,6 +235,9 @@ def memory_hash(mem: memoryview) -> str:
 
 class MigrationSource:
     """Runs one migration of ``vm`` over an authenticated ``channel``; ``cancel()`` anytime."""
+
+    _life: SideLifecycle
+    """This run's model of the spec's source machine (bound for the length of run())."""
 
     def __init__(self, vm: MigratableVm, channel: FrameChannel, policy: Policy,
                  throttle_factory: ThrottleFactory, config: MigrationConfig | None = None,
@@ -253,6 +261,12 @@ class MigrationSource:
         """The destination may run the guest: from the start of the COMMIT send, unless
         the send failed or the destination refused COMMIT. The source never resumes then."""
         self._dirty_logging = False
+        self._thr = M.THR_NONE
+        """The throttler through its API contract (the spec's ``thr``), as this side drives it."""
+        self._throttled_up = False
+        self._got_report = False
+        self._cleanup_failed = False
+        """A clean-up action failed (the source's end state is not reached: no finish step)."""
         self._ps = vm.page_size
         self._pages = vm.memory_size // vm.page_size
         self._pending = np.zeros(self._pages, dtype=np.bool_)
@@ -317,22 +331,29 @@ class MigrationSource:
         r = self.result
         self._t0 = self.clock.now()
         err: BaseException | None = None
+        self._life = life = SideLifecycle("source", self._spec_real)
+        r.trace = life.trace
         try:
             self._check_cancel()
+            life.fire(M.SEND_LAYOUT)
             self.channel.send(MsgType.LAYOUT, encode_layout(layout_of(self.vm)))
+            life.before(M.RECV_READY)
             limit = decode_ready(self.channel.expect(MsgType.READY).payload)
+            life.fire(M.RECV_READY, ds=M.READY)
             frame_pages = FrameBuilder.frame_pages_for(limit, self._ps, self._frame_bytes())
             self._builder = FrameBuilder(self.vm.memory(), self._ps, frame_pages,
                                          self.cfg.zero_page_detection)
             self.vm.start_dirty_log()
             self._dirty_logging = True
             self._throttle = self.throttle_factory(self.vm)
+            self._thr = M.THR_RUNNING
             self._last_sync = self._bw_mark_t = self._obs_t = self._last_tick = self._now()
             self._syncs.append((self._last_sync, 0, 0.0))
             self._link_free_at = self.clock.now()
 
             it = 0
             t_pass = self.clock.now()
+            life.fire(M.SEND_PASS, dirty=self._pages > 0)
             self._send_pass(np.arange(self._pages, dtype=np.int64), it, ticks=True)
             r.first_pass_s = self.clock.now() - t_pass
             self._end_pass(it)
@@ -347,6 +368,7 @@ class MigrationSource:
                 it += 1
                 r.iterations = it
                 idx = np.flatnonzero(self._pending)
+                life.fire(M.SEND_PASS, dirty=len(idx) > 0)
                 self._send_pass(idx, it, ticks=True)
                 self._end_pass(it)
             r.iterations = it
@@ -355,19 +377,32 @@ class MigrationSource:
             self._check_cancel()
             t_stop = self.clock.now()
             assert self._throttle is not None
-            self._throttle.handover()
+            life.fire(M.START_HANDOVER)
+            self._thr = M.THR_HANDING
+            self._throttle.handover()  # raising: nothing handed over (handover_timeout)
+            self._thr = M.THR_HANDED
+            life.fire(M.HANDOVER_RETURNED, throttled=False)
             r.guest_cpu_stolen_s = self._throttle.stolen_vcpu_seconds()
+            life.before(M.SEND_STATE)
             self._final_sync()
             self._send_pass(np.flatnonzero(self._pending), it + 1, ticks=False)
             self.channel.send(MsgType.VCPU_STATE, *encode_vcpu_state(self.vm.save_vcpu_state()))
             r.counters_at_stop = list(self.vm.progress())
             self.channel.send(MsgType.DONE, encode_done(r.pages_sent, it))
+            life.fire(M.SEND_STATE)  # DONE left: the final sync, the vCPU state, DONE
+            life.before(M.RECV_PREPARED)
             expect_empty(self.channel.expect(MsgType.PREPARED))
+            life.fire(M.RECV_PREPARED, ds=M.PREPARED)
+            life.before(M.SEND_COMMIT)
             self._commit()
+            life.before(M.RECV_RESUMED)
             self._await_resumed()
             r.downtime_ms = (self.clock.now() - t_stop) * 1e3
             r.status = "completed"
             self._after_resumed()
+        except MigrationSpecViolation as exc:  # a bug: cleaned up below, then raised
+            err = exc
+            r.status, r.error = "failed", f"{type(exc).__name__}: {exc}"
         except CommitInDoubt as exc:
             err = exc
             r.status, r.error = "in_doubt", str(exc)
@@ -384,8 +419,27 @@ class MigrationSource:
             err = exc
             r.status, r.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
-            self._cleanup(err)
+            try:
+                self._cleanup(err)
+            finally:
+                life.close()
+        if life.violation is not None:
+            raise life.violation
         return r
+
+    def _spec_real(self) -> dict[str, Any]:
+        """The source's own variables of the migration spec, from its real state (read by
+        the lifecycle at every step). The VM's pause state is read only while no throttler
+        call can be pausing it (none started, shut down, or handed over); otherwise it is
+        the contract's (the throttler's pauses are its ``throttled``)."""
+        own: dict[str, Any] = {"thr": self._thr, "dlog": self._dirty_logging,
+                               "committed": self._committed, "may_run": self._dest_may_run}
+        if self._thr in (M.THR_NONE, M.THR_SHUT, M.THR_HANDED):
+            try:
+                own["vm"] = M.VM_PAUSED if self.vm.is_paused() else M.VM_RUNNING
+            except Exception:
+                pass  # the VM cannot say: its last known state stands
+        return own
 
     # ------------------------------------------------------------------------------ commit
     def _commit(self) -> None:
@@ -405,6 +459,7 @@ class MigrationSource:
         except MigrationError:
             self._dest_may_run = False  # it did not leave whole: never authenticated
             raise
+        self._life.fire(M.SEND_COMMIT)  # the spec's commit point: the frame left whole
         self._committed = True
         ignore_cancel = getattr(self.channel.stream, "ignore_cancel", None)
         if ignore_cancel is not None:
@@ -434,6 +489,7 @@ class MigrationSource:
             raise
         except MigrationError as exc:
             raise CommitInDoubt(self._in_doubt_text(str(exc))) from exc
+        self._life.fire(M.RECV_RESUMED, ds=M.RESUMED)
 
     @staticmethod
     def _in_doubt_text(why: str) -> str:
@@ -443,24 +499,35 @@ class MigrationSource:
                 f"guest twice): resume it only once the destination is known not to run it")
 
     def _after_resumed(self) -> None:
-        """The guest runs at the destination: stop the dirty log, hash, read the REPORT.
-        Nothing here changes where the guest runs; a failure is a note in ``error``."""
+        """The guest runs at the destination: hash, read the REPORT (the dirty log is stopped
+        in the clean-up, after it, as the spec orders). Nothing here changes where the guest
+        runs; a failure is a note in ``error``."""
         r = self.result
         notes: list[str] = []
-        try:
-            self.vm.stop_dirty_log()
-            self._dirty_logging = False
-        except Exception as exc:
-            notes.append(f"stopping the dirty log failed: {exc}")
-        try:
-            if self.cfg.verify:
+        if self.cfg.verify:
+            try:
                 r.source_hash = memory_hash(self.vm.memory())
+            except Exception as exc:
+                notes.append(f"verification failed: {type(exc).__name__}: {exc}")
+        rep: Report | None = None
+        try:
+            self._life.before(M.RECV_REPORT)
             rep = decode_report(self.channel.expect(MsgType.REPORT).payload, layout_of(self.vm))
-            self._use_report(rep)
         except MigrationError as exc:
             notes.append(f"the destination's report failed: {exc}")
         except Exception as exc:
             notes.append(f"verification failed: {type(exc).__name__}: {exc}")
+        if rep is None:
+            # no usable REPORT: the source is done with the connection (EOF, garbage, an
+            # ERROR the destination may not send once it resumed the guest)
+            self._life.fire(M.REPORT_MISSING, ds=M.NO_MSG, ds_err=False, link=False)
+        else:
+            self._life.fire(M.RECV_REPORT, ds=M.REPORT)
+            self._got_report = True
+            try:
+                self._use_report(rep)
+            except Exception as exc:
+                notes.append(f"verification failed: {type(exc).__name__}: {exc}")
         if notes:
             r.error = "migration completed, but " + "; ".join(notes)
 
@@ -473,9 +540,14 @@ class MigrationSource:
 
     # ------------------------------------------------------------------------------ cleanup
     def _cleanup(self, err: BaseException | None) -> None:
+        """End the run as the spec's source does: the step that ends the protocol part
+        (:meth:`_spec_end`), then shut the throttler down, resume the guest (before the commit
+        point only), stop the dirty log, and the finish step of the state reached. A step the
+        spec refuses is not taken (the guest is never resumed on one); run() raises it."""
         r = self.result
         r.total_time_s = self._now()
         problems: list[str] = []
+        self._spec_end(err)
         if self._dest_may_run and r.status != "completed":
             # after the first byte of COMMIT, however the run ended (a KeyboardInterrupt too)
             if r.status != "in_doubt":
@@ -491,19 +563,12 @@ class MigrationSource:
                 except Exception as exc:
                     problems.append(f"stolen-time query failed: {exc}")
             source_known = self._shutdown_throttle(problems)
+            if source_known and self._thr not in M.THR_CLOSED:
+                self._spec_step(M.STOP_THROTTLER)
+                self._thr = M.THR_SHUT
         if not self._dest_may_run and source_known:
-            try:
-                if self.vm.is_paused():
-                    self.vm.resume()
-            except Exception as exc:
-                problems.append(f"resuming the source guest failed: {exc}")
-        if self._dirty_logging:
-            try:
-                self.vm.stop_dirty_log()
-            except Exception as exc:
-                problems.append(f"stopping the dirty log failed: {exc}")
-            else:
-                self._dirty_logging = False
+            self._resume_source(problems)
+        self._stop_dirty_log(problems)
         r.dirty_log_stopped = not self._dirty_logging
         r.source_running = None
         if source_known:
@@ -516,6 +581,84 @@ class MigrationSource:
         r.outcome = self._outcome()
         if problems:
             r.error = "; ".join(([r.error] if r.error else []) + problems)
+        if source_known and not self._cleanup_failed:
+            self._spec_finish()
+        # else: a stuck throttler or a failed VM call left the spec's end state out of reach;
+        # the trace ends before the finish step and the result says why
+
+    def _spec_step(self, trigger: str, **observed: Any) -> bool:
+        """A clean-up step through the lifecycle: False if the spec refused it (kept for
+        run() to raise; the clean-up goes on without that step's action where it has one)."""
+        try:
+            self._life.fire(trigger, **observed)
+        except MigrationSpecViolation:
+            return False
+        return True
+
+    def _spec_end(self, err: BaseException | None) -> None:
+        """The step that ends the protocol part of the run, by the state it ended in."""
+        life = self._life
+        st = life.state
+        if life.violation is not None or st in (M.ABORTING, M.CLOSING, M.DOUBT_CLOSING,
+                                                *M.SOURCE_ENDED):
+            return
+        if st == M.HANDING_OVER:
+            # handover() timed out (or, a spec gap, failed): nothing was handed over and a
+            # late pause may still land; shutdown() resumes whatever it paused
+            self._spec_step(M.HANDOVER_TIMEOUT)
+            self._thr = M.THR_LATE
+        elif st == M.AWAITING_RESUMED:
+            seen = source_observation(err)
+            if self._dest_may_run:
+                self._spec_step(M.COMMIT_UNANSWERED, ds=M.NO_MSG, ds_err=False, link=False)
+            else:  # refused: the destination's ERROR (it discarded its VM first)
+                self._spec_step(M.COMMIT_REFUSED, **seen)
+        elif st == M.VERIFYING:  # interrupted while waiting for the REPORT
+            self._spec_step(M.REPORT_MISSING, ds=M.NO_MSG, ds_err=False, link=False)
+        elif st == M.PREPARED_STATE and self._dest_may_run:
+            # interrupted while COMMIT was being written: it may have left whole
+            if self._spec_step(M.SEND_COMMIT):
+                self._spec_step(M.COMMIT_UNANSWERED, ds=M.NO_MSG, ds_err=False, link=False)
+        else:  # before the commit point: a cancel, the destination's ERROR or EOF
+            self._spec_step(M.ABORT, **source_observation(err))
+
+    def _resume_source(self, problems: list[str]) -> None:
+        """The guest is the source's again: resume it if paused (only if the spec allows)."""
+        try:
+            paused = self.vm.is_paused()
+        except Exception as exc:
+            problems.append(f"resuming the source guest failed: {exc}")
+            self._cleanup_failed = True
+            return
+        if not paused or not self._spec_step(M.RESUME_GUEST):
+            return
+        try:
+            self.vm.resume()
+        except Exception as exc:
+            problems.append(f"resuming the source guest failed: {exc}")
+            self._cleanup_failed = True
+
+    def _stop_dirty_log(self, problems: list[str]) -> None:
+        if not self._dirty_logging:
+            return
+        try:
+            self.vm.stop_dirty_log()
+        except Exception as exc:
+            problems.append(f"stopping the dirty log failed: {exc}")
+            self._cleanup_failed = True
+        else:
+            self._spec_step(M.STOP_DIRTY_LOG)
+            self._dirty_logging = False
+
+    def _spec_finish(self) -> None:
+        """The finish step of the closing state the run reached."""
+        st = self._life.state
+        if st == M.CLOSING:
+            self._spec_step(M.FINISH if self._got_report else M.FINISH_UNVERIFIED)
+        elif st == M.DOUBT_CLOSING:
+            self._spec_step(M.FINISH_IN_DOUBT)
+        else:  # aborting (anything else is refused: a run that ended in no closing state)
+            self._spec_step(M.FINISH_ABORT)
 
     def _shutdown_throttle(self, problems: list[str]) -> bool:
         """Shut the throttler down (it resumes the vCPUs unless they were handed over); retry
@@ -696,6 +839,10 @@ class MigrationSource:
         except ValueError:
             raise MigrationError(f"policy {self.policy.name} asked for {want} %") from None
         if want != self._percent and self._throttle is not None:
+            if want > 0 and not self._throttled_up:
+                # the spec's one throttle_up (later changes are not steps of the abstraction)
+                self._life.fire(M.THROTTLE_UP)
+                self._throttled_up = True
             self._throttle.set_throttle_percent(want)
             self._percent = want
             # the dirty rate is measured afresh at the new throttle
