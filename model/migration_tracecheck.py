@@ -40,11 +40,12 @@ Side = Literal["source", "destination"]
 SIDES: tuple[Side, ...] = ("source", "destination")
 
 SEEN_FROM_ENVIRONMENT: dict[Side, frozenset[str]] = {
-    "source": frozenset({M.HANDOVER_TIMEOUT}),
-    "destination": frozenset({M.START_FAILS}),
+    "source": frozenset({M.HANDOVER_TIMEOUT, M.SOURCE_ERROR}),
+    "destination": frozenset({M.START_FAILS, M.REFUSE}),
 }
 """Environment steps a side takes part in (and records): the source's handover() raising on
-the clock's timeout; the destination's VM failing to start."""
+the clock's timeout, the source failing itself; the destination's VM failing to start, the
+destination refusing."""
 
 
 def observed_by(t: Transition) -> Side | None:

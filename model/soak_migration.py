@@ -53,7 +53,10 @@ file descriptors of this process after the last run, minus their number after th
 run (measured after ``gc.collect()``; a run after which they exceed the baseline and every
 earlier count is listed as a finding of that run). Every receiver process is reaped each
 run. ``not_fired``: runs whose fault never took effect (its step or occurrence did not come,
-e.g. no third pass, or no pause after an armed pause failure).
+e.g. no third pass, or no pause after an armed pause failure). ``trace_mismatch``: the
+source's trace and the receiver's (none when it was killed: any prefix of a behaviour) are
+not the projections of one behaviour of the migration spec
+(:func:`~autoconverge.model.migration_tracecheck.check_traces`).
 
 A campaign passes when every counter of :data:`FAILURES` is zero.
 """
@@ -89,6 +92,8 @@ from autoconverge.impl.migration.throttling import RealThrottle, ThrottleControl
 from autoconverge.impl.migration.transport import CancellableSocket, connect
 from autoconverge.impl.throttler import Throttler
 
+from .migration_tracecheck import check_traces
+
 Backend = Literal["kvm", "fake"]
 BACKENDS: Final[tuple[Backend, ...]] = ("kvm", "fake")
 FAULT_KINDS: Final = ("sigkill_destination", "connection_reset", "cancel", "timeout",
@@ -121,7 +126,7 @@ COUNTERS: Final = ("completed", "cancelled", "failed", "hangs", "guest_lost", "g
 FAILURES: Final = ("hangs", "guest_lost", "guest_twice", "source_left_throttled",
                    "leaked_threads", "leaked_fds", "dirty_log_left_on", "hash_mismatch",
                    "in_doubt_source_running", "source_state_wrong", "destination_crashed",
-                   "harness_errors")
+                   "harness_errors", "trace_mismatch")
 """A campaign fails (exit 1) if any of these is not zero."""
 OUTCOMES: Final = ("in_doubt", "timed_out", "unverified", "destination_died_running",
                    "in_doubt_resumed", "in_doubt_discarded", "not_fired", "throttled")
@@ -223,6 +228,8 @@ class RunRecord:
     in_doubt_action: str | None = None
     """``resumed`` / ``discarded``: what the soak as operator did with an in-doubt source."""
     guest_at: str = "?"
+    trace_ok: bool | None = None
+    """Both sides' traces are a behaviour of the migration spec."""
     """Where the guest runs at the end: ``source``, ``destination``, ``both``, ``nowhere``,
     ``died_with_destination``."""
     findings: list[tuple[str, str]] = field(default_factory=list)
@@ -508,6 +515,13 @@ def _run_and_check(rec: RunRecord, rp: RunPlan, s: SoakSettings, rx: Receiver, g
         rec.found("guest_twice", f"the source guest ran on after the run (source {r.status}) "
                                  f"while the receiver resumed it (receiver {rec.dest_status}: "
                                  f"{rec.dest_error or 'no error'})")
+    # --- both traces against the spec (a killed receiver printed none: None, any prefix)
+    dest_trace = None if dest is None else list(dest.get("trace") or [])
+    check = check_traces(list(r.trace), dest_trace)
+    rec.trace_ok = check.ok
+    if not check.ok:
+        rec.found("trace_mismatch", f"the traces are no behaviour of the migration spec: "
+                                    f"{check.explain()}")
     # --- the operator, for an in-doubt result: the receiver's word decides
     if r.status == "in_doubt":
         if reported_running:

@@ -168,10 +168,14 @@ RECV_COMMIT = "recv_commit"
 SEND_REPORT = "send_report"
 DISCARD = "discard"
 START_FAILS = "start_fails"
+REFUSE = "refuse"
 DST_DIE = "dst_die"
+SOURCE_ERROR = "source_error"
 
-FAULT_TRIGGERS: tuple[str, ...] = (LINK_BREAK, DST_DIE, START_FAILS)
-"""Failures: the link breaking, the destination process dying, its VM failing to start."""
+FAULT_TRIGGERS: tuple[str, ...] = (LINK_BREAK, DST_DIE, START_FAILS, REFUSE, SOURCE_ERROR)
+"""Failures: the link breaking, the destination process dying, its VM failing to start, the
+destination refusing (a layout, memory or vCPU state it cannot take, its own cancel), the
+source failing itself (a vCPU, VM, policy or throttler error before the commit point)."""
 
 # --- fairness -----------------------------------------------------------------------------
 
@@ -199,9 +203,11 @@ FAULT_GROUP = FairnessGroup("faults", "the link breaking, the destination dying 
                             "network", weak=False)
 CRASH_GROUP = FairnessGroup("crash", "the destination failing (no fairness)",
                             "no fairness on the destination failing", "crash", weak=False)
+FAILURE_GROUP = FairnessGroup("failure", "the source failing itself (no fairness)",
+                              "no fairness on the source failing", "failure", weak=False)
 FAIRNESS_GROUPS: tuple[FairnessGroup, ...] = (
     SOURCE_GROUP, DESTINATION_GROUP, THROTTLER_GROUP, OPERATOR_GROUP,
-    USER_GROUP, CLOCK_GROUP, LATE_GROUP, GUEST_GROUP, FAULT_GROUP, CRASH_GROUP,
+    USER_GROUP, CLOCK_GROUP, LATE_GROUP, GUEST_GROUP, FAULT_GROUP, CRASH_GROUP, FAILURE_GROUP,
 )
 """The weakly fair groups first (the order checkers number them by); the user's is the
 first unfair group (what a bound counts as user calls)."""
@@ -252,6 +258,8 @@ class MigrationState:
     refused): it must never resume its own copy"""
     cancel: Value
     """a cancel (or a timeout with strategy cancel) was requested"""
+    error: Value
+    """the source failed itself (before the commit point): it aborts"""
     verified: Value
     """the destination's REPORT arrived"""
 
@@ -262,7 +270,7 @@ INITIAL = MigrationState(
     src=START, dst=LISTENING, vm=VM_RUNNING, thr=THR_NONE, throttled=False, dlog=False,
     dirty=False, sd=NO_MSG, sd_err=False, ds=NO_MSG, ds_err=False, link=True,
     done_clean=False, dvm=DVM_NONE, mem_ok=False, ran=False, committed=False, may_run=False,
-    cancel=False, verified=False,
+    cancel=False, error=False, verified=False,
 )
 
 # --- guard helpers ------------------------------------------------------------------------
@@ -296,8 +304,9 @@ def destination_sees_end(s: MigrationState) -> Value:
 
 
 def source_must_stop(s: MigrationState) -> Value:
-    """Before the commit point the source stops on a cancel, an ERROR or an EOF."""
-    return Or(s.cancel, source_sees_error(s), source_sees_end(s))
+    """Before the commit point the source stops on a cancel, its own failure, an ERROR or
+    an EOF."""
+    return Or(s.cancel, s.error, source_sees_error(s), source_sees_end(s))
 
 
 def terminal(s: MigrationState) -> Value:
@@ -314,7 +323,7 @@ def _abort_effect(s: MigrationState) -> dict[str, Value]:
 
 
 def _source_transitions() -> list[Transition]:
-    go = lambda s: Not(s.cancel)  # noqa: E731 - the happy path's common guard
+    go = lambda s: And(Not(s.cancel), Not(s.error))  # noqa: E731 - the happy path's guard
     ts = [
         Transition(SEND_LAYOUT, START, SETUP, "source", guard=go,
                    effect=lambda s: to_destination(s, LAYOUT),
@@ -463,6 +472,11 @@ def _environment_transitions() -> list[Transition]:
         ts.append(Transition(CANCEL, st, st, "user", guard=lambda s: Not(s.cancel),
                              effect=lambda s: {"cancel": True},
                              doc="the user cancels (Ctrl-C, SIGTERM, the API)"))
+        if st != HANDING_OVER:  # inside handover(): a failure is handover_timeout's case
+            ts.append(Transition(
+                SOURCE_ERROR, st, st, "failure", guard=lambda s: Not(s.error),
+                effect=lambda s: {"error": True},
+                doc="the source fails itself (a vCPU, VM, policy or throttler error)"))
     ts += [
         Transition(TIMEOUT, PRECOPY, PRECOPY, "clock", guard=lambda s: Not(s.cancel),
                    effect=lambda s: {"cancel": True},
@@ -471,8 +485,8 @@ def _environment_transitions() -> list[Transition]:
         Transition(HANDOVER_TIMEOUT, HANDING_OVER, ABORTING, "clock",
                    guard=lambda s: s.thr == THR_HANDING,
                    effect=lambda s: {"thr": THR_LATE, **_abort_effect(s)},
-                   doc="handover() times out (a slow pause()): abort; its pause may land "
-                       "later"),
+                   doc="handover() times out (a slow pause()) or fails: abort; nothing was "
+                       "handed over and its pause may land later"),
     ]
     return ts
 
@@ -508,6 +522,14 @@ def _destination_transitions() -> list[Transition]:
     ]
     for st in (LISTENING, RECEIVING, DST_PREPARED):
         ts.append(Transition(
+            REFUSE, st, DISCARDED, "crash",
+            guard=(lambda s: s.sd == LAYOUT) if st == LISTENING else (lambda s: True),
+            effect=lambda s: {"sd": NO_MSG, "sd_err": False,
+                              "dvm": If(s.dvm == DVM_LOADED, DVM_DISCARDED, s.dvm),
+                              "ds_err": s.link},
+            doc="the destination refuses (a layout, memory or vCPU state it cannot take, "
+                "its own cancel): discard the VM, then say ERROR"))
+        ts.append(Transition(
             DISCARD, st, DISCARDED, "destination", guard=destination_sees_end,
             effect=lambda s: {"sd_err": False,
                               "dvm": If(s.dvm == DVM_LOADED, DVM_DISCARDED, s.dvm),
@@ -535,7 +557,7 @@ MIGRATION_SCHEMA = Schema(
         MachineDecl("destination", "dst", DESTINATION_STATES, DESTINATION_FINAL),
     ),
     actors={"source": "source", "throttler": "source", "guest": "source", "user": "source",
-            "clock": "source", "network": "source", "operator": "source",
+            "clock": "source", "network": "source", "operator": "source", "failure": "source",
             "destination": "destination", "crash": "destination"},
     fairness_groups=FAIRNESS_GROUPS,
     terminal=terminal,

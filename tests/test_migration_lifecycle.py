@@ -165,7 +165,7 @@ def assert_traces_valid(run: Run) -> None:
     both = check_traces(src, dst)
     assert both.ok, (both.explain(), src, dst)
     assert [w.split(".", 1)[1] for w in both.witness
-            if w.split(".", 1)[0] in ("source", "clock")] == src
+            if w.split(".", 1)[0] in ("source", "clock", "failure")] == src
 
 
 def assert_source_runs_its_guest(run: Run) -> None:
@@ -293,6 +293,51 @@ def test_a_reset_before_commit_left_aborts() -> None:
     assert "abort@ready_to_commit" in run.source_trace
     assert "send_commit@ready_to_commit" not in run.source_trace  # never the commit point
     assert_traces_valid(run)
+
+
+class NoStateVm(FakeVm):
+    """A destination VM that refuses the vCPU state the source sent."""
+
+    def load_vcpu_state(self, states: Any) -> None:
+        raise RuntimeError("injected: registers this VM cannot take")
+
+
+class FailingLogVm(FakeVm):
+    """A source VM whose dirty-log sync fails once in pre-copy (the source's own failure)."""
+
+    failed = False
+
+    def sync_dirty_log(self) -> Any:
+        if not FailingLogVm.failed and self.logging:
+            FailingLogVm.failed = True
+            raise RuntimeError("injected: the dirty-log sync failed")
+        return super().sync_dirty_log()
+
+
+def test_the_destination_refusing_the_vcpu_state_is_its_refuse_step() -> None:
+    run = migrate(dest_vm_class=NoStateVm)
+    assert_source_runs_its_guest(run)
+    assert run.dest_trace == ["recv_layout@listening", "refuse@receiving"]
+    assert "abort@awaiting_prepared" in run.source_trace
+    assert_traces_valid(run)
+
+
+def test_the_sources_own_failure_is_its_source_error_step() -> None:
+    run = migrate(source_class=OwnFailureSource)
+    assert_source_runs_its_guest(run)
+    assert "source_error@precopy" in run.source_trace
+    i = run.source_trace.index("source_error@precopy")
+    assert run.source_trace[i + 1] == "abort@precopy"
+    assert_traces_valid(run)
+
+
+class OwnFailureSource(MigrationSource):
+    """A source whose first delta pass fails with an error of its own (not the peer's)."""
+
+    def _end_pass(self, it: int) -> None:
+        if it == 0:
+            raise RuntimeError("injected: the source failed itself")
+        super()._end_pass(it)
 
 
 # ------------------------------------------------------------------- the validator rejects

@@ -166,7 +166,7 @@ def test_migration_holds_in_spin_tlc_and_explorer_with_equal_counts(
     assert r.checkers == ["explorer", "spin", "tlc"]
     assert r.agree, _summary(r)
     expected = crosscheck.explorer_config("migration").expected_states
-    assert expected == 1092
+    assert expected == 2326
     assert r.states.counts == {"explorer": expected, "spin": expected, "tlc": expected}
     assert r.transitions.match and r.depth.match
     assert r.all_hold == {"explorer": True, "spin": True, "tlc": True}

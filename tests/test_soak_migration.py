@@ -34,7 +34,7 @@ from autoconverge.impl.migration import fault_points
 from autoconverge.impl.migration.fakes import FakeClock, FakeVm, run_fake_migration
 from autoconverge.impl.migration.fault_points import INJECTION_STEPS, FaultPlan, FaultyVcpus
 from autoconverge.impl.migration.policy import make_policy
-from autoconverge.impl.migration.source import MigrationConfig, MigrationSource
+from autoconverge.impl.migration.source import MigrationConfig, MigrationResult, MigrationSource
 from autoconverge.impl.vcpus import VcpuError
 from autoconverge.model.soak_migration import (
     COUNTERS,
@@ -205,6 +205,16 @@ class DiscardsInDoubt(MigrationSource):
             self.vm.close()
 
 
+class SkipsHandoverInTrace(MigrationSource):
+    """Deliberately broken bookkeeping: the recorded trace leaves out the handover steps (a
+    source whose state changes bypass its machine), so it is no behaviour of the spec."""
+
+    def run(self) -> MigrationResult:
+        r = super().run()
+        r.trace = [t for t in r.trace if not t.startswith(("start_handover", "handover_"))]
+        return r
+
+
 def _one(seed: int, source: type[MigrationSource] = MigrationSource) -> SoakReport:
     return soak(1, seed=seed, settings=FAKE, source_factory=source, keep_records=True)
 
@@ -220,6 +230,8 @@ def _found(report: SoakReport) -> dict[str, int]:
                  id="no-resume-on-abort"),
     pytest.param(ResumesInDoubt, ("connection_reset", "source", "recv_resumed"),
                  "guest_twice", id="resumes-in-doubt"),
+    pytest.param(SkipsHandoverInTrace, ("cancel", "source", "recv_prepared"),
+                 "trace_mismatch", id="trace-not-a-behaviour"),
 ])
 def test_the_soak_catches_a_broken_source(broken: type[MigrationSource],
                                           plan: tuple[str, str, str], counter: str) -> None:
@@ -324,3 +336,20 @@ def test_the_json_keys_are_the_contract() -> None:
     assert set(COUNTERS) | {"runs", "per_fault"} == CONTRACT_KEYS
     d = SoakReport(FAKE, 0).as_dict()
     assert set(d) >= CONTRACT_KEYS and set(FAILURES) <= set(d)
+
+
+def test_the_injection_steps_are_the_spec_steps_of_each_side() -> None:
+    """Every injection point is a transition of that side in the migration spec (except the
+    destination's ``recv_pages``, one PAGES frame: a step inside ``receiving`` that the
+    abstraction folds into the dirty flag), and every protocol step of the happy path is one."""
+    from autoconverge.spec.specs import MIGRATION_SPEC
+
+    own = {side: {t.trigger for t in MIGRATION_SPEC.relation() if t.actor == side}
+           for side in ("source", "destination")}
+    assert set(INJECTION_STEPS["source"]) <= own["source"]
+    assert set(INJECTION_STEPS["destination"]) - {"recv_pages"} <= own["destination"]
+    happy = {"send_layout", "recv_ready", "send_pass", "start_handover", "handover_returned",
+             "send_state", "recv_prepared", "send_commit", "recv_resumed", "recv_report"}
+    assert happy <= set(INJECTION_STEPS["source"])
+    assert {"recv_layout", "recv_done", "recv_commit", "send_report"} <= set(
+        INJECTION_STEPS["destination"])

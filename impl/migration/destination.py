@@ -40,7 +40,13 @@ from .errors import (
 )
 from .framing import FrameChannel, MsgType
 from .host_memory import check_fits
-from .lifecycle import MigrationSpecViolation, SideLifecycle, destination_observation
+from .lifecycle import (
+    MigrationSpecViolation,
+    SideLifecycle,
+    destination_observation,
+    destination_refuses,
+    refusal_observation,
+)
 from .messages import (
     Layout,
     Limits,
@@ -199,6 +205,8 @@ class MigrationDestination:
                 try:
                     if commit_read:  # COMMIT came, the VM did not start
                         life.fire(M.START_FAILS, sd=M.COMMIT)
+                    elif destination_refuses(exc):  # its own decision or failure
+                        life.fire(M.REFUSE, **refusal_observation(life))
                     else:
                         life.fire(M.DISCARD, **destination_observation(exc))
                 except MigrationSpecViolation:

@@ -57,7 +57,13 @@ from autoconverge.spec.expr import Value
 from autoconverge.spec.specs import MIGRATION_SPEC
 
 from . import fault_points
-from .errors import AuthenticationError, PeerError, ProtocolError, TransportError
+from .errors import (
+    AuthenticationError,
+    MigrationCancelled,
+    PeerError,
+    ProtocolError,
+    TransportError,
+)
 
 Side = Literal["source", "destination"]
 
@@ -214,27 +220,46 @@ def _peer_broke(exc: BaseException | None) -> bool:
     return isinstance(exc, TransportError | ProtocolError | AuthenticationError)
 
 
+def own_failure(exc: BaseException | None) -> bool:
+    """The side failed itself: not the peer's doing (its ERROR, a broken or garbled
+    connection) and not a cancel (MigrationCancelled, a timeout with strategy cancel, an
+    interruption such as Ctrl-C, which the CLI turns into a cancel)."""
+    if exc is None or isinstance(exc, PeerError | MigrationCancelled | KeyboardInterrupt):
+        return False
+    return not _peer_broke(exc)
+
+
 def source_observation(exc: BaseException | None) -> dict[str, Value]:
     """What the source observed when ``exc`` ended its run before the commit point (None: it
-    was interrupted, e.g. KeyboardInterrupt): a cancel (also the timeout with strategy
-    cancel), the destination's ERROR, or the end of the connection.
-
-    Spec gap: a failure of the source itself (a vCPU, VM, policy or throttler error) is not in
-    the spec; it aborts exactly as a cancel does, and is mapped to one."""
+    was interrupted): the destination's ERROR, the end of the connection, or a cancel. Its
+    own failure is the spec's ``source_error`` step, taken before the abort
+    (:func:`own_failure`)."""
     if isinstance(exc, PeerError):
         return {"ds": M.NO_MSG, "ds_err": True}
     if _peer_broke(exc):
         return dict(_LINK_DOWN)
-    return {"cancel": True}  # MigrationCancelled, an interruption, or (gap) its own failure
+    if own_failure(exc):
+        return {}
+    return {"cancel": True}  # MigrationCancelled (a timeout too) or an interruption
 
 
 def destination_observation(exc: BaseException | None) -> dict[str, Value]:
     """What the destination observed when ``exc`` ended its run before the guest started: the
-    source's ERROR, or the end of the connection.
-
-    Spec gap: a failure of the destination itself (no memory or VM for the layout, a layout
-    or vCPU state it refuses, its own cancel) is not in the spec; it discards its VM and
-    says ERROR as after a broken link, and is mapped to one."""
+    source's ERROR, or the end of the connection. Its own failure (no memory or VM for the
+    layout, a vCPU state it cannot load, its own cancel) is the spec's ``refuse`` step
+    instead (:func:`destination_refuses`)."""
     if isinstance(exc, PeerError):
         return {"sd": M.NO_MSG, "sd_err": True}
-    return {"sd": M.NO_MSG, **_LINK_DOWN}  # EOF, garbage, or (gap) its own failure / cancel
+    return {"sd": M.NO_MSG, **_LINK_DOWN}  # EOF, a broken link, garbage
+
+
+def destination_refuses(exc: BaseException | None) -> bool:
+    """The destination ended by its own decision or failure (cancel included), not the
+    source's ERROR or the connection's end."""
+    return exc is not None and not isinstance(exc, PeerError) and not _peer_broke(exc)
+
+
+def refusal_observation(life: SideLifecycle) -> dict[str, Value]:
+    """What the destination has read when it refuses: in ``listening`` the LAYOUT it
+    refuses (it reads nothing else there)."""
+    return {"sd": M.LAYOUT} if life.state == M.LISTENING else {}

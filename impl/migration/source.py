@@ -50,7 +50,12 @@ from .errors import (
     TransportError,
 )
 from .framing import FrameChannel, MsgType, decode_error
-from .lifecycle import MigrationSpecViolation, SideLifecycle, source_observation
+from .lifecycle import (
+    MigrationSpecViolation,
+    SideLifecycle,
+    own_failure,
+    source_observation,
+)
 from .macs import MAC_NAMES
 from .messages import (
     IterationEnd,
@@ -619,7 +624,9 @@ class MigrationSource:
             # interrupted while COMMIT was being written: it may have left whole
             if self._spec_step(M.SEND_COMMIT):
                 self._spec_step(M.COMMIT_UNANSWERED, ds=M.NO_MSG, ds_err=False, link=False)
-        else:  # before the commit point: a cancel, the destination's ERROR or EOF
+        else:  # before the commit point: a cancel, its own failure, an ERROR or EOF
+            if own_failure(err) and not self._spec_step(M.SOURCE_ERROR):
+                return
             self._spec_step(M.ABORT, **source_observation(err))
 
     def _resume_source(self, problems: list[str]) -> None:
