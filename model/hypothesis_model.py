@@ -165,7 +165,8 @@ class AbstractModelMachine(RuleBasedStateMachine):
         """The leads-to properties whose ``p`` holds now and ``q`` does not."""
         s = self.state
         return [p for p in self.spec.properties
-                if p.kind == "leadsto" and p.leads_from(s) and not p.leads_to(s)]
+                if p.kind == "leadsto" and _holds(p.leads_from, s)
+                and not _holds(p.leads_to, s)]
 
     @precondition(lambda self: bool(self.pending()))
     @rule(data=st.data())
@@ -200,7 +201,7 @@ class AbstractModelMachine(RuleBasedStateMachine):
                 break
             if not moved:
                 break  # no fair thread can move: a stutter (deadlock is checked separately)
-            pending = [p for p in pending if not p.leads_to(self.state)]
+            pending = [p for p in pending if not _holds(p.leads_to, self.state)]
         if pending:
             names = ", ".join(p.name for p in pending)
             raise PropertyViolation(
@@ -240,6 +241,12 @@ class AbstractModelMachine(RuleBasedStateMachine):
             if not any(not b.transition.is_fault for bs in en.values() for b in bs):
                 bad += [p for p in self.spec.properties if p.kind == "deadlock"]
         _raise_violated(bad, self.trace)
+
+
+def _holds(pred: Any, s: Any) -> bool:
+    """A leads-to property's ``p`` or ``q`` on ``s`` (declared for every leads-to)."""
+    assert pred is not None
+    return bool(pred(s))
 
 
 def _raise_violated(violated: list[Property], trace: list[str]) -> None:

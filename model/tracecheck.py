@@ -76,7 +76,7 @@ class SpecFollower:
                 f"{where}: the spec enables {len(candidates)} matching transitions in {pre}"
             )
         t = candidates[0]
-        post = t.apply(pre, **params)
+        post: State = t.apply(pre, **params)
         if t.dest != event.dest:
             raise TraceMismatch(f"{where}: recorded dest {event.dest!r}, spec says {t.dest!r}")
         self._check(where, pre, t, post)

@@ -10,7 +10,7 @@ with each lifecycle (its schema's fairness groups, read per transition as
 
 from __future__ import annotations
 
-from .core import FairnessGroup, MachineDecl, Schema, Spec, Transition
+from .core import FairnessGroup, MachineDecl, Property, Schema, Spec, Transition
 from .lifecycle import (
     ABORT_PERCENT,
     CMD_ABORT,
@@ -30,7 +30,7 @@ from .lifecycle import (
     declared_transitions,
     terminal,
 )
-from .properties import FAIRNESS, PROPERTIES, Property
+from .properties import FAIRNESS, PROPERTIES
 
 SPEC = Spec(
     name="throttle",

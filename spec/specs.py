@@ -13,7 +13,8 @@ from .migration import MIGRATION_SCHEMA
 from .migration import declared_transitions as migration_transitions
 from .migration_properties import MIGRATION_PROPERTIES
 from .migration_variants import MIGRATION_VARIANTS
-from .variants import VARIANTS, Variant
+from .variants import VARIANTS
+from .variants import Variant as Variant
 
 MIGRATION_SPEC = Spec(
     name="migration",
