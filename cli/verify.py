@@ -161,7 +161,7 @@ def run_verify(spec: Spec, *, variant_name: str | None = None,
         progress(f"{family}: Z3 proofs (unbounded)")
         for proof in prove_all(spec, explored=result):
             merge(proof.name, "proof", proof.holds, proof.as_dict())
-        report["z3_search"] = z3_search_limits()
+        report["z3_search"] = z3_search_limits(spec)
         if family == SPEC.family:  # the throttle's timeslice arithmetic
             progress(f"{family}: Z3 timing arithmetic")
             timing = prove_timing()

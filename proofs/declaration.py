@@ -1,18 +1,28 @@
 """Checks of the declaration itself (not of its behaviour's properties), at the explorer's bound.
 
-- every worker and every controller state is reachable (at the configured bound);
+Generic over the lifecycle: the machines, their states and their final states are the
+spec's :class:`~autoconverge.spec.core.MachineDecl` s.
+
+- every state of every machine is reachable (at the configured bound): one check per machine,
+  ``Every<Machine>StateReachable`` (the throttle's ``EveryWorkerStateReachable`` and
+  ``EveryControllerStateReachable``);
 - every declared transition is enabled in some reachable state (faults only when faults
   are explored; without them, a transition only a fault makes reachable is reported as not
-  explored, not as dead);
+  explored, not as dead); an environment step declared as a self-loop on every state of the
+  machine it steps (an actor that is not that machine: the migration's throttler, guest and
+  network) must be enabled in some state of the machine, not in each;
 - no two transitions of one trigger and source have overlapping guards: ``transitions``
   silently fires the first whose guard passes, so an overlap would hide a transition. Checked
   with Z3 over *all* states (the guards are evaluated on the proofs' Z3 encoding of the state
   record, :func:`.encoding.state_vars`: enumeration sorts for the machine states, ``Seq(Int)``
   for the channel), and confirmed exhaustively on the reachable states (the explorer's graph,
   :func:`autoconverge.model.graph.build_graph`);
-- ``exit`` is the only worker state, and ``done`` the only controller state, without a
-  transition to another state (self-loops aside: a vCPU call the exiting worker started
-  ending, a call refused once the throttler is closed).
+- ``OnlyFinalStatesWithoutWayOut``: a machine's final states (:attr:`MachineDecl.final`: the
+  throttle worker's ``exit``, its controller's ``done``) are exactly its states without a
+  transition to another state other than a failure (self-loops aside: a vCPU call the exiting
+  worker started ending, a call refused once the throttler is closed; a failure may still
+  leave a final state: the migration's destination dying after its REPORT); every other state
+  has such a way out.
 
 Each check is a :class:`DeclarationCheck` (``as_dict()``: ``{"name", "holds", "detail"}``).
 """
@@ -28,13 +38,9 @@ import z3
 
 from autoconverge.model.config import ExplorerConfig
 from autoconverge.model.graph import build_graph
-from autoconverge.spec import CONTROLLER_STATES, WORKER_STATES, Spec, Transition
-from autoconverge.spec import lifecycle as L
+from autoconverge.spec import Spec, Transition
 
-from .encoding import state_vars
-
-WORKER_FINAL = L.EXIT
-CONTROLLER_FINAL = L.DONE
+from .encoding import context_of, state_vars
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,9 @@ class DeclarationCheck:
 def _z3_overlap(spec: Spec, t1: Transition, t2: Transition) -> str | None:
     """A model of a state enabling both (as text), or None if the guards are disjoint."""
     s = state_vars(spec, "")
-    params = {name: z3.Int(name) for name in (*t1.params, *t2.params)}
-    solver = z3.Solver()
+    ctx = context_of(spec.schema)
+    params = {name: z3.Int(name, ctx) for name in (*t1.params, *t2.params)}
+    solver = z3.Solver(ctx=ctx)
     solver.add(t1.enabled(s, **{k: params[k] for k in t1.params}))
     solver.add(t2.enabled(s, **{k: params[k] for k in t2.params}))
     if solver.check() == z3.sat:
@@ -67,12 +74,17 @@ def _enabled_somewhere(spec: Spec, config: ExplorerConfig, g: Any) -> set[tuple[
     fired = {(g.labels[li].transition.trigger, g.labels[li].transition.source)
              for edges in g.succ for _, li in edges}
     # edges cut by the bound still count as enabled: look at the records themselves
-    domain = L.param_domains(config.percents)
+    domain = spec.param_domains(config.percents)
     for s in g.reached_records():
         for t, _params, _nxt in spec.successors(s, domain):
             if config.faults or not t.is_fault:
                 fired.add((t.trigger, t.source))
     return fired
+
+
+def _environment_loop(t: Transition) -> bool:
+    """A self-loop of an actor that is not the machine it steps (its environment)."""
+    return bool(t.source == t.dest and t.actor != t.machine)
 
 
 def check_declaration(spec: Spec, config: ExplorerConfig) -> list[DeclarationCheck]:
@@ -82,18 +94,14 @@ def check_declaration(spec: Spec, config: ExplorerConfig) -> list[DeclarationChe
     checks: list[DeclarationCheck] = []
 
     reached = g.reached_records()
-    seen_w = {s.w for s in reached}
-    seen_c = {s.c for s in reached}
-    miss_w = [w for w in WORKER_STATES if w not in seen_w]
-    miss_c = [c for c in CONTROLLER_STATES if c not in seen_c]
-    checks.append(DeclarationCheck(
-        "EveryWorkerStateReachable", not miss_w,
-        f"unreachable: {miss_w}" if miss_w else f"all {len(WORKER_STATES)} reached",
-    ))
-    checks.append(DeclarationCheck(
-        "EveryControllerStateReachable", not miss_c,
-        f"unreachable: {miss_c}" if miss_c else f"all {len(CONTROLLER_STATES)} reached",
-    ))
+    machines = spec.schema.machines
+    for m in machines:
+        seen = {getattr(s, m.var) for s in reached}
+        miss = [st for st in m.states if st not in seen]
+        checks.append(DeclarationCheck(
+            f"Every{m.name.capitalize()}StateReachable", not miss,
+            f"unreachable: {miss}" if miss else f"all {len(m.states)} reached",
+        ))
 
     fired = _enabled_somewhere(spec, config, g)
     skipped = [t.label for t in relation if t.is_fault and not config.faults]
@@ -109,7 +117,24 @@ def check_declaration(spec: Spec, config: ExplorerConfig) -> list[DeclarationChe
         after_fault = [lab for lab in never
                        if tuple(lab.split("@", 1)) in fired_f]
         never = [lab for lab in never if lab not in after_fault]
-    detail = f"never enabled: {never}" if never else f"all {len(relation)} enabled somewhere"
+    # an environment actor's self-loop (an actor stepping a machine it is not, declared on
+    # every state of that machine: the migration's throttler, guest, network) needs to be
+    # enabled in some state of the machine, not in each
+    env = {t.label: (t.actor, t.trigger) for t in relation if _environment_loop(t)}
+    fired_env = {env[t.label] for t in relation
+                 if t.label in env and (t.trigger, t.source) in fired}
+    some_states = sorted({f"{a}: {tr}" for lab, (a, tr) in env.items()
+                          if lab in never and (a, tr) in fired_env})
+    never = [lab for lab in never if not (lab in env and env[lab] in fired_env)]
+    enabled = sum(1 for t in relation if (t.trigger, t.source) in fired)
+    if never:
+        detail = f"never enabled: {never}"
+    elif some_states:
+        detail = (f"{enabled} of {len(relation)} enabled somewhere; the others are environment "
+                  "steps declared on every state of the machine they step and enabled in "
+                  "some of them: " + ", ".join(some_states))
+    else:
+        detail = f"all {len(relation)} enabled somewhere"
     if skipped:
         detail += f" (not explored: {skipped}"
         if after_fault:
@@ -129,7 +154,7 @@ def check_declaration(spec: Spec, config: ExplorerConfig) -> list[DeclarationChe
             if model is not None:
                 overlaps.append(f"{trigger}@{source} -> {t1.dest} / {t2.dest}: z3 {model}")
     # exhaustive confirmation on the reachable records (every parameter over its domain)
-    domain = L.param_domains(config.percents)
+    domain = spec.param_domains(config.percents)
     reach_overlaps: set[str] = set()
     for s in reached:
         for (_m, trigger, source), ts in groups.items():
@@ -153,22 +178,29 @@ def check_declaration(spec: Spec, config: ExplorerConfig) -> list[DeclarationChe
     ))
 
     problems: list[str] = []
-    for states, final, which in ((WORKER_STATES, WORKER_FINAL, "worker"),
-                                 (CONTROLLER_STATES, CONTROLLER_FINAL, "controller")):
-        for st in states:
+    by_failure: list[str] = []
+    for m in machines:
+        for st in m.states:
             leaves = [t for t in relation
-                      if t.machine == which and t.source == st and t.dest != st]
-            if st == final and leaves:
-                # a final state keeps only self-loops: a vCPU call that the exiting worker
-                # started ending, a call refused once the throttler is closed
-                problems.append(f"{which} {st} has transitions out of it "
-                                f"{[t.label for t in leaves]}")
-            if st != final and not leaves:
-                problems.append(f"{which} {st} has no way out")
+                      if t.machine == m.name and t.source == st and t.dest != st]
+            ways = [t for t in leaves if not t.is_fault]
+            if st in m.final and ways:
+                # a final state keeps only self-loops (a vCPU call that the exiting worker
+                # started ending, a call refused once the throttler is closed) and failures
+                problems.append(f"{m.name} {st} has transitions out of it "
+                                f"{[t.label for t in ways]}")
+            elif st in m.final and leaves:
+                by_failure.append(f"{m.name} {st}: {[t.label for t in leaves]}")
+            if st not in m.final and not ways:
+                problems.append(f"{m.name} {st} has no way out"
+                                + (" but a failure" if leaves else ""))
+    finals = "; ".join(f"{m.name} {', '.join(repr(x) for x in m.final)}" for m in machines)
+    detail = (f"only the final states are without a way out ({finals}): nothing but a failure "
+              "leaves them")
+    if by_failure:
+        detail += " (left only by a failure: " + "; ".join(by_failure) + ")"
     checks.append(DeclarationCheck(
-        "ExitOnlyStateWithoutWayOut", not problems,
-        "; ".join(problems) if problems else
-        f"only worker '{WORKER_FINAL}' and controller '{CONTROLLER_FINAL}' are final "
-        "(nothing leaves them)",
+        "OnlyFinalStatesWithoutWayOut", not problems,
+        "; ".join(problems) if problems else detail,
     ))
     return checks

@@ -81,7 +81,9 @@ class ProofResult:
     kind: str
     """``invariant``, ``step``, ``deadlock`` or ``leadsto``."""
     method: str
-    """``induction``, ``induction+spacer``, ``spacer`` or ``ranking``."""
+    """``induction``, ``induction+spacer``, ``spacer`` or ``ranking`` (hand-written lemmas and
+    ranking plans, the throttle); ``certificate``, ``certificate+spacer`` or
+    ``certificate+ranking`` (a finite lifecycle: :mod:`.z3_certificate`)."""
     verdict: str
     """:data:`PROVED`, :data:`VIOLATED` or :data:`NOT_PROVED`."""
     obligations: tuple[ObligationResult, ...]
@@ -110,6 +112,9 @@ class ProofResult:
     """Z3 resource limit of each obligation check (Z3's operation count, not time)."""
     seed: int | None = None
     """Random seed of every Z3 solver of the proof."""
+    certificate: dict[str, Any] | None = None
+    """Methods ``certificate`` / ``certificate+ranking`` (:mod:`.z3_certificate`): what the
+    certificate is, where it came from, what Z3 checked and what the proof relies on."""
 
     @property
     def holds(self) -> bool:
@@ -153,6 +158,8 @@ class ProofResult:
                     "helpful": self.ranking.helpful}
         else:
             out |= {"strengthening": lemmas, "strengthening_text": self.strengthening_text}
+        if self.certificate is not None:
+            out["certificate"] = self.certificate
         out["obligations"] = obligations
         if self.failed_obligations:
             out["failed_obligations"] = self.failed_obligations

@@ -38,7 +38,7 @@ from typing import Any
 
 import z3
 
-from autoconverge.spec import FAIRNESS_GROUPS, WEAK_FAIRNESS, State
+from autoconverge.spec import THROTTLE_SCHEMA, State
 from autoconverge.spec.expr import And, If, Or, Value, chan_empty, chan_len, in_states, is_state
 from autoconverge.spec.lifecycle import (
     AWAITING_EXIT,
@@ -55,7 +55,7 @@ from autoconverge.spec.lifecycle import (
 
 from . import results
 from .encoding import as_bool
-from .z3_bmc import LASSO_DEPTH, lasso
+from .z3_bmc import lasso, lasso_depth
 from .z3_lemmas import closure
 from .z3_obligations import (
     FAILED,
@@ -70,8 +70,9 @@ from .z3_obligations import (
 )
 from .z3_safety import MEMO, SafetyProver, lemma_key
 
-FAIR_NAMES: tuple[str, ...] = tuple(g.name for g in WEAK_FAIRNESS)
-"""The helpful group's code in a rank obligation is its index here (the spec's order)."""
+FAIR_NAMES: tuple[str, ...] = tuple(g.name for g in THROTTLE_SCHEMA.weak_fairness)
+"""The throttle's weakly fair groups: the helpful group's code in a rank obligation is its
+index in the spec's weakly fair groups (this order, for the throttle)."""
 
 Helpful = list[tuple[Callable[[State], Value], FairnessGroup]]
 
@@ -196,10 +197,10 @@ def _lex_eq(a: tuple[Value, ...], b: tuple[Value, ...]) -> z3.BoolRef:
     return z3.And(*(x == y for x, y in zip(a, b, strict=True)))
 
 
-def _helpful_code(plan: RankPlan, s: State) -> z3.ArithRef:
-    code: Any = z3.IntVal(FAIR_NAMES.index(plan.helpful[-1][1].name))
+def _helpful_code(plan: RankPlan, s: State, fair_names: tuple[str, ...]) -> z3.ArithRef:
+    code: Any = z3.IntVal(fair_names.index(plan.helpful[-1][1].name))
     for cond, g in reversed(plan.helpful[:-1]):
-        code = z3.If(as_bool(cond(s)), z3.IntVal(FAIR_NAMES.index(g.name)), code)
+        code = z3.If(as_bool(cond(s)), z3.IntVal(fair_names.index(g.name)), code)
     return code
 
 
@@ -211,7 +212,9 @@ class LivenessProver:
         self.enc = safety.enc
         self.pre, self.post, self.params = safety.pre, safety.post, safety.params
         self.rlimit = safety.rlimit
-        self.depth = LASSO_DEPTH
+        self.fair_names = tuple(g.name for g in safety.spec.weak_fairness)
+        """The spec's weakly fair groups, in its order: their indices are the helpful codes."""
+        self.depth = lasso_depth(safety.spec)
         """Steps (prefix + cycle) searched from Init for a fair lasso when the proof fails."""
 
     def prove(self, name: str, counterexample: bool = True) -> results.ProofResult:
@@ -245,7 +248,8 @@ class LivenessProver:
             tuple(o.result() for o in obligations), round(time.perf_counter() - t0, 4),
             prop.statement, prop.formula, strengthening=inv,
             ranking=results.RankingArgument(
-                {g.name: g.statement for g in FAIRNESS_GROUPS}, plan.during_text,
+                {g.name: g.statement for g in self.safety.spec.fairness_groups},
+                plan.during_text,
                 plan.rank_text, plan.helpful_text),
             counterexample=cex, note=note,
             counterexample_source=None if cex is None else "z3-lasso", bmc_depth=self.depth,
@@ -263,7 +267,8 @@ class LivenessProver:
         during = plan.during or prop.leads_from
         h, h2 = as_bool(during(s)), as_bool(during(s2))
         r, r2 = plan.rank(s), plan.rank(s2)
-        help1, help2 = _helpful_code(plan, s), _helpful_code(plan, s2)
+        fair_names = self.fair_names
+        help1, help2 = _helpful_code(plan, s, fair_names), _helpful_code(plan, s2, fair_names)
         live = [h, z3.Not(q)]
         out: list[Outcome] = []
         out.append(discharge(
@@ -276,20 +281,20 @@ class LivenessProver:
                   states={"s": s}),
             self.rlimit))
         enabled = z3.And(*(
-            z3.Implies(help1 == i, self.enc.group_enabled(g, s)) for i, g in enumerate(FAIR_NAMES)
+            z3.Implies(help1 == i, self.enc.group_enabled(g, s)) for i, g in enumerate(fair_names)
         ))
         out.append(discharge(
             self.enc, "(a) helpful group enabled",
             f"Inv /\\ H /\\ ~q => ENABLED <<h(s)>>, h = {plan.helpful_text}",
             Query(ground=live, facts=facts, goal=enabled, states={"s": s}),
             self.rlimit))
-        for group in FAIRNESS_GROUPS:
+        for group in self.safety.spec.fairness_groups:
             g = group.name
             ts = self.enc.group(g)
             parts: list[Outcome] = []
             disabled: list[str] = []
             for t in ts:
-                gi = FAIR_NAMES.index(g) if group.weak else -1
+                gi = fair_names.index(g) if group.weak else -1
                 keep = z3.And(h2, z3.Or(
                     _lex_lt(r2, r),
                     z3.And(help1 != gi, _lex_eq(r2, r), help2 == help1),

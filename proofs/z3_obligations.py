@@ -191,7 +191,7 @@ def limited(solver: z3.Solver, rlimit: int) -> z3.Solver:
 
 
 def _setup(enc: Encoding, q: Query, rlimit: int) -> tuple[z3.Solver, _Instantiator]:
-    solver = limited(z3.Solver(), rlimit)
+    solver = limited(z3.Solver(ctx=enc.ctx), rlimit)
     for g in q.ground:
         solver.add(g)
     for lem, s in q.facts:
@@ -202,7 +202,7 @@ def _setup(enc: Encoding, q: Query, rlimit: int) -> tuple[z3.Solver, _Instantiat
         lem, s = q.goal
         if lem.quantified:
             assert lem.each is not None
-            k = z3.Int(enc.fresh("k"))
+            k = z3.Int(enc.fresh("k"), enc.ctx)
             skolems.append(k)
             solver.add(k >= 0, k < z3.Length(s.chan),
                        z3.Not(lem.instance(s, k)))
@@ -237,6 +237,7 @@ def _solve(enc: Encoding, q: Query, rlimit: int) -> tuple[str, z3.ModelRef | Non
 def describe_model(enc: Encoding, q: Query, model: z3.ModelRef) -> dict[str, Any]:
     """A counterexample to an obligation as JSON-ready data plus a readable line."""
     out: dict[str, Any] = {}
+    names = enc.spec.schema.value_names  # integer codes printed by name
     if q.step is not None:
         pre = enc.concrete(model, q.step.pre)
         post = enc.concrete(model, q.step.post)
@@ -249,15 +250,15 @@ def describe_model(enc: Encoding, q: Query, model: z3.ModelRef) -> dict[str, Any
             out["params"] = enc.param_values(model, t, q.step.params)
         label = out.get("transition", "?")
         params = ", ".join(f"{k}={v}" for k, v in out.get("params", {}).items())
-        out["text"] = (f"pre:  {fmt_state(pre)}\n  step: {label}({params})\n"
-                       f"  post: {fmt_state(post, pre)}")
+        out["text"] = (f"pre:  {fmt_state(pre, None, names)}\n  step: {label}({params})\n"
+                       f"  post: {fmt_state(post, pre, names)}")
     else:
         states = q.states or {}
         lines: list[str] = []
         for name, s in states.items():
             cs = enc.concrete(model, s)
             out[name] = state_dict(cs)
-            lines.append(f"{name}: {fmt_state(cs)}")
+            lines.append(f"{name}: {fmt_state(cs, None, names)}")
         out["text"] = "\n  ".join(lines)
     return out
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import z3
 
-from autoconverge.spec import Spec, terminal
+from autoconverge.spec import Spec
 
 from . import results
 from .encoding import Encoding, as_bool
-from .z3_bmc import BMC_DEPTH, SEARCH_RLIMIT, Unrolling, reach
+from .z3_bmc import SEARCH_RLIMIT, Unrolling, bmc_depth, reach
 from .z3_lemmas import LEMMAS, Lemma, closure
 from .z3_obligations import (
     FAILED,
@@ -108,15 +108,16 @@ class SafetyProver:
     """Proof obligations for one spec, with per-lemma results cached across properties."""
 
     def __init__(self, spec: Spec, rlimit: int = RLIMIT,
-                 search_rlimit: int = SEARCH_RLIMIT, depth: int = BMC_DEPTH) -> None:
+                 search_rlimit: int = SEARCH_RLIMIT, depth: int | None = None) -> None:
         self.spec = spec
         self.enc = Encoding(spec)
         self.rlimit = rlimit
         """Z3 resource limit of each obligation check."""
         self.search_rlimit = search_rlimit
         """Z3 resource limit of each depth of a counterexample search."""
-        self.depth = depth
-        """Steps from Init searched for a counterexample when an obligation fails."""
+        self.depth = bmc_depth(spec) if depth is None else depth
+        """Steps from Init searched for a counterexample when an obligation fails (default:
+        the spec's zoo depth, :func:`z3_bmc.bmc_depth`)."""
         self.pre = self.enc.state("s")
         self.post = self.enc.state("s'")
         self.params = self.enc.params("step")
@@ -209,7 +210,7 @@ class SafetyProver:
             obligations.append(discharge(
                 self.enc, "deadlock-free",
                 "Inv /\\ ~terminal => ENABLED (Next without fault)",
-                Query(facts=facts, goal=z3.Implies(z3.Not(as_bool(terminal(self.pre))),
+                Query(facts=facts, goal=z3.Implies(z3.Not(as_bool(self.spec.terminal(self.pre))),
                                                    self.enc.progress_enabled(self.pre)),
                       states={"s": self.pre}),
                 self.rlimit,
@@ -294,6 +295,7 @@ class SafetyProver:
             return reach(enc, bad, bound, name=name, kind="step", summary=prop.formula,
                          bad_step=True, rlimit=rl)
         if prop.kind == "deadlock":
+            terminal = self.spec.terminal
             return reach(enc, lambda u, k: z3.And(z3.Not(as_bool(terminal(u.states[k]))),
                                                   z3.Not(enc.progress_enabled(u.states[k]))),
                          bound, name=name, kind="deadlock", summary=prop.formula, rlimit=rl)

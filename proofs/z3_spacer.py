@@ -27,6 +27,7 @@ a wall-clock timeout, so its verdict does not depend on the machine's load.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,6 @@ from typing import Any
 import z3
 
 from autoconverge.spec import Spec
-from autoconverge.spec.lifecycle import VARIABLES
 
 from .encoding import Encoding, as_bool, fmt_clause
 from .z3_obligations import (
@@ -99,7 +99,8 @@ class SpacerResult:
 
 
 def _vars(s: Any) -> list[z3.ExprRef]:
-    return [getattr(s, n) for n in VARIABLES]
+    """The record's fields, in the record's order (the spec's variables)."""
+    return [getattr(s, f.name) for f in dataclasses.fields(s)]
 
 
 def spacer(spec: Spec, name: str, rlimit: int = SPACER_RLIMIT,
@@ -110,7 +111,7 @@ def spacer(spec: Spec, name: str, rlimit: int = SPACER_RLIMIT,
     prop = spec.property(name)
     s, s2 = enc.state("hs"), enc.state("hs'")
     ps = enc.params("hstep")
-    inv = z3.Function(f"Inv_{name}", *[v.sort() for v in _vars(s)], z3.BoolSort())
+    inv = z3.Function(f"Inv_{name}", *[v.sort() for v in _vars(s)], z3.BoolSort(enc.ctx))
     pre, post = inv(*_vars(s)), inv(*_vars(s2))
     allv = _vars(s) + _vars(s2) + list(ps.values())
     # one clause for the whole relation (a disjunction over the declared transitions) and
@@ -120,12 +121,12 @@ def spacer(spec: Spec, name: str, rlimit: int = SPACER_RLIMIT,
                z3.ForAll(allv, z3.Implies(z3.And(pre, enc.next(s, s2, ps)), post))]
     if prop.kind == "invariant":
         assert prop.invariant is not None
-        clauses.append(z3.ForAll(_vars(s), z3.Implies(pre, as_bool(prop.invariant(s)))))
+        clauses.append(z3.ForAll(_vars(s), z3.Implies(pre, as_bool(prop.invariant(s), enc.ctx))))
     elif prop.kind == "step":
         assert prop.step is not None
-        bad = z3.Or(*(z3.And(enc.step(t, s, s2, ps), z3.Not(as_bool(prop.step(s, t, s2))))
+        bad = z3.Or(*(z3.And(enc.step(t, s, s2, ps), z3.Not(as_bool(prop.step(s, t, s2), enc.ctx)))
                       for t in enc.relation))
-        clauses.append(z3.ForAll(allv, z3.Implies(z3.And(pre, bad), z3.BoolVal(False))))
+        clauses.append(z3.ForAll(allv, z3.Implies(z3.And(pre, bad), z3.BoolVal(False, enc.ctx))))
     else:
         raise ValueError(f"Spacer is used for invariants and step properties, not {prop.kind}")
     # Spacer runs in a Z3 context of its own: the clauses are copied into it, so its search
@@ -145,7 +146,7 @@ def spacer(spec: Spec, name: str, rlimit: int = SPACER_RLIMIT,
                             f"Spacer: unknown ({solver.reason_unknown()}) - proves nothing",
                             _since(t0))
     found = _interpretation(solver.model(), inv.translate(ctx),
-                            [v.translate(ctx) for v in _vars(s)]).translate(z3.main_ctx())
+                            [v.translate(ctx) for v in _vars(s)]).translate(enc.ctx)
     conjuncts = [found.arg(i) for i in range(found.num_args())] if z3.is_and(found) \
         else [found]
     invariant = tuple(fmt_clause(c) for c in conjuncts)
@@ -198,13 +199,13 @@ def _recheck(enc: Encoding, name: str, found: z3.BoolRef) -> list[Outcome]:
     if prop.kind == "invariant":
         assert prop.invariant is not None
         out.append(discharge(enc, "spacer: I => P", "I => P",
-                             Query(ground=[i_s], goal=as_bool(prop.invariant(s)),
+                             Query(ground=[i_s], goal=as_bool(prop.invariant(s), enc.ctx),
                                    states={"s": s})))
     else:
         assert prop.step is not None
         parts = [discharge(enc, f"spacer: I /\\ T[{t.label}] => P", "",
                            Query(ground=[i_s, enc.step(t, s, s2, ps)],
-                                 goal=as_bool(prop.step(s, t, s2)),
+                                 goal=as_bool(prop.step(s, t, s2), enc.ctx),
                                  step=Step(s, s2, ps, (t,))))
                  for t in enc.relation]
         ok = all(p.holds for p in parts)

@@ -17,7 +17,7 @@ def test_declaration_checks_hold() -> None:
     checks = check_declaration(SPEC, CFG)
     assert {c.name for c in checks} >= {
         "EveryWorkerStateReachable", "EveryControllerStateReachable",
-        "EveryTransitionEnabled", "GuardsDisjoint", "ExitOnlyStateWithoutWayOut"}
+        "EveryTransitionEnabled", "GuardsDisjoint", "OnlyFinalStatesWithoutWayOut"}
     assert all(c.holds for c in checks), checks
     assert all(isinstance(c, DeclarationCheck) for c in checks)
     # the JSON form `autoconverge verify --json` prints
@@ -38,9 +38,9 @@ def test_declaration_finds_overlapping_guards_and_dead_transitions() -> None:
     checks = {c.name: c for c in check_declaration(bad, CFG)}
     assert not checks["GuardsDisjoint"].holds
     assert "recv_exit@waiting" in checks["GuardsDisjoint"].detail
-    assert not checks["ExitOnlyStateWithoutWayOut"].holds
+    assert not checks["OnlyFinalStatesWithoutWayOut"].holds
     assert "worker exit has transitions out of it ['recv_exit@exit']" in (
-        checks["ExitOnlyStateWithoutWayOut"].detail)
+        checks["OnlyFinalStatesWithoutWayOut"].detail)
     assert not checks["EveryTransitionEnabled"].holds
     assert "never enabled: ['recv_exit@exit']" in checks["EveryTransitionEnabled"].detail
 

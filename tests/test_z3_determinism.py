@@ -52,7 +52,7 @@ OLD_BMC_DEPTH = 6
 """The safety search's former bound (7 steps with a bad step; also cut by a wall-clock
 budget, as the 9-step lasso search was)."""
 PROOF_MODULES = ("prove.py", "z3_bmc.py", "z3_safety.py", "z3_liveness.py",
-                 "z3_obligations.py", "z3_spacer.py", "timing_proofs.py")
+                 "z3_obligations.py", "z3_spacer.py", "timing_proofs.py", "z3_certificate.py")
 
 
 def _key(r: ProofResult) -> tuple[Any, ...]:
