@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transitions import MachineError
 
 from autoconverge.cli.main import main
@@ -495,3 +497,45 @@ def test_demo_prints_both_traces_in_its_json(capsys: pytest.CaptureFixture[str])
     src, dst = d["trace"], d["receiver"]["trace"]  # migrate's JSON, receive --json
     assert src[-1] == "finish@closing" and dst[-1] == "send_report@running"
     assert check_traces(src, dst).ok
+
+
+# ------------------------------------------- Hypothesis: the real sides vs the spec, faults drawn
+PLANNABLE = [(side, step, action)
+             for action, sides in fault_points.ACTIONS.items() if action in ("cancel", "reset",
+                                                                              "timeout")
+             for side in sides for step in fault_points.INJECTION_STEPS[side]]
+"""Faults an in-process run can take (a SIGKILL needs a receiver process: the soak's)."""
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(plan=st.sampled_from(PLANNABLE), occurrence=st.integers(1, 2),
+       busy=st.booleans(), dest_vm=st.sampled_from([FakeVm, NoStartVm, NoStateVm]))
+@pytest.mark.covers("migration:NeverRunsTwice", "migration:AbortLeavesSourceRunning",
+                    "migration:ThrottlerClosedAtEnd", "migration:InDoubtKeepsSourcePaused")
+def test_real_sides_with_a_drawn_fault_follow_the_spec(
+        plan: tuple[str, str, str], occurrence: int, busy: bool, dest_vm: type[FakeVm]) -> None:
+    """A real source and destination, a fault drawn (kind, side, step, occurrence) and a
+    destination VM drawn (normal, failing to start, refusing the vCPU state): both traces
+    are one behaviour of the spec, and the end state is what its properties promise: never
+    on both hosts; an abort leaves the source running with the throttler shut and the dirty
+    log off; in doubt keeps it paused; completed means the destination runs it."""
+    side, step, action = plan
+    fault_points.clear()
+    kw: dict[str, Any] = dict(BUSY) if busy else {}
+    run = migrate(plan=FaultPlan(side, step, action, occurrence),  # type: ignore[arg-type]
+                  dest_vm_class=dest_vm, **kw)
+    assert run.source_error is None and run.dest_error is None, (run.source_error,
+                                                                 run.dest_error)
+    r = run.result
+    assert r is not None
+    assert_traces_valid(run)
+    dest_runs = run.dest is not None and run.dest.vm is not None
+    assert not (dest_runs and not run.vm.paused and r.outcome != "completed")
+    assert all(t.shut for t in run.throttles) and not run.vm.logging
+    if r.outcome == "aborted":
+        assert not run.vm.paused and r.source_running is True
+    elif r.outcome == "in_doubt":
+        assert run.vm.paused
+    else:
+        assert dest_runs, (r.outcome, run.dest_trace)
