@@ -211,14 +211,7 @@ def lasso(enc: Encoding, leads_from: Callable[[Any], Any], leads_to: Callable[[A
     for k in range(1, max_depth + 1):
         u.extend()
         j, lo = z3.Int(f"j@{u.tag}{k}", enc.ctx), z3.Int(f"loop@{u.tag}{k}", enc.ctx)
-        cons: list[z3.BoolRef] = [z3.And(lo >= 0, lo < k, j >= 0, j <= k)]
-        cons.append(z3.Or(*(z3.And(lo == i, states_equal(u.states[k], u.states[i]))
-                            for i in range(k))))
-        cons.append(z3.Or(*(z3.And(j == i, as_bool(leads_from(u.states[i]), enc.ctx))
-                            for i in range(k + 1))))
-        for i in range(k + 1):
-            cons.append(z3.Implies(z3.Or(i >= j, i >= lo),
-                                   z3.Not(as_bool(leads_to(u.states[i]), enc.ctx))))
+        cons = _lasso_shape(u.states, k, j, lo, leads_from, leads_to, enc.ctx)
         for g in (group.name for group in fair_groups):
             escapes: list[z3.BoolRef] = []
             for i in range(k):
@@ -430,14 +423,7 @@ class OneShot:
         u = self.unrolling
         enc, k = self.enc, self.depth + 1
         j, lo = z3.Int(f"j@{u.tag}", enc.ctx), z3.Int(f"loop@{u.tag}", enc.ctx)
-        cons: list[z3.BoolRef] = [z3.And(lo >= 0, lo < k, j >= 0, j <= k)]
-        cons.append(z3.Or(*(z3.And(lo == i, states_equal(u.states[k], u.states[i]))
-                            for i in range(k))))
-        cons.append(z3.Or(*(z3.And(j == i, as_bool(leads_from(u.states[i]), enc.ctx))
-                            for i in range(k + 1))))
-        for i in range(k + 1):
-            cons.append(z3.Implies(z3.Or(i >= j, i >= lo),
-                                   z3.Not(as_bool(leads_to(u.states[i]), enc.ctx))))
+        cons = _lasso_shape(u.states, k, j, lo, leads_from, leads_to, enc.ctx)
         if returns_to is not None:
             cons.append(returns_to(u.states[k]))
         fair_groups = enc.spec.weak_fairness
@@ -606,3 +592,18 @@ def _lasso_violation(enc: Encoding, prop: Any, cex: Mapping[str, Any], states: l
                   z3.Not(enc.group_enabled(g.name, states[i])))
             for i in range(start, n))))
     return out
+
+
+def _lasso_shape(states: Any, k: int, j: Any, lo: Any, leads_from: Any, leads_to: Any,
+                 ctx: Any) -> list[z3.BoolRef]:
+    """A lasso over ``states[0..k]``: state ``k`` equals state ``lo`` (the cycle's start),
+    ``p`` holds at step ``j``, and ``q`` holds nowhere from ``j`` on or on the cycle."""
+    cons: list[z3.BoolRef] = [z3.And(lo >= 0, lo < k, j >= 0, j <= k)]
+    cons.append(z3.Or(*(z3.And(lo == i, states_equal(states[k], states[i]))
+                        for i in range(k))))
+    cons.append(z3.Or(*(z3.And(j == i, as_bool(leads_from(states[i]), ctx))
+                        for i in range(k + 1))))
+    for i in range(k + 1):
+        cons.append(z3.Implies(z3.Or(i >= j, i >= lo),
+                               z3.Not(as_bool(leads_to(states[i]), ctx))))
+    return cons
