@@ -374,7 +374,7 @@ def test_migration_tla_structure() -> None:
             ) in text
     assert ("Next == SourceNext \\/ DestinationNext \\/ ThrottlerNext \\/ OperatorNext "
             "\\/ UserNext \\/ ClockNext \\/ LateNext \\/ GuestNext \\/ FaultsNext "
-            "\\/ CrashNext \\/ EndStutter") in text
+            "\\/ CrashNext \\/ FailureNext \\/ EndStutter") in text
     assert "sd' = (IF link THEN 1 ELSE 0)" in text
     assert 'Init ==\n    /\\ src = "start"\n    /\\ dst = "listening"' in text
     cfg = tla.generate_cfg(MIGRATION_SPEC, MIGRATION_BOUNDS)
