@@ -55,9 +55,12 @@ MIGRATION_ABSTRACTIONS = (
     "lock-step); a broken link loses what is in flight; the destination may die at any "
     "step; the source process does not die.",
     "The throttler is its API contract (running, a handover in progress, handed over, a "
-    "handover timed out whose pause may land late, shut down), argued from the throttle "
-    "spec's properties (HandoverCompletes, HandoverMeansOwnedPause, ReturnsOnlyAfterJoin); "
-    "the refinement is not mechanically proved.",
+    "handover timed out whose pause may land late, shut down). The throttle spec, used as "
+    "the migration uses it (one caller; set, handover, shutdown; timeouts), refines it: "
+    "model/contract_refinement.py maps every throttle step to a contract move, bounded "
+    "(percents 1/50/99, two set calls) and without failing vCPU calls (the contract has no "
+    "state for a worker that died leaving the vCPUs paused); liveness rests on the throttle's "
+    "HandoverCompletes and ShutdownCompletes.",
     "The finite model needs no bound: the explorer, SPIN and TLC see every reachable state.",
 )
 

@@ -31,8 +31,10 @@ what a throttle property guarantees of the API: ``handover_returns`` (HandoverCo
 HandoverMeansOwnedPause: the caller owns paused vCPUs), a timed-out handover
 (``handover_timeout``) whose late pause may still land (``late_pause``), and ``shutdown``
 that returns with the vCPUs running unless a handover returned (ShutdownCompletes,
-ReturnsOnlyAfterJoin). That correspondence is argued, not mechanically proved: the
-refinement is left to a later proof.
+ReturnsOnlyAfterJoin). The safety half is checked mechanically, bounded and without
+failing vCPU calls: :mod:`autoconverge.model.contract_refinement` explores the throttle spec
+as the migration uses it and maps every step to the contract's moves; liveness rests on the
+throttle's leads-to properties.
 """
 
 from __future__ import annotations
@@ -568,8 +570,9 @@ MIGRATION_SCHEMA = Schema(
     value_names={"sd": SD_NAMES, "ds": DS_NAMES, "vm": VM_NAMES, "dvm": DVM_NAMES,
                  "thr": THR_NAMES},
     abstracts="memory is one dirty flag (a pass sends it, DONE carries the final sync), one "
-              "message is in flight each way, the throttler is its API contract (argued from "
-              "the throttle spec's properties, not proved), the source process does not die",
+              "message is in flight each way, the throttler is its API contract (refined by the "
+              "throttle spec: checked bounded, without failing vCPU calls), the source process "
+              "does not die",
 )
 """The migration's schema: the record, the source and destination machines (the
 environment's steps are declared on the source machine), fairness, faults."""
