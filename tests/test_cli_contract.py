@@ -108,7 +108,8 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
                   (["--percents", "100"], "--percents"),
                   (["--iterations", "-3"], "--iterations")],
     "bench-checkers": [(["--timeout", "-1"], "--timeout"),
-                       (["--bounds", "calls=x"], "calls=x")],
+                       (["--bounds", "calls=x"], "calls=x"),
+                       (["--spec", "nope"], "--spec")],
 }
 """Bad command lines per subcommand; each must be refused before any work starts."""
 
