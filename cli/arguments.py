@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 from collections.abc import Callable
+
+from .errors import UsageError
 
 
 def integer(lo: int, hi: int | None = None, what: str = "an integer") -> Callable[[str], int]:
@@ -72,3 +75,22 @@ def input_file(text: str) -> str:
     if not os.access(text, os.R_OK):
         raise argparse.ArgumentTypeError(f"cannot read {text!r}")
     return text
+
+
+MAX_SEED = 2**32 - 1
+"""The largest seed a soak accepts (``--seed``, ``--replay``)."""
+
+
+def soak_runs_and_seed(args: argparse.Namespace, default_runs: int, what: str
+                       ) -> tuple[int, int]:
+    """A soak's ``--runs`` / ``--seed`` / ``--replay``: (runs, first seed). ``--replay S``
+    is the one run of seed S; without ``--seed`` the first seed is drawn at random; the last
+    run's seed must stay within :data:`MAX_SEED`."""
+    if args.replay is not None and args.runs is not None:
+        raise UsageError(f"--replay runs the one {what} of its seed; drop --runs")
+    runs = 1 if args.replay is not None else (args.runs or default_runs)
+    seed = args.replay if args.replay is not None else (
+        args.seed if args.seed is not None else random.randrange(MAX_SEED + 1 - runs))
+    if seed + runs - 1 > MAX_SEED:
+        raise UsageError(f"--seed {seed} with --runs {runs} goes past seed {MAX_SEED}")
+    return runs, seed

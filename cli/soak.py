@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from typing import Any
@@ -33,10 +32,9 @@ from autoconverge.model.soak_migration import (
     soak,
 )
 
-from .arguments import integer, seconds
+from .arguments import MAX_SEED, integer, seconds, soak_runs_and_seed
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
-MAX_SEED = 2**32 - 1
 DEFAULT_RUNS = 100
 MAX_FINDING_LINES = 50
 
@@ -116,13 +114,7 @@ class _Printer:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    if args.replay is not None and args.runs is not None:
-        raise UsageError("--replay runs the one migration of its seed; drop --runs")
-    runs = 1 if args.replay is not None else (args.runs or DEFAULT_RUNS)
-    seed = args.replay if args.replay is not None else (
-        args.seed if args.seed is not None else random.randrange(MAX_SEED + 1 - runs))
-    if seed + runs - 1 > MAX_SEED:
-        raise UsageError(f"--seed {seed} with --runs {runs} goes past seed {MAX_SEED}")
+    runs, seed = soak_runs_and_seed(args, DEFAULT_RUNS, "migration")
     settings = SoakSettings(backend=args.backend, faults=tuple(args.faults),
                             run_timeout_s=args.run_timeout)
     printer = _Printer(args, runs)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from typing import Any
@@ -29,10 +28,9 @@ from autoconverge.model.soak_throttler import (
     soak,
 )
 
-from .arguments import integer
+from .arguments import MAX_SEED, integer, soak_runs_and_seed
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
-MAX_SEED = 2**32 - 1
 DEFAULT_RUNS = 1000
 PROGRESS_EVERY_S = 5.0
 MAX_FINDING_LINES = 50
@@ -117,11 +115,7 @@ class _Printer:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    if args.replay is not None and args.runs is not None:
-        raise UsageError("--replay runs the one program of its seed; drop --runs")
-    runs = 1 if args.replay is not None else (args.runs or DEFAULT_RUNS)
-    seed = args.replay if args.replay is not None else (
-        args.seed if args.seed is not None else random.randrange(MAX_SEED + 1 - runs))
+    runs, seed = soak_runs_and_seed(args, DEFAULT_RUNS, "program")
     printer = _Printer(args, runs)
     results: list[RunResult] = []
 

@@ -55,7 +55,7 @@ from typing import Any, ClassVar, Literal
 
 from transitions import MachineError
 
-from autoconverge.spec import SPEC, Spec, State, timing
+from autoconverge.spec import SPEC, Spec, State, Transition, timing
 from autoconverge.spec import lifecycle as L
 
 from .errors import AutoconvergeError
@@ -212,7 +212,7 @@ class _SpecModel:
         self._pending: dict[str, Any] = {}
         self._attached = True
         # this machine's transitions as the spec declares them (introspected from the machine)
-        self._declared: dict[tuple[str, str], L.Transition] = {
+        self._declared: dict[tuple[str, str], Transition] = {
             (t.trigger, t.source): t for t in spec.relation() if t.machine == self.machine_name
         }
         spec.machine(self.machine_name).add_model(self)
@@ -309,7 +309,7 @@ class _Worker(_SpecModel):
         # the spec's worker/clock transitions by (source state, actor): a step evaluates only
         # the guards that can hold (enabled() also requires the source state); how a vCPU call
         # ends (actor vcpu) is fired explicitly after the call
-        self._candidates: dict[tuple[str, str], tuple[L.Transition, ...]] = {}
+        self._candidates: dict[tuple[str, str], tuple[Transition, ...]] = {}
         for t in self._worker_relation:
             if t.actor in ("worker", "clock"):
                 key = (t.source, t.actor)

@@ -39,6 +39,7 @@ from typing import Any
 import z3
 
 from autoconverge.spec import THROTTLE_SCHEMA, State
+from autoconverge.spec.core import FairnessGroup
 from autoconverge.spec.expr import And, If, Or, Value, chan_empty, chan_len, in_states, is_state
 from autoconverge.spec.lifecycle import (
     AWAITING_EXIT,
@@ -50,7 +51,6 @@ from autoconverge.spec.lifecycle import (
     VCPU_GROUP,
     WAITING,
     WORKER_GROUP,
-    FairnessGroup,
 )
 
 from . import results

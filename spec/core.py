@@ -324,6 +324,8 @@ class Spec:
     properties: tuple[Any, ...] = ()
     description: str = ""
     _machines: dict[str, Machine] = field(default_factory=dict, compare=False, repr=False)
+    _relation: list[Transition] = field(default_factory=list, compare=False, repr=False)
+    """The relation once introspected (filled on first use)."""
 
     def __post_init__(self) -> None:
         bound = tuple(t if t.schema is self.schema else dataclasses.replace(t, schema=self.schema)
@@ -403,22 +405,18 @@ class Spec:
         This is what every consumer (explorer, encoders, generators, the implementation's
         trigger checks) iterates: the ``transitions`` machines are the single source.
         """
-        cached = self._machines.get("__relation__")
-        if cached is not None:
-            return cached  # type: ignore[return-value]
-        out: list[Transition] = []
-        for decl in self.schema.machines:
-            for event in self.machine(decl.name).events.values():
-                for transitions in event.transitions.values():
-                    for tr in transitions:
-                        guard = tr.conditions[0].func
-                        assert isinstance(guard, GuardCondition)
-                        t = guard.transition
-                        assert (t.trigger, t.source, t.dest) == (event.name, tr.source, tr.dest)
-                        out.append(t)
-        rel = tuple(out)
-        self._machines["__relation__"] = rel  # type: ignore[assignment]
-        return rel
+        if not self._relation:
+            for decl in self.schema.machines:
+                for event in self.machine(decl.name).events.values():
+                    for transitions in event.transitions.values():
+                        for tr in transitions:
+                            guard = tr.conditions[0].func
+                            assert isinstance(guard, GuardCondition)
+                            t = guard.transition
+                            assert (t.trigger, t.source, t.dest) == (event.name, tr.source,
+                                                                     tr.dest)
+                            self._relation.append(t)
+        return tuple(self._relation)
 
     def triggers(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t.trigger for t in self.relation()))

@@ -44,16 +44,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from .core import (
-    EffectCallback,
-    FairnessGroup,
-    GuardCondition,
-    MachineDecl,
-    Schema,
-    Spec,
-    SpecModel,
-    Transition,
-)
+from .core import FairnessGroup, MachineDecl, Schema, Transition
 from .expr import (
     And,
     Not,
@@ -664,8 +655,3 @@ THROTTLE_SCHEMA = Schema(
 """The throttle lifecycle's schema: the record, the worker and controller machines (clock
 and vCPU steps are declared on the worker machine), fairness, faults, parameters."""
 
-
-__all__ = [  # the shared vocabulary, re-exported for the throttle's readers
-    "EffectCallback", "FairnessGroup", "GuardCondition", "MachineDecl", "Schema", "Spec",
-    "SpecModel", "Transition",
-]

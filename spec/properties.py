@@ -15,7 +15,7 @@ Kinds (what a checker must do with the predicate):
 
 from __future__ import annotations
 
-from .core import Property, fairness_formula
+from .core import Property, Transition, fairness_formula
 from .expr import And, Eq, Implies, Not, Or, Value, chan_empty, chan_head, in_states, is_state
 from .lifecycle import (
     ABORT_DONE,
@@ -44,7 +44,6 @@ from .lifecycle import (
     THROTTLING,
     WAITING,
     State,
-    Transition,
     is_valid_command,
     no_call,
     throttling,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .core import Spec, Transition
 from .expr import And, Not, Value, chan_empty, chan_head, chan_tail, is_state
 from .lifecycle import (
     ABORT_DONE,
@@ -43,9 +44,7 @@ from .lifecycle import (
     WAITING,
     WORKER_STATES,
     Call,
-    Spec,
     State,
-    Transition,
     head_is_set,
     is_caller,
     lock_free,

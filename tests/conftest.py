@@ -83,3 +83,43 @@ def z3_proofs(zoo_explored: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     proofs = SessionProofs(zoo_explored)
     yield proofs
     proofs.close()
+
+
+class Z3SolverLog:
+    """Every parameter set on every Z3 solver, and which solvers were checked."""
+
+    def __init__(self) -> None:
+        self.params: dict[int, dict[str, object]] = {}
+        self.checked: list[int] = []
+
+    def assert_limited(self, seed: int) -> None:
+        """Some solver was checked, and each checked one had an rlimit and the fixed seeds,
+        no timeout."""
+        assert self.checked
+        for sid in set(self.checked):
+            p = self.params.get(sid, {})
+            assert "timeout" not in p, p
+            rlimit = p.get("rlimit")
+            assert isinstance(rlimit, int) and rlimit > 0, p
+            assert p.get("random_seed") == seed and p.get("smt.random_seed") == seed, p
+
+
+@pytest.fixture
+def z3_solver_log(monkeypatch: pytest.MonkeyPatch) -> Z3SolverLog:
+    """Records the parameters of every Z3 solver created while the test runs."""
+    import z3
+
+    log = Z3SolverLog()
+    set_orig, check_orig = z3.Solver.set, z3.Solver.check
+
+    def set_(self: z3.Solver, *args: Any, **kw: Any) -> None:
+        log.params.setdefault(id(self), {})[str(args[0])] = args[1]
+        set_orig(self, *args, **kw)
+
+    def check(self: z3.Solver, *args: Any) -> z3.CheckSatResult:
+        log.checked.append(id(self))
+        return check_orig(self, *args)
+
+    monkeypatch.setattr(z3.Solver, "set", set_)
+    monkeypatch.setattr(z3.Solver, "check", check)
+    return log

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import z3
@@ -46,6 +46,9 @@ from autoconverge.proofs.z3_certificate import (
 from autoconverge.spec import Spec
 from autoconverge.spec.migration_variants import MIGRATION_VARIANTS
 from autoconverge.spec.specs import MIGRATION_SPEC, variant
+
+if TYPE_CHECKING:
+    from conftest import Z3SolverLog
 
 Zoo = Mapping[str, tuple[Spec, dict[str, ProofResult]]]
 
@@ -275,34 +278,14 @@ def test_a_wrong_ranking_is_not_a_proof() -> None:
     assert all(o.holds for o in right)
 
 
-def test_every_migration_solver_has_an_rlimit_and_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_migration_solver_has_an_rlimit_and_seeds(z3_solver_log: Z3SolverLog) -> None:
     """As for the throttle (test_z3_determinism): every Z3 solver a certificate proof, Spacer
     and a counterexample search check has a resource limit and the fixed seeds, none a
     timeout."""
-    params: dict[int, dict[str, object]] = {}
-    checked: list[int] = []
-    set_orig, check_orig = z3.Solver.set, z3.Solver.check
-
-    def set_(self: z3.Solver, *args: Any, **kw: Any) -> None:
-        params.setdefault(id(self), {})[str(args[0])] = args[1]
-        set_orig(self, *args, **kw)
-
-    def check(self: z3.Solver, *args: Any) -> z3.CheckSatResult:
-        checked.append(id(self))
-        return check_orig(self, *args)
-
-    monkeypatch.setattr(z3.Solver, "set", set_)
-    monkeypatch.setattr(z3.Solver, "check", check)
     spec, v = variant("cancel_leaves_throttler_running")
     built = v.build(spec)
     ex = _explore(built)
     assert prove_one(built, "CancelCompletes", explored=ex).verdict == "violated"  # a lasso
     assert prove_one(built, "ThrottlerClosedAtEnd", explored=ex).verdict == "violated"
     assert prove_one(built, "GuestNeverLost", explored=ex).method == "certificate+spacer"
-    assert checked
-    for sid in set(checked):
-        p = params.get(sid, {})
-        assert "timeout" not in p, p
-        rlimit = p.get("rlimit")
-        assert isinstance(rlimit, int) and rlimit > 0, p
-        assert p.get("random_seed") == 0 and p.get("smt.random_seed") == 0, p
+    z3_solver_log.assert_limited(0)

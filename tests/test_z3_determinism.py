@@ -21,10 +21,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import z3
 
 from autoconverge.model.explorer import explore
 from autoconverge.model.results import ExplorationResult
@@ -41,9 +40,13 @@ from autoconverge.proofs.z3_bmc import (
 )
 from autoconverge.proofs.z3_obligations import RLIMIT, SEED
 from autoconverge.spec import SPEC, Spec
+from autoconverge.spec.core import Transition
 from autoconverge.spec.expr import And, Not, chan_tail, is_state
-from autoconverge.spec.lifecycle import CMD_ABORT, RUN, Transition, head_is, no_call
+from autoconverge.spec.lifecycle import CMD_ABORT, RUN, head_is, no_call
 from autoconverge.spec.variants import VARIANTS, variant
+
+if TYPE_CHECKING:
+    from conftest import Z3SolverLog
 
 Proofs = Mapping[str, tuple[Spec, dict[str, ProofResult]]]
 Explored = Mapping[str, ExplorationResult]
@@ -84,24 +87,10 @@ def test_no_wall_clock_budget_is_left_in_the_z3_code() -> None:
 
 
 def test_every_solver_has_an_rlimit_and_seeds_and_no_timeout(
-        monkeypatch: pytest.MonkeyPatch, zoo_explored: Explored) -> None:
+        z3_solver_log: Z3SolverLog, zoo_explored: Explored) -> None:
     """Record every parameter set on every Z3 solver while proofs, searches, Spacer, the
     vacuity search and the explorer replay run; each checked solver had an rlimit and the
     seeds, none a timeout."""
-    params: dict[int, dict[str, object]] = {}
-    checked: list[int] = []
-    set_orig, check_orig = z3.Solver.set, z3.Solver.check
-
-    def set_(self: z3.Solver, *args: Any, **kw: Any) -> None:
-        params.setdefault(id(self), {})[str(args[0])] = args[1]
-        set_orig(self, *args, **kw)
-
-    def check(self: z3.Solver, *args: Any) -> z3.CheckSatResult:
-        checked.append(id(self))
-        return check_orig(self, *args)
-
-    monkeypatch.setattr(z3.Solver, "set", set_)
-    monkeypatch.setattr(z3.Solver, "check", check)
     spec = variant("resume_after_handover").build(SPEC)
     prove_one(spec, "PauseResumeAlternate")  # induction fails, Spacer proves it
     prove_one(spec, "HandoverKeepsVcpusPaused")  # BMC finds a counterexample
@@ -112,13 +101,7 @@ def test_every_solver_has_an_rlimit_and_seeds_and_no_timeout(
     assert cex is not None and confirm(Encoding(leave), leave.property("VcpusResumed"), cex)
     reach_many(Encoding(SPEC), {"exit": lambda u, k: is_state(u.states[k].w, "exit")}, 2)
     assert prove_timing().holds
-    assert checked
-    for sid in set(checked):
-        p = params.get(sid, {})
-        assert "timeout" not in p, p
-        rlimit = p.get("rlimit")
-        assert isinstance(rlimit, int) and rlimit > 0, p
-        assert p.get("random_seed") == SEED and p.get("smt.random_seed") == SEED, p
+    z3_solver_log.assert_limited(SEED)
 
 
 # --- the same verdict alone as in the full run, run after run -----------------------------
