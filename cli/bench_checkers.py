@@ -1,8 +1,10 @@
-"""``autoconverge bench-checkers``: explorer vs SPIN vs TLC on the same model at three bounds.
+"""``autoconverge bench-checkers``: explorer vs SPIN vs TLC on the same model at several bounds.
 
-Prints JSON: per bound the distinct states and end-to-end wall time of each checker (SPIN:
-generate + ``spin -a`` + ``gcc`` + every ``pan`` run; TLC: generate + JVM + every TLC run,
-one worker). A benchmark, never a test.
+Prints JSON: per bound the distinct states, end-to-end wall time, states/s and peak RSS of
+each checker, each in a process of its own (SPIN: generate + ``spin -a`` + ``gcc`` + every
+``pan`` run; TLC: generate + JVM + every TLC run, one worker), and a cold ``autoconverge
+verify`` beside SPIN at verify's bound. Explorer progress goes to stderr unless ``--quiet``.
+A benchmark, never a test.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
              f"(default: {' '.join(BENCH_SECTIONS)} for the throttle, the spec's own section "
              "for another)",
     )
-    p.add_argument("--timeout", type=seconds(), default=900.0, help="per checker run, seconds")
+    p.add_argument("--timeout", type=seconds(), default=900.0,
+                   help="per checker run, seconds (a checker past it is reported as timed out)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (the only output format; accepted for symmetry with verify)")
+    p.add_argument("--quiet", action="store_true", help="no explorer progress on stderr")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the cold `autoconverge verify` timing (verify_full_seconds)")
     p.set_defaults(func=_handler)
 
 
@@ -42,7 +50,8 @@ def _handler(args: argparse.Namespace) -> int:
     bounds = list(args.bounds) if args.bounds else (
         list(BENCH_SECTIONS) if spec.family == "throttle" else [default_section(spec)])
     try:
-        out = bench_checkers(bounds, spec=spec, timeout=args.timeout)
+        out = bench_checkers(bounds, spec=spec, timeout=args.timeout, quiet=args.quiet,
+                             verify=not args.no_verify)
     except (KeyError, ValueError) as exc:
         raise UsageError(f"--bounds {' '.join(bounds)}: {exc}") from None
     json.dump(out, sys.stdout, indent=2)

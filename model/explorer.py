@@ -24,6 +24,19 @@ Usage::
 The result is typed (:mod:`.results`): a :class:`~.results.PropertyResult` per property and
 the run's :class:`~.results.ExplorationStats`; ``result.as_dict()`` is its JSON form.
 
+What a verdict guarantees, and what it does not:
+
+- it is exhaustive *up to the bound* (the config's percents, ``max_calls`` user calls,
+  ``channel_capacity`` queued commands): every interleaving inside it, no reduction
+  (no symmetry, no partial-order reduction, no hashing that may lose states); nothing is
+  claimed beyond it (the Z3 proofs of :mod:`autoconverge.proofs` are the unbounded ones);
+- ``leadsto`` verdicts assume the spec's weak fairness groups and nothing stronger (user calls
+  and timeouts unfair); a bounded end counts as a user stopping, not as a deadlock;
+- the graph is built by generated code (:mod:`.compiled`, default) or by calling the spec's
+  functions (``engine="interpreted"``); the two give the same states, edges, depths,
+  verdicts and counterexamples (the tests compare them on every spec and bug-zoo variant).
+  A ``progress`` callback (:mod:`.progress`) sees the graph grow.
+
 For a bug-zoo variant (:func:`autoconverge.spec.variants.variant_of`), the percent domain is
 extended with the variant's ``probe_percents`` automatically. The checks of the declaration
 itself (reachability, overlapping guards) are :mod:`autoconverge.proofs.declaration`.
@@ -31,22 +44,26 @@ itself (reachability, overlapping guards) are :mod:`autoconverge.proofs.declarat
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from autoconverge.spec import Spec, State, Transition
 from autoconverge.spec.variants import probe_percents
 
+from .compiled import compile_predicates
 from .config import ExplorerConfig, load_config
 from .fairness import check_leadsto
-from .graph import StateGraph, build_graph
+from .graph import StateGraph, adjacency, build_graph
+from .progress import ExploreProgress
 from .results import ExplorationResult, ExplorationStats, PropertyResult
 from .trace import format_counterexample, state_dict, step_dicts
 
 __all__ = [
     "ExplorationResult",
     "ExplorationStats",
+    "ExploreProgress",
     "ExplorerConfig",
     "PropertyResult",
     "explore",
@@ -54,8 +71,28 @@ __all__ = [
 ]
 
 
-def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResult:
-    """Explore ``spec`` at ``config``'s bound (default ``[ci]``) and check its properties."""
+def explore(spec: Spec, config: ExplorerConfig | None = None, *,
+            progress: Callable[[ExploreProgress], None] | None = None,
+            engine: str = "compiled") -> ExplorationResult:
+    """Explore ``spec`` at ``config``'s bound (default ``[ci]``) and check its properties.
+
+    ``progress`` (e.g. :func:`.progress.stderr_progress`) is called about twice a second
+    while the state graph is built, and once when it is complete. ``engine``: ``compiled``
+    (generated successor functions, :mod:`.compiled`) or ``interpreted`` (the oracle); both
+    give the same graph and verdicts.
+    """
+    collecting = gc.isenabled()
+    gc.disable()  # millions of small tuples and lists, no cycles among them: pure overhead
+    try:
+        return _explore(spec, config, progress, engine)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _explore(spec: Spec, config: ExplorerConfig | None,
+             progress: Callable[[ExploreProgress], None] | None,
+             engine: str) -> ExplorationResult:
     t0 = time.perf_counter()
     base = config if config is not None else load_config()
     cfg = base.with_percents(probe_percents(spec))
@@ -71,8 +108,9 @@ def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResu
         p.name: p.invariant for p in props if p.kind == "invariant"}
     steps: dict[str, Callable[[State, Transition, State], Any]] = {
         p.name: p.step for p in props if p.kind == "step"}
-    g = build_graph(spec, cfg, invariants, steps)
+    g = build_graph(spec, cfg, invariants, steps, progress=progress, engine=engine)
     t_graph = time.perf_counter() - t0
+    node_preds = _leadsto_predicates(g, [p for p in props if p.kind == "leadsto"])
 
     results: list[PropertyResult] = []
     for p in props:
@@ -98,10 +136,7 @@ def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResu
                                   "no transition but fault is enabled in the last state, "
                                   "which is not terminal")
         elif p.kind == "leadsto":
-            lf, lt = p.leads_from, p.leads_to
-            assert lf is not None and lt is not None
-            pf = _node_pred(g, lf)
-            qf = _node_pred(g, lt)
+            pf, qf = node_preds[p.name]
             lr = check_leadsto(g, pf, qf)
             details.update(region=lr.region, sources=lr.sources, sccs=lr.sccs,
                            fair_sccs=lr.fair_sccs)
@@ -143,7 +178,7 @@ def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResu
     stats = ExplorationStats(
         spec=spec.name,
         distinct_states=len(g.nodes),
-        distinct_records=len(g.reached_records()),
+        distinct_records=len(set(adjacency(g).node_abstract)),
         transitions=g.transitions,
         depth=g.max_depth,
         terminal_states=g.terminal_nodes,
@@ -163,6 +198,34 @@ def explore(spec: Spec, config: ExplorerConfig | None = None) -> ExplorationResu
         ),
     )
     return ExplorationResult(spec=spec.name, properties=tuple(results), stats=stats, graph=g)
+
+
+def _leadsto_predicates(g: StateGraph, props: list[Any]
+                        ) -> dict[str, tuple[Sequence[bool], Sequence[bool]]]:
+    """Each leads-to property's ``p`` and ``q`` per node. On a compiled graph the predicates
+    are compiled too and evaluated once per distinct record; else called on records."""
+    out: dict[str, tuple[Sequence[bool], Sequence[bool]]] = {}
+    if g.packed is not None:
+        fns: dict[str, Callable[[Any], Any]] = {}
+        for p in props:
+            assert p.leads_from is not None and p.leads_to is not None
+            fns[f"{p.name}.p"] = p.leads_from
+            fns[f"{p.name}.q"] = p.leads_to
+        compiled = compile_predicates(g.spec, fns)
+        packed = g.packed
+        abs_of = adjacency(g).node_abstract
+        for p in props:
+            fp, fq = compiled[f"{p.name}.p"], compiled[f"{p.name}.q"]
+            pa = [fp(t) for t in packed]
+            qa = [fq(t) for t in packed]
+            out[p.name] = ([pa[a] for a in abs_of], [qa[a] for a in abs_of])
+        return out
+    for p in props:
+        assert p.leads_from is not None and p.leads_to is not None
+        pf, qf = _node_pred(g, p.leads_from), _node_pred(g, p.leads_to)
+        n = len(g.nodes)
+        out[p.name] = ([pf(i) for i in range(n)], [qf(i) for i in range(n)])
+    return out
 
 
 def _node_pred(g: StateGraph, f: Callable[[State], Any]) -> Callable[[int], bool]:

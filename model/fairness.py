@@ -16,62 +16,73 @@ covers true dead ends, terminal states and bounded ends, and states where only u
 enabled (a user may stop calling). A fair SCC is a counterexample: a path from ``init`` to
 a ``p`` state, on to the SCC through ``~q`` states, then a cycle inside the SCC that
 witnesses every group (takes it, or passes a state where it is disabled) - a lasso.
+
+At scale (a million nodes): the whole graph's SCCs are computed once per graph and shared by
+every leads-to property (a region's SCCs refine them: a node alone in its graph SCC is alone
+in the region's, only the rest is split again), the region search is a breadth-first sweep
+by distance over int arrays (the graph's :class:`~.graph.Adjacency`), and no recursion or
+per-node dict is involved.
 """
 
 from __future__ import annotations
 
-import heapq
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .graph import StateGraph, all_groups_mask
+from .graph import StateGraph, adjacency, all_groups_mask
 
 
-def tarjan_scc(nodes: Sequence[int], succ: Callable[[int], Sequence[int]]) -> list[list[int]]:
+def tarjan_scc(nodes: Sequence[int], succ: Callable[[int], Sequence[int]],
+               size: int | None = None) -> list[list[int]]:
     """Strongly connected components of the subgraph on ``nodes`` (iterative Tarjan).
 
     ``succ(n)`` must only return members of ``nodes``. Components come out in reverse
-    topological order (sinks first).
+    topological order (sinks first). ``size`` (optional): every node is below it - the
+    bookkeeping then lives in int arrays instead of dicts (a state graph's node numbers).
     """
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    on_stack: set[int] = set()
+    if size is None:
+        size = max(nodes, default=-1) + 1
+    unset = -1
+    index = [unset] * size
+    low = [0] * size
+    on_stack = bytearray(size)
     stack: list[int] = []
     out: list[list[int]] = []
     counter = 0
     for root in nodes:
-        if root in index:
+        if index[root] != unset:
             continue
-        work: list[tuple[int, int]] = [(root, 0)]
         index[root] = low[root] = counter
         counter += 1
         stack.append(root)
-        on_stack.add(root)
+        on_stack[root] = 1
+        work: list[tuple[int, Sequence[int], int]] = [(root, succ(root), 0)]
         while work:
-            v, i = work[-1]
-            children = succ(v)
+            v, children, i = work[-1]
             if i < len(children):
-                work[-1] = (v, i + 1)
+                work[-1] = (v, children, i + 1)
                 w = children[i]
-                if w not in index:
+                if index[w] == unset:
                     index[w] = low[w] = counter
                     counter += 1
                     stack.append(w)
-                    on_stack.add(w)
-                    work.append((w, 0))
-                elif w in on_stack:
-                    low[v] = min(low[v], index[w])
+                    on_stack[w] = 1
+                    work.append((w, succ(w), 0))
+                elif on_stack[w] and index[w] < low[v]:
+                    low[v] = index[w]
                 continue
             work.pop()
             if work:
                 u = work[-1][0]
-                low[u] = min(low[u], low[v])
+                if low[v] < low[u]:
+                    low[u] = low[v]
             if low[v] == index[v]:
                 comp: list[int] = []
                 while True:
                     w = stack.pop()
-                    on_stack.discard(w)
+                    on_stack[w] = 0
                     comp.append(w)
                     if w == v:
                         break
@@ -108,54 +119,220 @@ class LeadsToResult:
     lasso: Lasso | None
 
 
-def check_leadsto(g: StateGraph, p: Callable[[int], bool], q: Callable[[int], bool],
+NodePredicate = Callable[[int], bool] | Sequence[bool]
+"""A predicate on nodes: a function, or its value per node (a list indexed by node)."""
+
+
+def _per_node(g: StateGraph, f: NodePredicate) -> Sequence[bool]:
+    return f if isinstance(f, Sequence) else [bool(f(n)) for n in range(len(g.nodes))]
+
+
+def check_leadsto(g: StateGraph, p: NodePredicate, q: NodePredicate,
                   max_candidates: int = 64) -> LeadsToResult:
-    """Check ``p ~> q`` on ``g`` (``p``/``q`` are predicates on nodes)."""
+    """Check ``p ~> q`` on ``g`` (``p``/``q``: predicates on nodes, or their values per node).
+
+    Distances, regions and SCCs are kept in int arrays indexed by node (no dicts, no
+    recursion), so a million-node graph takes seconds.
+    """
     n_nodes = len(g.nodes)
-    not_q = [not q(n) for n in range(n_nodes)]
-    sources = [n for n in range(n_nodes) if not_q[n] and p(n)]
-    # Dijkstra from init-depth of each source through ~q nodes: dist = depth(src) + hops
-    dist: dict[int, int] = {}
-    rpar: dict[int, tuple[int, int]] = {}
-    heap: list[tuple[int, int]] = []
+    pv = _per_node(g, p)
+    qv = _per_node(g, q)
+    not_q = [not x for x in qv]
+    sources = [n for n in range(n_nodes) if not_q[n] and pv[n]]
+    # Dijkstra with unit weights from each source at its BFS depth, through ~q nodes:
+    # dist = depth(src) + hops. Levels in increasing distance, each level in node order
+    # (the order a heap of (dist, node) pops them).
+    unreached = 1 << 60
+    dist = [unreached] * n_nodes
+    rpar_node = [-1] * n_nodes
+    rpar_lab = [-1] * n_nodes
+    done = bytearray(n_nodes)
+    levels: dict[int, list[int]] = {}
+    depth = g.depth
     for sn in sources:
-        d = g.depth[sn]
-        if d < dist.get(sn, 1 << 60):
+        d = depth[sn]
+        if d < dist[sn]:
             dist[sn] = d
-            rpar[sn] = (-1, -1)
-            heapq.heappush(heap, (d, sn))
-    done: set[int] = set()
-    while heap:
-        d, v = heapq.heappop(heap)
-        if v in done:
-            continue
-        done.add(v)
-        for w, lab in g.succ[v]:
-            if not_q[w] and d + 1 < dist.get(w, 1 << 60):
-                dist[w] = d + 1
-                rpar[w] = (v, lab)
-                heapq.heappush(heap, (d + 1, w))
-    region = sorted(done)
-    in_region = done
-
-    def rsucc(v: int) -> list[int]:
-        return [w for w, _ in g.succ[v] if w in in_region]
-
-    comps = tarjan_scc(region, rsucc)
-    fair: list[list[int]] = []
-    for comp in comps:
-        if _fair(g, comp):
-            fair.append(comp)
+            levels.setdefault(d, []).append(sn)
+    adj = adjacency(g)
+    offsets, targets, labels = adj.offsets, adj.targets, adj.labels
+    region: list[int] = []
+    while levels:
+        d = min(levels)
+        level = sorted(set(levels.pop(d)))
+        d1 = d + 1
+        nxt: list[int] = []
+        for v in level:
+            if done[v] or dist[v] != d:
+                continue
+            done[v] = 1
+            region.append(v)
+            for k in range(offsets[v], offsets[v + 1]):
+                w = targets[k]
+                if not_q[w] and d1 < dist[w]:
+                    dist[w] = d1
+                    rpar_node[w] = v
+                    rpar_lab[w] = labels[k]
+                    nxt.append(w)
+        if nxt:
+            levels.setdefault(d1, []).extend(nxt)
+    region.sort()
+    n_sccs, fair = _fair_region_sccs(g, _components(g), region)
     if not fair:
-        return LeadsToResult(True, len(region), len(sources), len(comps), 0, None)
+        return LeadsToResult(True, len(region), len(sources), n_sccs, 0, None)
     fair.sort(key=lambda c: min(dist[v] for v in c))
     best: Lasso | None = None
+    parents = _RegionParents(rpar_node, rpar_lab)
     for comp in fair[:max_candidates]:
         entry = min(comp, key=lambda v: (dist[v], v))
-        lasso = _lasso(g, comp, entry, rpar)
+        lasso = _lasso(g, comp, entry, parents)
         if best is None or len(lasso) < len(best):
             best = lasso
-    return LeadsToResult(False, len(region), len(sources), len(comps), len(fair), best)
+    return LeadsToResult(False, len(region), len(sources), n_sccs, len(fair), best)
+
+
+@dataclass(frozen=True)
+class GraphComponents:
+    """The SCCs of a whole state graph, computed once and shared by every leads-to check:
+    any cycle inside a property's region is a cycle of the graph, so the region's SCCs refine
+    the graph's (:func:`_region_sccs`)."""
+
+    comp: list[int]
+    """node -> its SCC's number (reverse topological order: sinks first)."""
+    size: list[int]
+    """SCC number -> its number of nodes."""
+    node_mask: list[int]
+    """node -> the fairness groups enabled in its record (``enabled_mask`` per node)."""
+
+
+def _components(g: StateGraph) -> GraphComponents:
+    cached = g.analysis.get("components")
+    if not isinstance(cached, GraphComponents):
+        adj = adjacency(g)
+        comp, size = _components_csr(adj.offsets, adj.targets)
+        mask = g.enabled_mask
+        cached = GraphComponents(comp, size, [mask[a] for a in adj.node_abstract])
+        g.analysis["components"] = cached
+    return cached
+
+
+def graph_components(succ: Sequence[Sequence[tuple[int, int]]]
+                     ) -> tuple[list[int], list[int]]:
+    """SCCs of a graph given as ``succ[node] = [(successor, label)]``: each node's SCC number
+    (reverse topological order) and each SCC's size (iterative Tarjan over int arrays: no
+    recursion, no dicts)."""
+    offsets, targets = array("i", [0]), array("i")
+    for edges in succ:
+        targets.extend(w for w, _ in edges)
+        offsets.append(len(targets))
+    return _components_csr(offsets, targets)
+
+
+def _components_csr(offsets: Sequence[int], targets: Sequence[int]
+                    ) -> tuple[list[int], list[int]]:
+    """:func:`graph_components` on edges in compressed sparse rows (:class:`.graph.Adjacency`)."""
+    n = len(offsets) - 1
+    index = [-1] * n
+    low = [0] * n
+    on_stack = bytearray(n)
+    stack: list[int] = []
+    comp = [-1] * n
+    sizes: list[int] = []
+    counter = 0
+    for root in range(n):
+        if index[root] >= 0:
+            continue
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack[root] = 1
+        work: list[tuple[int, int]] = [(root, offsets[root])]
+        while work:
+            v, i = work[-1]
+            end = offsets[v + 1]
+            descended = False
+            while i < end:
+                w = targets[i]
+                i += 1
+                if index[w] < 0:
+                    work[-1] = (v, i)
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack[w] = 1
+                    work.append((w, offsets[w]))
+                    descended = True
+                    break
+                if on_stack[w] and index[w] < low[v]:
+                    low[v] = index[w]
+            if descended:
+                continue
+            work.pop()
+            if work:
+                u = work[-1][0]
+                if low[v] < low[u]:
+                    low[u] = low[v]
+            if low[v] == index[v]:
+                cid = len(sizes)
+                size = 0
+                while True:
+                    w = stack.pop()
+                    on_stack[w] = 0
+                    comp[w] = cid
+                    size += 1
+                    if w == v:
+                        break
+                sizes.append(size)
+    return comp, sizes
+
+
+def _fair_region_sccs(g: StateGraph, gc: GraphComponents, region: list[int]
+                      ) -> tuple[int, list[list[int]]]:
+    """The number of SCCs of the subgraph induced by ``region`` (sorted), and the fair ones.
+
+    A node alone in its graph SCC is alone in the region's too (then it is fair only if every
+    group is disabled there, or it has a self-loop that makes it fair); the other nodes are
+    split by Tarjan within each graph SCC. Order: the lone nodes in region order, then the
+    rest by graph SCC.
+    """
+    succ = g.succ
+    adj = adjacency(g)
+    offsets, targets = adj.offsets, adj.targets
+    comp, size = gc.comp, gc.size
+    mask = gc.node_mask
+    n_sccs = 0
+    fair: list[list[int]] = []
+    groups: dict[int, list[int]] = {}
+    for v in region:
+        c = comp[v]
+        if size[c] == 1:
+            n_sccs += 1
+            if mask[v] == 0 or (v in targets[offsets[v]:offsets[v + 1]] and _fair(g, [v])):
+                fair.append([v])
+        else:
+            groups.setdefault(c, []).append(v)
+    for members in groups.values():
+        inside = set(members)
+
+        def rsucc(v: int, inside: set[int] = inside) -> list[int]:
+            return [w for w, _ in succ[v] if w in inside]
+
+        for scc in tarjan_scc(members, rsucc):
+            n_sccs += 1
+            if _fair(g, scc):
+                fair.append(scc)
+    return n_sccs, fair
+
+
+class _RegionParents:
+    """node -> (parent node, label) on the shortest ~q path from a source ((-1, -1): none)."""
+
+    def __init__(self, nodes: list[int], labels: list[int]) -> None:
+        self._nodes = nodes
+        self._labels = labels
+
+    def __getitem__(self, v: int) -> tuple[int, int]:
+        return self._nodes[v], self._labels[v]
 
 
 def _mask(g: StateGraph, v: int) -> int:
@@ -181,8 +358,7 @@ def _fair(g: StateGraph, comp: list[int]) -> bool:
     return need == 0
 
 
-def _lasso(g: StateGraph, comp: list[int], entry: int,
-           rpar: dict[int, tuple[int, int]]) -> Lasso:
+def _lasso(g: StateGraph, comp: list[int], entry: int, rpar: _RegionParents) -> Lasso:
     # prefix: region parents back to a source, then BFS parents back to init
     tail: list[tuple[int, int]] = []
     v = entry

@@ -25,16 +25,28 @@ bounds (``autoconverge bench-checkers``).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoconverge.model.config import ExplorerConfig, default_section, load_config
+from autoconverge.model.config import (
+    ExplorerConfig,
+    config_sections,
+    default_section,
+    load_config,
+)
 from autoconverge.model.explorer import explore
+from autoconverge.model.progress import stderr_progress
 from autoconverge.spec import SPEC, Spec
-from autoconverge.spec.specs import ZOOS, variant_of
+from autoconverge.spec.specs import SPECS, ZOOS, variant_of
 from autoconverge.spec.specs import variant as find_variant
 from autoconverge.spec.variants import Variant
 
@@ -324,7 +336,7 @@ def cross_check_all(spec: Spec, **kwargs: Any) -> CrossCheckAll:
 
 # --- benchmark -------------------------------------------------------------------------------
 
-BENCH_SECTIONS: tuple[str, ...] = ("small", "ci", "large")
+BENCH_SECTIONS: tuple[str, ...] = ("small", "ci", "large", "xlarge")
 
 
 def bench_bounds(name: str, spec: Spec | None = None) -> Bounds:
@@ -345,34 +357,191 @@ def bench_bounds(name: str, spec: Spec | None = None) -> Bounds:
 
 
 def bench_checkers(bounds: list[Bounds | str], spec: Spec | None = None,
-                   timeout: float = tools.DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """The same model at each bound: distinct states and end-to-end wall time of the
-    explorer, SPIN (generate + compile + every run) and TLC (one worker, every run), run one
-    after the other (not in parallel, so the times do not compete for cores)."""
+                   timeout: float = tools.DEFAULT_TIMEOUT, *, quiet: bool = True,
+                   verify: bool = True) -> dict[str, Any]:
+    """The same model at each bound: distinct states, end-to-end wall time, states/s and peak
+    memory of the explorer, SPIN (generate + compile + every run) and TLC (one worker, every
+    run), each in a fresh Python process of its own, one after the other (never in parallel,
+    so the times do not compete for cores). Plus the wall time of a cold ``autoconverge
+    verify --spec <spec> --json`` at its own bound beside SPIN's at that bound.
+
+    A checker that runs longer than ``timeout`` is stopped and reported as timed out (not a
+    failure of the run: ``states_match`` compares the checkers that finished). ``quiet``:
+    no explorer progress on stderr.
+    """
     target = spec if spec is not None else SPEC
+    floor = _bench_child({"checker": "none", "spec": target.name}, timeout)
     rows: list[dict[str, Any]] = []
+    spin_at: dict[str, Any] = {}
     for item in bounds:
         b = bench_bounds(item, target) if isinstance(item, str) else item
-        row: dict[str, Any] = {"bounds": b.as_dict(), "name": item if isinstance(item, str)
-                               else None}
-        t0 = time.perf_counter()
-        ex = run_explorer(target, b)
-        row["explorer"] = {"states": ex.states, "transitions": ex.transitions,
-                           "wall_s": round(time.perf_counter() - t0, 3),
-                           "all_hold": ex.all_hold}
-        for name, fn in (("spin", check_spin), ("tlc", check_tlc)):
-            why = tools.skip_reason(name)
+        name = item if isinstance(item, str) else None
+        row: dict[str, Any] = {"bounds": b.as_dict(), "name": name}
+        for checker in CHECKERS:
+            why = tools.skip_reason(checker) if checker != "explorer" else None
             if why:
-                row[name] = {"skipped": why}
+                row[checker] = {"skipped": why}
                 continue
-            t0 = time.perf_counter()
-            r = fn(target, b, timeout=timeout)
-            row[name] = {"states": r.states, "transitions": r.transitions,
-                         "wall_s": round(time.perf_counter() - t0, 3),
-                         "seconds": r.seconds, "all_hold": r.all_hold}
+            row[checker] = _bench_checker_row(
+                _bench_child({"checker": checker, "spec": target.name, "bounds": b.as_dict(),
+                              "timeout": timeout, "quiet": quiet,
+                              "section": name if name in config_sections() else None,
+                              "label": f"explorer {name or 'bound'}"}, timeout),
+                floor)
         counts = [row[c]["states"] for c in CHECKERS if "states" in row[c]]
         row["states_match"] = len(set(counts)) <= 1
+        row["states_compared"] = [c for c in CHECKERS if "states" in row[c]]
+        ex, sp = row["explorer"], row["spin"]
+        if "states_per_second" in ex and "states_per_second" in sp:
+            row["explorer_vs_spin_states_per_second"] = round(
+                ex["states_per_second"] / sp["states_per_second"], 3)
+        spin_at[json.dumps(b.as_dict(), sort_keys=True)] = sp
         rows.append(row)
-    return {"spec": target.name, "tools": tools.tool_status(), "rows": rows,
-            "note": "wall_s: end to end per checker (SPIN: generate + spin -a + gcc + pan "
-                    "runs; TLC: generate + JVM start + every TLC run, one worker)"}
+    out: dict[str, Any] = {"spec": target.name, "tools": tools.tool_status(), "rows": rows}
+    if verify:
+        _add_verify_seconds(out, target, timeout, spin_at, quiet)
+    out["rss_floor_bytes"] = floor.get("peak_rss_bytes")
+    out["note"] = (
+        "wall_s: end to end per checker inside its own process (explorer: explore() with "
+        "every verdict; SPIN: generate + spin -a + gcc + pan runs; TLC: generate + JVM start "
+        "+ every TLC run, one worker); process_wall_s adds the Python start and imports; "
+        "peak_rss_bytes: the checker's process tree (wait4), rss_floor_bytes: a process that "
+        "only imports; bytes_per_state: (peak - floor) / states; verify_full_seconds: a cold "
+        "`autoconverge verify --spec <spec> --json` at its own default bound (verify_bound)")
+    return out
+
+
+def _bench_checker_row(r: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """One checker's cell of a row, from its child's report."""
+    if r.get("timed_out") or r.get("error"):
+        return {k: v for k, v in r.items() if k in ("timed_out", "error", "timeout_s",
+                                                     "process_wall_s", "peak_rss_bytes")}
+    states = r["states"]
+    row = dict(r)
+    row["states_per_second"] = round(states / r["wall_s"], 1) if r["wall_s"] > 0 else None
+    peak, base = r.get("peak_rss_bytes"), floor.get("peak_rss_bytes")
+    if peak is not None and states:
+        row["bytes_per_state"] = round(max(0, peak - (base or 0)) / states, 1)
+    return row
+
+
+def _add_verify_seconds(out: dict[str, Any], target: Spec, timeout: float,
+                        spin_at: dict[str, Any], quiet: bool) -> None:
+    """``verify_full_seconds`` (a cold ``verify --spec`` subprocess at its own bound) next to
+    SPIN's end-to-end seconds at that bound (measured here if no row has it), per row."""
+    section = default_section(target)
+    vb = bounds_for(None, section)
+    cmd = [sys.executable, "-m", "autoconverge", "verify", "--spec", target.family, "--json"]
+    if quiet:
+        cmd.append("--quiet")
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        verify_s: float | None = round(time.perf_counter() - t0, 3)
+        verify_rc: int | None = p.returncode
+    except subprocess.TimeoutExpired:
+        verify_s, verify_rc = None, None
+    spin = spin_at.get(json.dumps(vb.as_dict(), sort_keys=True))
+    if spin is None and not tools.skip_reason("spin"):
+        spin = _bench_child({"checker": "spin", "spec": target.name, "bounds": vb.as_dict(),
+                             "timeout": timeout}, timeout)
+    spin_s = spin.get("wall_s") if spin else None
+    for row in out["rows"]:
+        row["verify_full_seconds"] = verify_s
+        row["verify_bound"] = section
+        row["verify_exit_code"] = verify_rc
+        row["spin_seconds_at_verify_bound"] = spin_s
+        row["verify_vs_spin"] = (round(verify_s / spin_s, 2)
+                                 if verify_s is not None and spin_s else None)
+
+
+def _bench_child(job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one checker in a fresh Python process (:func:`bench_child_main`), with its own
+    session, stopped after ``timeout`` s; its report plus the process tree's peak RSS."""
+    code = "from autoconverge.proofs.crosscheck import bench_child_main; bench_child_main()"
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(json.dumps(job))
+    p.stdin.close()
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(p.stdout.read()  # type: ignore[union-attr]
+                                                           ), daemon=True)
+    reader.start()
+    deadline = t0 + timeout + 30.0  # the tools' own timeouts fire first
+    timed_out = False
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid == p.pid:
+            break
+        if time.perf_counter() > deadline:
+            timed_out = True
+            os.killpg(p.pid, signal.SIGKILL)  # the child's own session: it and its tools
+            pid, status, usage = os.wait4(p.pid, 0)
+            break
+        time.sleep(0.05)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    reader.join(timeout=5.0)
+    wall = round(time.perf_counter() - t0, 3)
+    peak = usage.ru_maxrss * 1024  # Linux: KiB, the largest process of the tree
+    text = "".join(chunks).strip()
+    if timed_out:
+        return {"timed_out": True, "timeout_s": timeout, "process_wall_s": wall,
+                "peak_rss_bytes": peak}
+    try:
+        report: dict[str, Any] = json.loads(text.splitlines()[-1]) if text else {}
+    except json.JSONDecodeError:
+        report = {"error": text[-500:]}
+    if p.returncode != 0 and "error" not in report:
+        report = {"error": f"exit code {p.returncode}"}
+    report["process_wall_s"] = wall
+    report["peak_rss_bytes"] = peak
+    return report
+
+
+def bench_child_main() -> None:
+    """The child side of :func:`_bench_child`: read the job (JSON) on stdin, run it, print
+    one JSON line. ``checker`` ``none`` only imports (the memory floor)."""
+    job = json.loads(sys.stdin.read())
+    checker = job["checker"]
+    if checker == "none":
+        print(json.dumps({}))
+        return
+    spec = next(s for s in SPECS.values() if s.name == job["spec"])
+    b = Bounds(percents=tuple(job["bounds"]["percents"]),
+               max_calls=job["bounds"]["max_calls"],
+               channel_capacity=job["bounds"]["channel_capacity"],
+               faults=job["bounds"]["faults"])
+    timeout = float(job["timeout"])
+    try:
+        if checker == "explorer":
+            # a named section keeps its regression data (and the progress ETA); other
+            # bounds have none
+            section = job.get("section")
+            base = explorer_config(section) if section else dataclasses.replace(
+                explorer_config(default_section(spec)), expected_states=None,
+                expected_depth=None)
+            cfg = dataclasses.replace(base, percents=b.percents, max_calls=b.max_calls,
+                                      channel_capacity=b.channel_capacity, faults=b.faults)
+            progress = None if job.get("quiet", True) else stderr_progress(job["label"])
+            t0 = time.perf_counter()
+            r = explore(spec, cfg, progress=progress)
+            wall = round(time.perf_counter() - t0, 3)
+            st = r.stats
+            print(json.dumps({
+                "states": st.distinct_states, "transitions": st.transitions,
+                "wall_s": wall, "all_hold": r.ok, "explore_seconds": st.seconds_explore,
+                "states_per_second_explore": st.states_per_second,
+                "regression_ok": r.regression_ok}), flush=True)
+            os._exit(0)  # skip tearing down a million-state graph: the report is out
+        fn = check_spin if checker == "spin" else check_tlc
+        t0 = time.perf_counter()
+        run = fn(spec, b, timeout=timeout)
+        print(json.dumps({"states": run.states, "transitions": run.transitions,
+                          "wall_s": round(time.perf_counter() - t0, 3),
+                          "seconds": run.seconds, "all_hold": run.all_hold}))
+    except tools.ToolError as exc:
+        timed = "timed out" in str(exc)
+        print(json.dumps({"timed_out": True, "timeout_s": timeout} if timed
+                         else {"error": str(exc)}))
