@@ -7,10 +7,14 @@ selects one) or on one bug-zoo variant of either:
    overlapping guards, exit the only state without a way out) - ``autoconverge.model``;
 2. the explicit-state explorer (every property, bounded, under the spec's fairness);
 3. the Z3 proofs (unbounded), the timing arithmetic proof (the throttle's) and vacuity
-   checks - ``autoconverge.proofs``;
+   checks - ``autoconverge.proofs``; the proofs and vacuity checks of every selected spec
+   together, spread over ``--jobs`` processes (default: every CPU available;
+   :mod:`autoconverge.proofs.z3_parallel`), reported in the same order whatever the number;
 4. with ``--cross-check``: SPIN and TLC on code generated from the same spec.
 
-A property holds only if every method that checked it says so. Exit 0: all hold; 1: a
+Progress goes to stderr (phase lines, the explorer's states, states/s, queue and ETA);
+``--quiet`` silences it and leaves stdout as it is. A property holds only if every method
+that checked it says so. Exit 0: all hold; 1: a
 property is violated or an obligation failed; 2: usage error.
 """
 
@@ -29,7 +33,7 @@ from autoconverge.spec import SPEC, FairnessGroup, Spec
 from autoconverge.spec.diagram import DiagramError, diagram
 from autoconverge.spec.specs import SPECS, Variant, all_variants, variant
 
-from .arguments import input_file, output_file
+from .arguments import input_file, integer, output_file
 from .errors import EXIT_OK, EXIT_VIOLATED, UsageError
 
 
@@ -45,6 +49,8 @@ def register(sub: Any) -> None:
     p.add_argument("--cross-check", action="store_true", help="also run SPIN and TLC")
     p.add_argument("--no-proofs", action="store_true", help="skip the Z3 proofs")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--jobs", type=integer(1, 64), default=None, metavar="N",
+                   help="processes for the Z3 proofs (default: every CPU available)")
     p.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("report", help="write the Markdown proof report for reviewers")
@@ -112,85 +118,125 @@ def _selected_specs(args: argparse.Namespace
 def run_verify(spec: Spec, *, variant_name: str | None = None,
                probe_percents: tuple[int, ...] = (), proofs: bool = True,
                cross_check: bool = False,
-               progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Run every available check; return the JSON-ready report."""
+               progress: Callable[[str], None] = lambda _m: None,
+               jobs: int | None = None) -> dict[str, Any]:
+    """Run every available check on one spec; return the JSON-ready report."""
+    return run_verify_all([(spec, variant_name, probe_percents)], proofs=proofs,
+                          cross_check=cross_check, progress=progress, jobs=jobs)[0]
+
+
+def run_verify_all(selected: list[tuple[Spec, str | None, tuple[int, ...]]], *,
+                   proofs: bool = True, cross_check: bool = False,
+                   progress: Callable[[str], None] = lambda _m: None,
+                   explorer_progress: bool = False,
+                   jobs: int | None = None) -> list[dict[str, Any]]:
+    """Run every available check on each (spec, variant name, probe percents); one
+    JSON-ready report per spec, in order. The Z3 proofs and vacuity checks of all of them
+    run together on ``jobs`` processes (:func:`autoconverge.proofs.z3_parallel
+    .prove_and_check`; default: every CPU this process may use)."""
     from autoconverge.model.config import default_section
     from autoconverge.model.explorer import explore, load_config
     from autoconverge.proofs.declaration import check_declaration
 
-    family = spec.family
-    report: dict[str, Any] = {"spec": family, "variant": variant_name}
-    rows: dict[str, dict[str, Any]] = {
-        p.name: {
-            "spec": family,
-            "name": p.name, "kind": p.kind, "statement": p.statement, "formula": p.formula,
-            "fairness": p.fairness or None, "holds": True, "methods": [],
+    staged: list[tuple[Spec, dict[str, Any], dict[str, dict[str, Any]], Any, bool]] = []
+    for spec, variant_name, probe_percents in selected:
+        family = spec.family
+        report: dict[str, Any] = {"spec": family, "variant": variant_name}
+        rows: dict[str, dict[str, Any]] = {
+            p.name: {
+                "spec": family,
+                "name": p.name, "kind": p.kind, "statement": p.statement,
+                "formula": p.formula, "fairness": p.fairness or None, "holds": True,
+                "methods": [],
+            }
+            for p in spec.properties
         }
-        for p in spec.properties
-    }
+        config = load_config(section=default_section(spec), probe_percents=probe_percents)
+        progress(f"{family}: declaration checks")
+        declaration = check_declaration(spec, config)
+        report["declaration"] = [c.as_dict() for c in declaration]
+        checks_ok = all(c.holds for c in declaration)
 
-    def merge(name: str, method: str, holds: bool, evidence: dict[str, Any]) -> None:
-        row = rows.setdefault(name, {"spec": family, "name": name, "kind": "other",
-                                     "holds": True, "methods": []})
-        row[method] = evidence
-        row["methods"].append(method)
-        row["holds"] = bool(row["holds"] and holds)
-
-    config = load_config(section=default_section(spec), probe_percents=probe_percents)
-    progress(f"{family}: declaration checks")
-    declaration = check_declaration(spec, config)
-    report["declaration"] = [c.as_dict() for c in declaration]
-    checks_ok = all(c.holds for c in declaration)
-
-    progress(f"{family}: explicit-state exploration")
-    result = explore(spec, config)
-    report["explorer"] = result.stats.as_dict()
-    for prop in result.properties:
-        merge(prop.name, "explorer", prop.holds, prop.as_dict())
-        rows[prop.name]["distinct_states"] = prop.distinct_states
-        rows[prop.name]["depth"] = prop.depth
+        progress(f"{family}: explicit-state exploration")
+        result = explore(spec, config, progress=_explorer_progress(family, explorer_progress))
+        report["explorer"] = result.stats.as_dict()
+        for prop in result.properties:
+            _merge(rows, family, prop.name, "explorer", prop.holds, prop.as_dict())
+            rows[prop.name]["distinct_states"] = prop.distinct_states
+            rows[prop.name]["depth"] = prop.depth
+        staged.append((spec, report, rows, result, checks_ok))
 
     if proofs:
-        from autoconverge.proofs.prove import (
-            check_vacuity,
-            prove_all,
-            prove_timing,
-            z3_search_limits,
-        )
+        from autoconverge.proofs.prove import prove_timing, z3_search_limits
+        from autoconverge.proofs.z3_parallel import default_workers, prove_and_check
 
-        progress(f"{family}: Z3 proofs (unbounded)")
-        for proof in prove_all(spec, explored=result):
-            merge(proof.name, "proof", proof.holds, proof.as_dict())
-        report["z3_search"] = z3_search_limits(spec)
-        if family == SPEC.family:  # the throttle's timeslice arithmetic
-            progress(f"{family}: Z3 timing arithmetic")
-            timing = prove_timing()
-            report["timing"] = timing.as_dict()
-            checks_ok = checks_ok and timing.holds
-        progress(f"{family}: vacuity checks")
-        vacuity = check_vacuity(spec)
-        report["vacuity"] = [v.as_dict() for v in vacuity]
-        checks_ok = checks_ok and all(v.holds for v in vacuity)
+        workers = default_workers() if jobs is None else jobs
+        names = ", ".join(spec.family for spec, *_ in staged)
+        progress(f"Z3 proofs (unbounded) and vacuity checks of {names} "
+                 f"({workers} process{'es' if workers > 1 else ''})")
+        checked = prove_and_check([(spec, result) for spec, _, _, result, _ in staged],
+                                  workers=workers)
+        for i, ((spec, report, rows, result, checks_ok), z3_out) in enumerate(
+                zip(staged, checked, strict=True)):
+            family = spec.family
+            for proof in z3_out.proofs:
+                _merge(rows, family, proof["name"], "proof", proof["holds"], proof)
+            report["z3_search"] = z3_search_limits(spec)
+            if family == SPEC.family:  # the throttle's timeslice arithmetic
+                progress(f"{family}: Z3 timing arithmetic")
+                timing = prove_timing()
+                report["timing"] = timing.as_dict()
+                checks_ok = checks_ok and timing.holds
+            report["vacuity"] = [v.as_dict() for v in z3_out.vacuity]
+            checks_ok = checks_ok and z3_out.vacuity_holds
+            staged[i] = (spec, report, rows, result, checks_ok)
 
-    if cross_check:
-        from autoconverge.proofs.crosscheck import cross_check as run_cross_check
+    reports: list[dict[str, Any]] = []
+    for (spec, report, rows, _result, checks_ok), (_, variant_name, _) in zip(
+            staged, selected, strict=True):
+        family = spec.family
+        if cross_check:
+            from autoconverge.proofs.crosscheck import cross_check as run_cross_check
 
-        progress(f"{family}: SPIN and TLC")
-        cc = run_cross_check(spec, variant=variant_name)
-        for agreement in cc.properties:
-            evidence = agreement.as_dict()
-            for tool in ("spin", "tlc"):
-                verdict = agreement.verdicts.get(tool)
-                if verdict is not None:
-                    merge(agreement.name, tool, verdict.holds, evidence[tool])
-        report["cross_check"] = {k: v for k, v in cc.as_dict().items() if k != "properties"}
-        checks_ok = checks_ok and cc.agree
-        if not cc.agree:
-            progress("the explorer, SPIN and TLC DISAGREE")
+            progress(f"{family}: SPIN and TLC")
+            cc = run_cross_check(spec, variant=variant_name)
+            for agreement in cc.properties:
+                evidence = agreement.as_dict()
+                for tool in ("spin", "tlc"):
+                    verdict = agreement.verdicts.get(tool)
+                    if verdict is not None:
+                        _merge(rows, family, agreement.name, tool, verdict.holds,
+                               evidence[tool])
+            report["cross_check"] = {k: v for k, v in cc.as_dict().items()
+                                     if k != "properties"}
+            checks_ok = checks_ok and cc.agree
+            if not cc.agree:
+                progress("the explorer, SPIN and TLC DISAGREE")
 
-    report["properties"] = list(rows.values())
-    report["ok"] = checks_ok and all(r["holds"] for r in report["properties"])
-    return report
+        report["properties"] = list(rows.values())
+        report["ok"] = checks_ok and all(r["holds"] for r in report["properties"])
+        reports.append(report)
+    return reports
+
+
+def _merge(rows: dict[str, dict[str, Any]], family: str, name: str, method: str,
+           holds: bool, evidence: dict[str, Any]) -> None:
+    """One method's verdict on a property into its row (a property holds only if every
+    method that checked it says so)."""
+    row = rows.setdefault(name, {"spec": family, "name": name, "kind": "other",
+                                 "holds": True, "methods": []})
+    row[method] = evidence
+    row["methods"].append(method)
+    row["holds"] = bool(row["holds"] and holds)
+
+
+def _explorer_progress(family: str, show: bool) -> Any:
+    """The explorer's progress on stderr (states, states/s, queue, ETA), or None."""
+    if not show:
+        return None
+    from autoconverge.model.progress import stderr_progress
+
+    return stderr_progress(f"  {family} explorer")
 
 
 def _cell(ev: dict[str, Any] | None) -> str:
@@ -309,10 +355,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.cross_check:
         _require_checkers()
     progress = _Progress(args.quiet)
-    reports = [run_verify(spec, variant_name=name, probe_percents=probes,
-                          proofs=not args.no_proofs, cross_check=args.cross_check,
-                          progress=progress)
-               for spec, name, probes in selected]
+    reports = run_verify_all(selected, proofs=not args.no_proofs,
+                             cross_check=args.cross_check, progress=progress,
+                             explorer_progress=not args.quiet, jobs=args.jobs)
     report = combine(reports)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -340,10 +385,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = traceability_table([s for s, _, _ in selected]) + "\n"
     else:
         progress = _Progress(args.quiet)
-        text = "\n".join(
-            proof_report(spec, run_verify(spec, variant_name=name, probe_percents=probes,
-                                          cross_check=args.cross_check, progress=progress))
-            for spec, name, probes in selected)
+        reports = run_verify_all(selected, cross_check=args.cross_check, progress=progress,
+                                 explorer_progress=not args.quiet)
+        text = "\n".join(proof_report(spec, report)
+                         for (spec, _, _), report in zip(selected, reports, strict=True))
     if args.output == "-":
         sys.stdout.write(text)
     else:

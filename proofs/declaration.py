@@ -39,6 +39,7 @@ import z3
 from autoconverge.model.config import ExplorerConfig
 from autoconverge.model.graph import build_graph
 from autoconverge.spec import Spec, Transition
+from autoconverge.spec.core import param_combinations
 
 from .encoding import context_of, state_vars
 
@@ -73,12 +74,24 @@ def _enabled_somewhere(spec: Spec, config: ExplorerConfig, g: Any) -> set[tuple[
     ``config`` explores them)."""
     fired = {(g.labels[li].transition.trigger, g.labels[li].transition.source)
              for edges in g.succ for _, li in edges}
-    # edges cut by the bound still count as enabled: look at the records themselves
+    # edges cut by the bound still count as enabled: look at the records themselves, for
+    # the transitions no edge shows enabled (each until a record enables it)
     domain = spec.param_domains(config.percents)
+    pending = [t for t in spec.relation() if (config.faults or not t.is_fault)
+               and (t.trigger, t.source) not in fired]
+    combos = {t: list(param_combinations(t.params, domain)) for t in pending}
     for s in g.reached_records():
-        for t, _params, _nxt in spec.successors(s, domain):
-            if config.faults or not t.is_fault:
+        if not pending:
+            break
+        still: list[Transition] = []
+        for t in pending:
+            if (t.trigger, t.source) in fired:
+                continue
+            if any(t.enabled(s, **ps) for ps in combos[t]):
                 fired.add((t.trigger, t.source))
+            else:
+                still.append(t)
+        pending = still
     return fired
 
 

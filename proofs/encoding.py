@@ -203,8 +203,8 @@ def seq_value(v: z3.ExprRef) -> tuple[int, ...]:
 
 def concrete_value(name: str, v: z3.ExprRef, schema: Schema | None = None) -> Any:
     schema = schema or THROTTLE_SCHEMA
-    if name in schema.machine_vars:
-        return str(v)
+    if name in schema.machine_vars:  # a constructor's name (str() runs Z3's printer)
+        return v.decl().name() if z3.is_app(v) and v.num_args() == 0 else str(v)
     if z3.is_bool(v):
         return z3.is_true(v)
     if z3.is_int(v):
@@ -228,6 +228,11 @@ class Encoding:
     spec: Spec
     relation: tuple[Transition, ...] = field(init=False)
     _fresh: itertools.count[int] = field(init=False, default_factory=itertools.count)
+    _steps: dict[tuple[Any, ...], tuple[Any, Any, Any, z3.BoolRef]] = field(
+        init=False, default_factory=dict, repr=False)
+    _states: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
+    _params: dict[str, dict[str, z3.ArithRef]] = field(init=False, default_factory=dict,
+                                                       repr=False)
 
     def __post_init__(self) -> None:
         register(self.spec.schema)
@@ -237,12 +242,19 @@ class Encoding:
 
     # variables ----------------------------------------------------------------------------
     def state(self, tag: str) -> Any:
-        return state_vars(self.spec, tag)
+        """The state record of Z3 constants ``<field>@<tag>`` (one record per tag: the same
+        constants are the same record, so formulas built over it are cached by it)."""
+        if tag not in self._states:
+            self._states[tag] = state_vars(self.spec, tag)
+        return self._states[tag]
 
     def params(self, tag: str) -> dict[str, z3.ArithRef]:
-        """One free Int per parameter name used by any trigger, for one step."""
-        names = sorted({p for t in self.relation for p in t.params})
-        return {n: z3.Int(f"{n}@{tag}", self.ctx) for n in names}
+        """One free Int per parameter name used by any trigger, for one step (one dict per
+        tag, as :meth:`state`; not to be changed)."""
+        if tag not in self._params:
+            names = sorted({p for t in self.relation for p in t.params})
+            self._params[tag] = {n: z3.Int(f"{n}@{tag}", self.ctx) for n in names}
+        return self._params[tag]
 
     def fresh(self, prefix: str) -> str:
         return f"{prefix}{next(self._fresh)}"
@@ -263,14 +275,27 @@ class Encoding:
 
     def step(self, t: Transition, s: Any, s2: Any,
              params: Mapping[str, z3.ArithRef] | None = None) -> z3.BoolRef:
-        """T_t(s, s2): t is enabled in s and s2 is its effect (every other field unchanged)."""
-        return z3.And(self.enabled(t, s, params), states_equal(s2, self.post(t, s, params)))
+        """T_t(s, s2): t is enabled in s and s2 is its effect (every other field unchanged).
+        Built once per (transition, records, parameters): the provers ask it of the same
+        pre- and post-state in many queries."""
+        key = (t, id(s), id(s2), id(params))
+        hit = self._steps.get(key)
+        if hit is None:
+            formula = z3.And(self.enabled(t, s, params),
+                             states_equal(s2, self.post(t, s, params)))
+            hit = self._steps[key] = (s, s2, params, formula)  # kept alive: ids stay theirs
+        return hit[3]
 
     def next(self, s: Any, s2: Any, params: Mapping[str, z3.ArithRef],
              transitions: Sequence[Transition] | None = None) -> z3.BoolRef:
         ts = self.relation if transitions is None else transitions
-        return (z3.Or(*(self.step(t, s, s2, params) for t in ts)) if ts
-                else z3.BoolVal(False, self.ctx))
+        key = ("next", tuple(ts), id(s), id(s2), id(params))
+        hit = self._steps.get(key)
+        if hit is None:
+            formula = (z3.Or(*(self.step(t, s, s2, params) for t in ts)) if ts
+                       else z3.BoolVal(False, self.ctx))
+            hit = self._steps[key] = (s, s2, params, formula)
+        return hit[3]
 
     def group(self, name: str) -> tuple[Transition, ...]:
         """The transitions of the fairness group ``name`` (:attr:`Transition.fairness_group`)."""

@@ -11,7 +11,10 @@
 - :func:`prove_timing` - the timing arithmetic (``autoconverge.spec.timing``): a
   :class:`.timing_proofs.TimingProof`.
 - :func:`check_vacuity` - every obligation's hypotheses satisfiable, every antecedent
-  reachable from Init: :class:`.results.VacuityCheck` records.
+  reachable from Init: :class:`.results.VacuityCheck` records (per property:
+  :func:`hypotheses_check`; per spec: :func:`reachability_checks`).
+- :func:`shared_lemmas`, :func:`prove_lemma` - the throttle's lemmas, each proved once for
+  every property whose strengthening has it (in a process of its own: :mod:`.z3_parallel`).
 
 Each record's ``as_dict()`` is its JSON form (``autoconverge verify --json``).
 
@@ -79,8 +82,9 @@ from .z3_bmc import (
     substitute_all,
 )
 from .z3_certificate import SAFETY_METHOD, CertificateProver, search_depth
+from .z3_lemmas import Lemma, closure
 from .z3_liveness import PLANS, LivenessProver
-from .z3_obligations import RLIMIT, SEED, Outcome, satisfiable
+from .z3_obligations import RLIMIT, SEED, Outcome, detach, fill_satisfiable
 from .z3_safety import SafetyProver
 from .z3_spacer import SPACER_RLIMIT, SpacerResult, spacer
 
@@ -112,10 +116,14 @@ __all__ = [
     "VacuityCheck",
     "check_vacuity",
     "format_proof",
+    "hypotheses_check",
     "prove_all",
+    "prove_lemma",
     "prove_one",
     "prove_property",
     "prove_timing",
+    "reachability_checks",
+    "shared_lemmas",
     "z3_search_limits",
 ]
 
@@ -168,6 +176,8 @@ class Provers:
             self.safety = SafetyProver(spec, rlimit)
             self.liveness = LivenessProver(self.safety)
             self.enc = self.safety.enc
+            self.safety.vacuity_context = tuple((lem, self.safety.pre)
+                                                for lem in shared_lemmas(self))
         else:
             self.certificate = CertificateProver(spec, rlimit, explored=self.explored)
             self.enc = self.certificate.enc
@@ -188,6 +198,37 @@ class Provers:
 
             self._explored = explore(self.spec, load_config(section=default_section(self.spec)))
         return self._explored
+
+
+def shared_lemmas(provers: Provers) -> tuple[Lemma, ...]:
+    """The lemmas the strengthenings of the throttle's properties are made of (each proved
+    once, for all of them: :func:`prove_lemma`); none for a certificate-proved lifecycle."""
+    safety = provers.safety
+    if safety is None:
+        return ()
+    found: dict[str, Lemma] = {}
+    for prop in provers.spec.properties:
+        if prop.kind != "leadsto":
+            inv = safety.strengthening(prop.name)
+        elif prop.name in PLANS:
+            inv = closure(PLANS[prop.name].lemmas, safety._extra)
+        else:
+            continue
+        for lem in inv:
+            found.setdefault(lem.name, lem)
+    return tuple(found.values())
+
+
+def prove_lemma(provers: Provers, name: str) -> list[Outcome]:
+    """The lemma ``name``'s obligations (``Init => L``, ``Inv_L /\\ Next => L'``) with the
+    satisfiability of their hypotheses answered, detached from Z3 (for another process:
+    :meth:`SafetyProver.install`)."""
+    assert provers.safety is not None
+    lem = next(x for x in shared_lemmas(provers) if x.name == name)
+    outcomes = provers.safety.lemma_outcomes(lem)
+    for o in outcomes:
+        fill_satisfiable(o.leaves(), provers.rlimit, provers.safety.vacuity_context)
+    return [detach(o) for o in outcomes]
 
 
 def prove_property(provers: Provers, name: str, *, use_spacer: bool = True,
@@ -331,51 +372,57 @@ def _antecedents(e: z3.BoolRef) -> list[z3.BoolRef]:
 
 
 def _hypotheses(spec: Spec, provers: Provers) -> list[VacuityCheck]:
-    out: list[VacuityCheck] = []
+    return [c for prop in spec.properties
+            if (c := hypotheses_check(provers, prop.name)) is not None]
+
+
+def hypotheses_check(provers: Provers, name: str) -> VacuityCheck | None:
+    """The property ``name``'s obligations all have satisfiable hypotheses (None: a
+    liveness property of the throttle without a ranking plan: nothing was attempted).
+    Proves the property first if ``provers`` have not."""
+    prop = provers.spec.property(name)
     rlimit = provers.rlimit
-    for prop in spec.properties:
-        if provers.certificate is None and prop.kind == "leadsto" and prop.name not in PLANS:
-            continue
-        t0 = time.perf_counter()
+    if provers.certificate is None and prop.kind == "leadsto" and prop.name not in PLANS:
+        return None
+    t0 = time.perf_counter()
+    if prop.name not in provers.outcomes:  # not proved yet by these provers
         prove_property(provers, prop.name, use_spacer=False, counterexamples=False)
-        obligations: list[Outcome] = provers.outcomes[prop.name]
-        if provers.certificate is not None:
-            provers.certificate.fill_hypotheses(obligations)
-        vacuous: list[str] = []
-        unknown: list[str] = []
-        expected: list[str] = []
-        n = 0
-        for ob in obligations:
-            for leaf in ob.leaves():
-                assert leaf.query is not None and leaf.enc is not None
-                if rlimit not in leaf.hypotheses_sat:  # shared leaves are checked once
-                    leaf.hypotheses_sat[rlimit] = satisfiable(leaf.enc, leaf.query, rlimit,
-                                                              witness=False)[0]
-                n += 1
-                sat = leaf.hypotheses_sat[rlimit]
-                label = leaf.name if leaf.name.startswith(ob.name) else f"{ob.name}: {leaf.name}"
-                if sat is False and leaf.may_be_vacuous:
-                    expected.append(label)
-                elif sat is False:
-                    vacuous.append(label)
-                elif sat is None:
-                    unknown.append(label)
-        detail = f"{n} Z3 queries: hypotheses satisfiable"
-        if expected and provers.certificate is not None:
-            detail += (f"; {len(expected)} steps cannot occur there (a transition enabled in "
-                       f"no state of R, or of H /\\ ~q; expected, reported as such): "
-                       + ", ".join(expected))
-        elif expected:
-            detail += (f"; {len(expected)} rank steps cannot occur while H (expected, "
-                       f"reported as such): " + ", ".join(expected))
-        if vacuous:
-            detail = "VACUOUS (hypotheses unsatisfiable): " + ", ".join(vacuous)
-        if unknown:
-            detail += "; satisfiability unknown (rlimit reached): " + ", ".join(unknown)
-        out.append(VacuityCheck(f"{prop.name}: obligation hypotheses satisfiable", prop.name,
-                                "hypotheses", not vacuous and not unknown, detail,
-                                round(time.perf_counter() - t0, 4), queries=n))
-    return out
+    obligations: list[Outcome] = provers.outcomes[prop.name]
+    if provers.certificate is not None:
+        provers.certificate.fill_hypotheses(obligations)
+    vacuous: list[str] = []
+    unknown: list[str] = []
+    expected: list[str] = []
+    n = 0
+    for ob in obligations:
+        leaves = ob.leaves()
+        fill_satisfiable(leaves, rlimit,  # shared leaves are checked once
+                         provers.safety.vacuity_context if provers.safety else ())
+        for leaf in leaves:
+            n += 1
+            sat = leaf.hypotheses_sat[rlimit]
+            label = leaf.name if leaf.name.startswith(ob.name) else f"{ob.name}: {leaf.name}"
+            if sat is False and leaf.may_be_vacuous:
+                expected.append(label)
+            elif sat is False:
+                vacuous.append(label)
+            elif sat is None:
+                unknown.append(label)
+    detail = f"{n} Z3 queries: hypotheses satisfiable"
+    if expected and provers.certificate is not None:
+        detail += (f"; {len(expected)} steps cannot occur there (a transition enabled in "
+                   f"no state of R, or of H /\\ ~q; expected, reported as such): "
+                   + ", ".join(expected))
+    elif expected:
+        detail += (f"; {len(expected)} rank steps cannot occur while H (expected, "
+                   f"reported as such): " + ", ".join(expected))
+    if vacuous:
+        detail = "VACUOUS (hypotheses unsatisfiable): " + ", ".join(vacuous)
+    if unknown:
+        detail += "; satisfiability unknown (rlimit reached): " + ", ".join(unknown)
+    return VacuityCheck(f"{prop.name}: obligation hypotheses satisfiable", prop.name,
+                        "hypotheses", not vacuous and not unknown, detail,
+                        round(time.perf_counter() - t0, 4), queries=n)
 
 
 Target = Callable[[Unrolling, int], z3.BoolRef]
@@ -400,6 +447,12 @@ def _pred_target(pred: Callable[[Any], z3.BoolRef]) -> Target:
 def _pending(p: Callable[[Any], Any], q: Callable[[Any], Any], ctx: z3.Context
              ) -> Callable[[Any], Any]:
     return lambda s: z3.And(as_bool(p(s), ctx), z3.Not(as_bool(q(s), ctx)))
+
+
+def reachability_checks(provers: Provers, depth: int | None = None) -> list[VacuityCheck]:
+    """Every antecedent of every property of the provers' spec reachable from Init (one
+    record per property; ``depth``: as :func:`check_vacuity`)."""
+    return _reachability(provers.spec, provers, depth)
 
 
 def _reachability(spec: Spec, provers: Provers, depth: int | None) -> list[VacuityCheck]:
@@ -453,7 +506,7 @@ def _reachability(spec: Spec, provers: Provers, depth: int | None) -> list[Vacui
                "through the Z3 encoding")
     else:
         depth = VACUITY_DEPTH if depth is None else depth
-        found = reach_many(enc, targets, depth)
+        found = reach_many(enc, targets, depth, traces=False)  # depths only
         how = ""
     dt = time.perf_counter() - t0
     out: list[VacuityCheck] = []
@@ -519,6 +572,7 @@ def _witnessed(provers: Provers, targets: dict[str, Target]) -> dict[str, dict[s
         for n in range(len(graph.nodes)):
             first.setdefault(graph.state(n), n)
     out: dict[str, dict[str, Any]] = {}
+    replayed: dict[int, bool] = {}  # node -> its path replays (targets share records)
     for label in labels:
         rec = found.get(label)
         node = first.get(rec) if rec is not None else None
@@ -528,8 +582,11 @@ def _witnessed(provers: Provers, targets: dict[str, Target]) -> dict[str, dict[s
                           if inductive else "R is not inductive: nothing shown"}
             continue
         path = graph.path_to(node)
-        cex = {"initial": state_dict(provers.spec.initial), "steps": step_dicts(graph, path)}
-        ok = confirm_path(enc, cex, provers.rlimit)
+        if node not in replayed:
+            cex = {"initial": state_dict(provers.spec.initial),
+                   "steps": step_dicts(graph, path)}
+            replayed[node] = confirm_path(enc, cex, provers.rlimit)
+        ok = replayed[node]
         out[label] = {"reached": ok, "depth": len(path) if ok else None,
                       "searched": "" if ok else "the explorer's path does NOT replay"}
     return out
@@ -552,15 +609,21 @@ class _AtState:
         return [self.step_params]
 
 
-def check_vacuity(spec: Spec, *, depth: int | None = None,
-                  rlimit: int = RLIMIT) -> list[VacuityCheck]:
+def check_vacuity(spec: Spec, *, depth: int | None = None, rlimit: int = RLIMIT,
+                  provers: Provers | None = None) -> list[VacuityCheck]:
     """Non-vacuity of every proof of ``spec``: one check per property and kind of check.
 
     Reachability: the throttle's antecedents within ``depth`` steps from Init (default
     :data:`VACUITY_DEPTH`), by Z3's search; a finite lifecycle's (``depth`` None) each by a
     state of its proved certificate and the explorer's path to it, replayed through the Z3
-    encoding (``depth`` given: Z3's search to that depth)."""
-    provers = Provers(spec, rlimit)
+    encoding (``depth`` given: Z3's search to that depth).
+
+    ``provers``: provers that already proved some properties (their obligations are
+    checked as they are: they do not depend on whether Spacer or a counterexample search
+    ran after them); default fresh ones, at ``rlimit``. ``autoconverge verify`` runs these
+    checks property by property on several processes (:mod:`.z3_parallel`)."""
+    if provers is None:
+        provers = Provers(spec, rlimit)
     return [*_hypotheses(spec, provers), *_reachability(spec, provers, depth)]
 
 

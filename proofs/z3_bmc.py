@@ -451,13 +451,21 @@ class OneShot:
 
 
 def reach_many(enc: Encoding, targets: dict[str, Callable[[Unrolling, int], z3.BoolRef]],
-               max_depth: int, rlimit: int = SEARCH_RLIMIT) -> dict[str, dict[str, Any]]:
+               max_depth: int, rlimit: int = SEARCH_RLIMIT, *, traces: bool = True
+               ) -> dict[str, dict[str, Any]]:
     """For each named target, the fewest steps from Init to a state where it holds.
 
-    One unrolling is shared by all targets (each checked in a push/pop at every depth until
-    found). A target is ``target(unrolling, k)`` on state ``k`` (it may use step ``k``, which
-    is unrolled before the check). Returns ``{name: {"reached", "depth", "trace"?}}``; a
-    target whose check runs out of ``rlimit`` is not reached, searched up to the depth before.
+    One unrolling is shared by all targets. At each depth the targets not reached yet are
+    asked together (one check of their disjunction, in a push/pop): ``unsat`` settles all of
+    them at that depth in one check; ``sat`` reaches every target the model satisfies (the
+    disjunction is asked again for the others). Only if that check runs out of ``rlimit``
+    is each target asked on its own, as it always was. The depths are the same as one
+    check per target gives (a target is reached at the first depth where it is satisfiable);
+    the traces may be other paths of that length. A target is ``target(unrolling, k)`` on
+    state ``k`` (it may use step ``k``, which is unrolled before the check). Returns
+    ``{name: {"reached", "depth", "initial"?, "steps"?}}`` (the path only with ``traces``);
+    a target whose own check runs out of ``rlimit`` is not reached, searched up to the depth
+    before.
     """
     solver = limited(z3.Solver(ctx=enc.ctx), rlimit)
     # stuttering steps let the unrolling continue past states without successors (step k
@@ -465,18 +473,42 @@ def reach_many(enc: Encoding, targets: dict[str, Callable[[Unrolling, int], z3.B
     u = Unrolling(enc, solver, enc.fresh("m"), stutter=True)
     out: dict[str, dict[str, Any]] = {}
     todo = dict(targets)
+
+    def reached(name: str, k: int, model: z3.ModelRef) -> None:
+        out[name] = {"reached": True, "depth": k}
+        if traces:
+            init, steps = u.trace(model, k)
+            out[name].update(initial=state_dict(init), steps=steps)
+        del todo[name]
+
     for k in range(max_depth + 1):
         u.extend()
-        for name in list(todo):
+        formulas = {name: as_bool(todo[name](u, k), enc.ctx) for name in todo}
+        alone: list[str] = []
+        while formulas:
+            solver.push()
+            solver.add(z3.Or(*formulas.values()))
+            r = solver.check()
+            if r == z3.sat:
+                model = solver.model()
+                hit = [n for n, f in formulas.items()
+                       if z3.is_true(model.eval(f, model_completion=True))]
+                assert hit, "a model of the disjunction satisfies one of its targets"
+                for name in hit:
+                    reached(name, k, model)
+                    del formulas[name]
+            elif r == z3.unknown:
+                alone = list(formulas)
+                formulas = {}
+            else:
+                formulas = {}
+            solver.pop()
+        for name in alone:  # the disjunction ran out of its rlimit: one check each
             solver.push()
             solver.add(todo[name](u, k))
             r = solver.check()
             if r == z3.sat:
-                model = solver.model()
-                init, steps = u.trace(model, k)
-                out[name] = {"reached": True, "depth": k, "initial": state_dict(init),
-                             "steps": steps}
-                del todo[name]
+                reached(name, k, solver.model())
             elif r == z3.unknown:
                 out[name] = {"reached": False, "depth": None,
                              "searched": f"up to {k - 1} steps from Init (depth {k}: "

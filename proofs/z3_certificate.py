@@ -89,11 +89,10 @@ from .z3_obligations import (
     RLIMIT,
     SEED,
     UNKNOWN,
+    Checker,
     Outcome,
     Query,
     Step,
-    describe_model,
-    limited,
 )
 
 if TYPE_CHECKING:
@@ -267,58 +266,6 @@ def function_diagram(values: Mapping[Any, int], fields: Sequence[str]) -> Diagra
 # --- one solver per family of queries -----------------------------------------------------
 
 
-class _Checker:
-    """Queries that share hypotheses: one solver, the shared ones asserted once, each query
-    in a ``push``/``pop`` (Z3 preprocesses the certificate once, not once per transition).
-    Deterministic: the same assertions and checks in the same order, a resource limit per
-    check and fixed seeds (:func:`.z3_obligations.limited`)."""
-
-    def __init__(self, enc: Encoding, base: list[z3.BoolRef], rlimit: int) -> None:
-        self.enc = enc
-        self.base = base
-        self.rlimit = rlimit
-        self.solver = limited(z3.Solver(ctx=enc.ctx), rlimit)
-        self.solver.add(*base)
-
-    def check(self, name: str, formula: str, extra: list[z3.BoolRef], goal: z3.BoolRef | None,
-              *, step: Step | None = None, states: dict[str, Any] | None = None) -> Outcome:
-        """``base /\\ extra => goal`` (``goal`` None: are ``base /\\ extra`` satisfiable?)."""
-        t0 = time.perf_counter()
-        self.solver.push()
-        try:
-            self.solver.add(*extra)
-            if goal is not None:
-                self.solver.add(z3.Not(goal))
-            r = self.solver.check()
-            model = self.solver.model() if r == z3.sat else None
-            why = self.solver.reason_unknown() if r == z3.unknown else ""
-            q = Query(ground=[*self.base, *extra], goal=goal, step=step, states=states or {})
-            cti = describe_model(self.enc, q, model) if model is not None else None
-        finally:
-            self.solver.pop()
-        dt = time.perf_counter() - t0
-        if r == z3.unsat:
-            return Outcome(name, formula, PROVED, dt, "z3: unsat (no counterexample exists)",
-                           query=q, enc=self.enc)
-        if r == z3.unknown:
-            return Outcome(name, formula, UNKNOWN, dt,
-                           f"not proved: z3: {why} (rlimit {self.rlimit})", query=q,
-                           enc=self.enc)
-        assert cti is not None
-        return Outcome(name, formula, FAILED, dt,
-                       "counterexample to the obligation:\n  " + cti["text"], cti, query=q,
-                       enc=self.enc)
-
-    def satisfiable(self, extra: list[z3.BoolRef]) -> bool | None:
-        self.solver.push()
-        try:
-            self.solver.add(*extra)
-            r = self.solver.check()
-        finally:
-            self.solver.pop()
-        return True if r == z3.sat else False if r == z3.unsat else None
-
-
 def combine(name: str, formula: str, parts: list[Outcome], what: str,
             cannot: list[str] | None = None) -> Outcome:
     """One obligation made of per-transition queries: proved iff all are."""
@@ -476,7 +423,7 @@ class CertificateProver:
         self._graph: Any = None
         self._step_formulas: dict[Transition, z3.BoolRef] = {}
         self._search: OneShot | None = None
-        self._hyp: dict[int, tuple[Outcome, _Checker, list[z3.BoolRef]]] = {}
+        self._hyp: dict[int, tuple[Outcome, Checker, list[z3.BoolRef]]] = {}
         """Each query's outcome -> the solver that asked it and what it added to that
         solver's hypotheses (the vacuity check asks whether they are satisfiable)."""
         self.origin = "the records given"
@@ -552,12 +499,12 @@ class CertificateProver:
         if self._reachable is None:
             _, r, r2 = self.reachable()
             s, s2, ps = self.pre, self.post, self.params
-            init = _Checker(self.enc, [self.enc.init(s)], self.rlimit).check(
+            init = Checker(self.enc, [self.enc.init(s)], self.rlimit).check(
                 f"init[{REACHABLE}]", "Init => R", [], r, states={"s": s})
-            checker = _Checker(self.enc, [r, z3.Not(r2)], self.rlimit)
+            checker = Checker(self.enc, [r, z3.Not(r2)], self.rlimit)
             parts: list[Outcome] = []
             cannot: list[str] = []
-            hyp = _Checker(self.enc, [r], self.rlimit)
+            hyp = Checker(self.enc, [r], self.rlimit)
             for t in self.enc.relation:
                 step = self.step(t)
                 o = checker.check(f"step[{REACHABLE}]@{t.label}", "", [step], None,
@@ -649,7 +596,7 @@ class CertificateProver:
         prop = self.spec.property(name)
         _, r, _ = self.reachable()
         s, s2, ps = self.pre, self.post, self.params
-        checker = _Checker(self.enc, [r], self.rlimit)
+        checker = Checker(self.enc, [r], self.rlimit)
         if prop.kind == "invariant":
             assert prop.invariant is not None
             o = checker.check("property", f"R => {prop.formula}", [],
@@ -705,7 +652,7 @@ class CertificateProver:
         h_d = set_diagram(ranking.region, fields)
         h, h2 = as_bool(h_d.z3(self.enc, s), ctx), as_bool(h_d.z3(self.enc, s2), ctx)
         out: list[Outcome] = []
-        out.append(_Checker(self.enc, [r, p, z3.Not(q)], self.rlimit).check(
+        out.append(Checker(self.enc, [r, p, z3.Not(q)], self.rlimit).check(
             "start", "R /\\ p /\\ ~q => H", [], h, states={"s": s}))
         if ranking.fair_cycle is not None:
             sample = ranking.fair_cycle[0]
@@ -721,7 +668,7 @@ class CertificateProver:
         help_d = function_diagram(ranking.helpful, fields)
         rk, rk2 = rank_d.z3(self.enc, s), rank_d.z3(self.enc, s2)
         hp, hp2 = help_d.z3(self.enc, s), help_d.z3(self.enc, s2)
-        live = _Checker(self.enc, [h, z3.Not(q)], self.rlimit)
+        live = Checker(self.enc, [h, z3.Not(q)], self.rlimit)
         out.append(live.check("bounded", "H /\\ ~q => rank >= 0", [], rk >= 0,
                               states={"s": s}))
         weak = [g.name for g in self.spec.weak_fairness]

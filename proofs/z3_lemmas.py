@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import z3
 
@@ -56,6 +57,14 @@ from autoconverge.spec.lifecycle import (
 
 from .encoding import as_bool
 
+_TERMS: dict[tuple[int, int, int], tuple[Any, Any, Any, z3.BoolRef]] = {}
+"""Each lemma's formula (index -1) and element instances (index: the term's Z3 id) by
+(lemma, state record): a prover asks the same lemma of the same pre- or post-state in
+hundreds of queries, and building the term is most of a query's cost in Python. Z3 terms
+are hash-consed, so the cached term is the very term built again would be: no query
+changes. Each entry keeps the lemma, record and index it was built from alive, so their
+ids stay theirs."""
+
 
 @dataclass(frozen=True)
 class Lemma:
@@ -73,15 +82,26 @@ class Lemma:
     def instance(self, s: State, i: z3.ArithRef) -> z3.BoolRef:
         """The element lemma's body at index ``i`` (guarded by ``0 <= i < Len(chan)``)."""
         assert self.each is not None
-        n = z3.Length(s.chan)
-        return z3.Implies(z3.And(i >= 0, i < n), as_bool(self.each(s, i, s.chan[i])))
+        key = (id(self), id(s), i.get_id())
+        hit = _TERMS.get(key)
+        if hit is None:
+            n = z3.Length(s.chan)
+            hit = _TERMS[key] = (self, s, i, z3.Implies(z3.And(i >= 0, i < n),
+                                                        as_bool(self.each(s, i, s.chan[i]))))
+        return hit[3]
 
     def z3(self, s: State) -> z3.BoolRef:
         """The lemma as one Z3 formula (a ForAll for element lemmas)."""
-        if self.holds is not None:
-            return as_bool(self.holds(s))
-        i = z3.Int("i")
-        return z3.ForAll([i], self.instance(s, i))
+        key = (id(self), id(s), -1)
+        hit = _TERMS.get(key)
+        if hit is None:
+            if self.holds is not None:
+                term = as_bool(self.holds(s))
+            else:
+                i = z3.Int("i")
+                term = z3.ForAll([i], self.instance(s, i))
+            hit = _TERMS[key] = (self, s, None, term)
+        return hit[3]
 
     def concrete(self, s: State) -> bool:
         """The lemma on a concrete state (Python values)."""

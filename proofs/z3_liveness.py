@@ -66,7 +66,7 @@ from .z3_obligations import (
     Query,
     Step,
     discharge,
-    satisfiable,
+    hypotheses_satisfiable,
 )
 from .z3_safety import MEMO, SafetyProver, lemma_key
 
@@ -306,7 +306,10 @@ class LivenessProver:
                 if key not in MEMO:
                     MEMO[key] = discharge(self.enc, f"{g}@{t.label}", "", query, self.rlimit)
                     if MEMO[key].holds:
-                        sat, _ = satisfiable(self.enc, query, self.rlimit, witness=False)
+                        # no wider set: H /\ ~q is this property's own, and a rank step
+                        # that cannot occur while H is common (the wider set would be
+                        # refuted, then this one asked anyway)
+                        sat = hypotheses_satisfiable(self.enc, query, self.rlimit)
                         MEMO[key].hypotheses_sat[self.rlimit] = sat
                         if sat is False:
                             MEMO[key].detail = "cannot occur: Inv /\\ H /\\ ~q /\\ T is unsat"

@@ -27,6 +27,7 @@ before it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,8 @@ class Outcome:
     """Whether the query's hypotheses are satisfiable, by rlimit (:func:`satisfiable`),
     once checked: a memoized outcome is shared by every spec and property that asks the
     same query, and so is this answer (the vacuity check asks it of every leaf)."""
+    detached: bool = False
+    """A leaf decided in another process (:func:`detach`): no query, its answers carried."""
 
     @property
     def holds(self) -> bool:
@@ -108,12 +111,81 @@ class Outcome:
         """This obligation's individual Z3 queries."""
         if self.parts:
             return [x for p in self.parts for x in p.leaves()]
-        return [self] if self.query is not None else []
+        return [self] if self.query is not None or self.detached else []
 
     def result(self) -> ObligationResult:
         """The verdict as a record (the time rounded to 0.1 ms)."""
         return ObligationResult(self.name, self.formula, self.verdict, round(self.time_s, 4),
                                 self.detail, self.cti)
+
+
+def detach(o: Outcome) -> Outcome:
+    """``o`` without its Z3 terms (picklable: for another process), its verdicts and the
+    answers about its leaves' hypotheses kept (fill them first, :func:`fill_satisfiable`)."""
+    return Outcome(o.name, o.formula, o.verdict, o.time_s, o.detail, o.cti,
+                   parts=[detach(p) for p in o.parts], may_be_vacuous=o.may_be_vacuous,
+                   hypotheses_sat=dict(o.hypotheses_sat),
+                   detached=not o.parts and (o.query is not None or o.detached))
+
+
+def fill_satisfiable(leaves: list[Outcome], rlimit: int,
+                     context: Sequence[tuple[Lemma, State]] = ()) -> None:
+    """Whether each leaf's hypotheses are satisfiable (:func:`hypotheses_satisfiable`,
+    with ``context``), for those not answered yet at ``rlimit``."""
+    for leaf in leaves:
+        if rlimit not in leaf.hypotheses_sat:
+            assert leaf.query is not None and leaf.enc is not None, \
+                "a detached leaf carries its answers"
+            leaf.hypotheses_sat[rlimit] = hypotheses_satisfiable(leaf.enc, leaf.query, rlimit,
+                                                                 context)
+
+
+_SATISFIED: dict[tuple[int, tuple[int, ...]], list[tuple[Encoding, Query, frozenset[Any]]]] = {}
+"""Hypotheses found satisfiable (a model checked against every element lemma in full), by
+(encoding, ground formulas): a query with the same ground formulas and a subset of those
+facts is satisfiable by the same model. Each entry keeps its query, so the ids stay its."""
+_ASKED: dict[tuple[Any, ...], tuple[bool | None, Query]] = {}
+"""Every wider query asked (:func:`hypotheses_satisfiable`), with its answer."""
+
+
+def _ground_key(enc: Encoding, q: Query) -> tuple[int, tuple[int, ...]]:
+    return id(enc), tuple(sorted(g.get_id() for g in q.ground))
+
+
+def _facts_key(facts: Sequence[tuple[Lemma, State]]) -> frozenset[tuple[int, int]]:
+    return frozenset((id(lem), id(s)) for lem, s in facts)
+
+
+def hypotheses_satisfiable(enc: Encoding, q: Query, rlimit: int = RLIMIT,
+                           context: Sequence[tuple[Lemma, State]] = ()) -> bool | None:
+    """Are the hypotheses of ``q`` satisfiable (its goal ignored)? As :func:`satisfiable`,
+    asked fewer times: hypotheses are satisfiable when a wider set is - the same ground
+    formulas with more facts -, since a model of the wider set is one of them. So first a
+    set already found satisfiable answers (the same ground formulas, a superset of the
+    facts); else, with ``context`` (facts that may be added: a prover's lemmas on its
+    pre-state), the widest set - ``q``'s facts and ``context`` - is asked once, and if it is
+    satisfiable it answers for every query with these ground formulas; else ``q`` is asked
+    on its own. Only a model found makes an answer True; False and None (unknown) come
+    from ``q``'s own check, as before."""
+    gk = _ground_key(enc, q)
+    fk = _facts_key(q.facts)
+    if any(fk <= known for _, _, known in _SATISFIED.get(gk, ())):
+        return True
+    if context:
+        facts = [*q.facts, *(f for f in context if (id(f[0]), id(f[1])) not in fk)]
+        wide_key = _facts_key(facts)
+        asked = (gk, wide_key, rlimit)
+        if wide_key != fk and asked not in _ASKED:
+            wide = Query(ground=q.ground, facts=facts, step=q.step, states=q.states)
+            verdict = satisfiable(enc, wide, rlimit, witness=False)[0]
+            _ASKED[asked] = (verdict, wide)
+            if verdict:
+                _SATISFIED.setdefault(gk, []).append((enc, wide, wide_key))
+                return True
+    verdict = satisfiable(enc, q, rlimit, witness=False)[0]
+    if verdict:
+        _SATISFIED.setdefault(gk, []).append((enc, q, fk))
+    return verdict
 
 
 @dataclass
@@ -143,13 +215,16 @@ class _Instantiator:
     def __init__(self, solver: z3.Solver, facts: list[tuple[Lemma, State]]) -> None:
         self.solver = solver
         self.facts = [(lem, s) for lem, s in facts if lem.quantified]
-        self.done: set[tuple[str, str, str]] = set()
+        self.done: set[tuple[str, int, int]] = set()
+        self._keep: list[z3.ExprRef] = []  # the simplified indices: their ids stay theirs
 
     def add(self, lem: Lemma, s: State, i: z3.ArithRef) -> bool:
-        key = (lem.name, str(s.chan), z3.simplify(i).sexpr())
+        index = z3.simplify(i)
+        key = (lem.name, s.chan.get_id(), index.get_id())  # Z3 terms are hash-consed
         if key in self.done:
             return False
         self.done.add(key)
+        self._keep.append(index)
         self.solver.add(lem.instance(s, i))
         return True
 
@@ -202,7 +277,9 @@ def _setup(enc: Encoding, q: Query, rlimit: int) -> tuple[z3.Solver, _Instantiat
         lem, s = q.goal
         if lem.quantified:
             assert lem.each is not None
-            k = z3.Int(enc.fresh("k"), enc.ctx)
+            # one skolem per goal lemma (not a fresh one per query): each query is a solver
+            # of its own, and the same constant lets the instances be built once
+            k = z3.Int(f"goal_index@{lem.name}", enc.ctx)
             skolems.append(k)
             solver.add(k >= 0, k < z3.Length(s.chan),
                        z3.Not(lem.instance(s, k)))
@@ -261,6 +338,58 @@ def describe_model(enc: Encoding, q: Query, model: z3.ModelRef) -> dict[str, Any
             lines.append(f"{name}: {fmt_state(cs, None, names)}")
         out["text"] = "\n  ".join(lines)
     return out
+
+
+class Checker:
+    """Queries that share hypotheses: one solver, the shared ones asserted once, each query
+    in a ``push``/``pop`` (Z3 preprocesses the certificate once, not once per transition).
+    Deterministic: the same assertions and checks in the same order, a resource limit per
+    check and fixed seeds (:func:`.z3_obligations.limited`)."""
+
+    def __init__(self, enc: Encoding, base: list[z3.BoolRef], rlimit: int) -> None:
+        self.enc = enc
+        self.base = base
+        self.rlimit = rlimit
+        self.solver = limited(z3.Solver(ctx=enc.ctx), rlimit)
+        self.solver.add(*base)
+
+    def check(self, name: str, formula: str, extra: list[z3.BoolRef], goal: z3.BoolRef | None,
+              *, step: Step | None = None, states: dict[str, Any] | None = None) -> Outcome:
+        """``base /\\ extra => goal`` (``goal`` None: are ``base /\\ extra`` satisfiable?)."""
+        t0 = time.perf_counter()
+        self.solver.push()
+        try:
+            self.solver.add(*extra)
+            if goal is not None:
+                self.solver.add(z3.Not(goal))
+            r = self.solver.check()
+            model = self.solver.model() if r == z3.sat else None
+            why = self.solver.reason_unknown() if r == z3.unknown else ""
+            q = Query(ground=[*self.base, *extra], goal=goal, step=step, states=states or {})
+            cti = describe_model(self.enc, q, model) if model is not None else None
+        finally:
+            self.solver.pop()
+        dt = time.perf_counter() - t0
+        if r == z3.unsat:
+            return Outcome(name, formula, PROVED, dt, "z3: unsat (no counterexample exists)",
+                           query=q, enc=self.enc)
+        if r == z3.unknown:
+            return Outcome(name, formula, UNKNOWN, dt,
+                           f"not proved: z3: {why} (rlimit {self.rlimit})", query=q,
+                           enc=self.enc)
+        assert cti is not None
+        return Outcome(name, formula, FAILED, dt,
+                       "counterexample to the obligation:\n  " + cti["text"], cti, query=q,
+                       enc=self.enc)
+
+    def satisfiable(self, extra: list[z3.BoolRef]) -> bool | None:
+        self.solver.push()
+        try:
+            self.solver.add(*extra)
+            r = self.solver.check()
+        finally:
+            self.solver.pop()
+        return True if r == z3.sat else False if r == z3.unsat else None
 
 
 def discharge(enc: Encoding, name: str, formula: str, q: Query,

@@ -126,6 +126,10 @@ class SafetyProver:
         """Every property's obligations (kept for the vacuity check)."""
         self._extra = tuple(self.property_lemma(p.name) for p in spec.properties
                             if p.kind == "invariant")
+        self.vacuity_context: tuple[tuple[Lemma, Any], ...] = ()
+        """Facts the vacuity check may add to a query's hypotheses to ask fewer queries
+        (:func:`.z3_obligations.hypotheses_satisfiable`): the strengthenings' lemmas on the
+        pre-state (:class:`.prove.Provers` sets it)."""
 
     # strengthenings ---------------------------------------------------------------------
     def property_lemma(self, name: str) -> Lemma:
@@ -163,6 +167,11 @@ class SafetyProver:
         cons = self.consecution(lem, need, hyp_text)
         self._cache[lem.name] = [init, cons]
         return self._cache[lem.name]
+
+    def install(self, name: str, outcomes: list[Outcome]) -> None:
+        """Take the lemma ``name``'s obligations as decided elsewhere (another process:
+        :func:`.prove.prove_lemma`) instead of asking them here."""
+        self._cache[name] = outcomes
 
     def consecution(self, lem: Lemma, need: tuple[Lemma, ...], hyp_text: str) -> Outcome:
         """``Inv_L /\\ T_t => L'`` for every transition ``t``, one Z3 query each, as one

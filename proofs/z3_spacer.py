@@ -39,8 +39,10 @@ from autoconverge.spec import Spec
 from .encoding import Encoding, as_bool, fmt_clause
 from .z3_obligations import (
     PROVED,
+    RLIMIT,
     SEED,
     UNKNOWN,
+    Checker,
     ObligationResult,
     Outcome,
     Query,
@@ -176,7 +178,11 @@ def _interpretation(model: z3.ModelRef, inv: z3.FuncDeclRef,
 
 
 def _recheck(enc: Encoding, name: str, found: z3.BoolRef) -> list[Outcome]:
-    """Independently verify Spacer's invariant ``I``: initiation, consecution, sufficiency."""
+    """Independently verify Spacer's invariant ``I``: initiation, consecution, sufficiency.
+
+    The per-transition checks share ``I(s)``: one solver holds it, each transition's query
+    is asked in a ``push``/``pop`` (:class:`.z3_obligations.Checker`: its own resource
+    limit per check, fixed seeds); ``unsat`` is the proof, as with a fresh solver."""
     prop = enc.spec.property(name)
     s, s2 = enc.state("rs"), enc.state("rs'")
     ps = enc.params("rstep")
@@ -186,11 +192,10 @@ def _recheck(enc: Encoding, name: str, found: z3.BoolRef) -> list[Outcome]:
     i_s, i_s2 = z3.substitute(found, *subst), z3.substitute(found, *subst2)
     out = [discharge(enc, "spacer: Init => I", "Init => I",
                      Query(ground=[enc.init(s)], goal=i_s, states={"s": s}))]
-    parts = []
-    for t in enc.relation:
-        parts.append(discharge(enc, f"spacer: I /\\ T[{t.label}] => I'", "",
-                               Query(ground=[i_s, enc.step(t, s, s2, ps)], goal=i_s2,
-                                     step=Step(s, s2, ps, (t,)))))
+    inside = Checker(enc, [i_s], RLIMIT)
+    parts = [inside.check(f"spacer: I /\\ T[{t.label}] => I'", "", [enc.step(t, s, s2, ps)],
+                          i_s2, step=Step(s, s2, ps, (t,)))
+             for t in enc.relation]
     ok = all(p.holds for p in parts)
     out.append(Outcome("spacer: I /\\ Next => I'", "I /\\ Next => I'",
                        PROVED if ok else UNKNOWN, sum(p.time_s for p in parts),
@@ -203,10 +208,9 @@ def _recheck(enc: Encoding, name: str, found: z3.BoolRef) -> list[Outcome]:
                                    states={"s": s})))
     else:
         assert prop.step is not None
-        parts = [discharge(enc, f"spacer: I /\\ T[{t.label}] => P", "",
-                           Query(ground=[i_s, enc.step(t, s, s2, ps)],
-                                 goal=as_bool(prop.step(s, t, s2), enc.ctx),
-                                 step=Step(s, s2, ps, (t,))))
+        parts = [inside.check(f"spacer: I /\\ T[{t.label}] => P", "",
+                              [enc.step(t, s, s2, ps)], as_bool(prop.step(s, t, s2), enc.ctx),
+                              step=Step(s, s2, ps, (t,)))
                  for t in enc.relation]
         ok = all(p.holds for p in parts)
         out.append(Outcome("spacer: I /\\ T_t => P(s, t, s')", "I /\\ T_t => P",

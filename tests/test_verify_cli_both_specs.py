@@ -63,3 +63,42 @@ def test_diagram_draws_the_migration_machines(capsys: pytest.CaptureFixture[str]
     for machine, state in (("source", "awaiting_resumed"), ("destination", "prepared")):
         assert main(["diagram", "--spec", "migration", "--machine", machine]) == 0
         assert state in capsys.readouterr().out
+
+
+def test_quiet_silences_every_progress_line_and_leaves_stdout_as_it_is(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    runs = []
+    for extra in ((), ("--quiet",)):
+        assert main(["verify", "--no-proofs", "--spec", "migration", "--json", *extra]) == 0
+        captured = capsys.readouterr()
+        runs.append((json.loads(captured.out), captured.err))
+    (loud, loud_err), (quiet, quiet_err) = runs
+    assert "explicit-state exploration" in loud_err and quiet_err == ""
+
+    def strip(x: object) -> object:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items()
+                    if "seconds" not in k and k not in ("time_s", "states_per_second")}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    assert strip(loud) == strip(quiet)
+
+
+def test_progress_names_the_phases_and_the_explorer_states(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", "--no-proofs", "--spec", "migration", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "migration: explicit-state exploration" in err
+    assert "migration explorer: 2,326 states" in err and "states/s" in err
+
+
+@pytest.mark.parametrize("jobs", ["0", "two", "-1"])
+def test_bad_jobs_is_a_one_line_usage_error(jobs: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", "--jobs", jobs])
+    assert exc.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--jobs" in lines[0]
