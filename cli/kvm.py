@@ -81,8 +81,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--working-set-pages", type=integer(0), default=256,
                    help="pages each vCPU writes for moderate/worst (default %(default)s)")
     p.add_argument("--rt", action="store_true",
-                   help="run the controller and throttle thread SCHED_FIFO (vCPUs stay "
-                        "SCHED_OTHER); needs CAP_SYS_NICE")
+                   help="run the whole controller SCHED_FIFO (vCPUs run guest code "
+                        "SCHED_OTHER); needs CAP_SYS_NICE. Without it the throttle thread, "
+                        "and a caller inside a blocking call, still run SCHED_FIFO where "
+                        "permitted")
     p.add_argument("--kvm-device", default=DEV_KVM, help="KVM device (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_throttle)
@@ -95,7 +97,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="pause/resume samples per vCPU count (default %(default)s)")
     b.add_argument("--duty-seconds", type=seconds(0.0, MAX_SECONDS), default=2.0,
                    help="measurement window per duty-cycle point (default %(default)s)")
-    b.add_argument("--api-trials", type=integer(1), default=30,
+    b.add_argument("--api-trials", type=integer(1), default=200,
                    help="samples of set/abort/shutdown latency (default %(default)s)")
     b.add_argument("--vcpus", type=VCPUS, action="append",
                    help="vCPU counts for pause/resume (repeatable; default 1, 2, nproc)")
@@ -104,11 +106,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--timeslices-ms", type=integer(1), nargs="+", default=None,
                    help=f"duty-cycle timeslices (default 100 and {lo})")
     b.add_argument("--rt", action="store_true",
-                   help="run the controller and throttle thread SCHED_FIFO (needs "
-                        "CAP_SYS_NICE)")
+                   help="run the whole benchmark's controller SCHED_FIFO (needs "
+                        "CAP_SYS_NICE); the throttler's own realtime use is on either way")
     b.add_argument("--compare", action="store_true",
                    help="also measure pause/resume and abort/shutdown latency with "
                         "background vCPUs off and on, alternating")
+    b.add_argument("--api-options", action="store_true",
+                   help="also measure abort/shutdown latency with the throttle worker and "
+                        "the caller at SCHED_FIFO, the worker only, and neither")
+    b.add_argument("--background-load", action="store_true",
+                   help="keep one core busy with a busy-loop process for the whole run")
+    b.add_argument("--json", action="store_true",
+                   help="print JSON (the only output format; accepted for symmetry)")
     b.add_argument("--quick", action="store_true",
                    help="a few samples only (a smoke run, numbers not meaningful)")
     b.set_defaults(func=cmd_bench)
@@ -163,6 +172,7 @@ def measure_throttle(vm: GuestVm, percent: int, seconds: float, timeslice_ns: in
         cpu = time.clock_gettime_ns(time.pthread_getcpuclockid(worker.ident or 0)) - cpu0
         stats = t.stats
         cycles, pause_cost, resume_cost = stats.cycles, stats.pause_cost_ns, stats.resume_cost_ns
+        worker_realtime = stats.worker_realtime
         if percent:
             t.set_throttle_percent(0)
     base2 = unthrottled(seconds / 2)
@@ -182,6 +192,7 @@ def measure_throttle(vm: GuestVm, percent: int, seconds: float, timeslice_ns: in
         "last_pause_cost_us": round(pause_cost / 1e3, 1),
         "last_resume_cost_us": round(resume_cost / 1e3, 1),
         "throttle_thread_cpu_ms_per_s": round(cpu / 1e6 / wall, 3),
+        "worker_realtime": worker_realtime,
         "unthrottled_progress_per_s": round(base_rate),
         "throttled_progress_per_s": round(thr_rate),
     }
@@ -289,6 +300,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "iterations": args.iterations, "duty_seconds": args.duty_seconds,
         "api_trials": args.api_trials, "vcpus": args.vcpus, "rt": args.rt,
         "timeslices_ms": args.timeslices_ms, "compare": args.compare,
+        "api_options": args.api_options, "background": args.background_load,
     }
     if args.percents:
         kwargs["percents"] = args.percents

@@ -7,7 +7,9 @@ owners still join them (the throttler's shutdown() does). A thread created by a
 SCHED_FIFO/SCHED_RR (realtime) thread inherits that policy on Linux; with
 ``sched_other=True`` (the default) the spawned thread resets itself to SCHED_OTHER before
 running its target, so a busy helper thread can never starve the system. Errors of that
-reset (no permission, no such call) are ignored.
+reset (no permission, no such call) are ignored. :meth:`RealRuntime.realtime` is the opposite,
+on purpose and for a block only: SCHED_FIFO where permitted (the throttle worker, a caller
+blocked in abort/shutdown/handover; see :func:`autoconverge.impl.sched.realtime_boost`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
 
 from .runtime import ChannelTimeout
-from .sched import RT_POLICIES, current_policy, reset_to_sched_other
+from .sched import RT_POLICIES, current_policy, realtime_boost, reset_to_sched_other
 
 T = TypeVar("T")
 
@@ -123,3 +126,9 @@ class RealRuntime:
     def sleep_ns(self, duration_ns: int) -> None:
         if duration_ns > 0:
             time.sleep(duration_ns / 1e9)
+
+    def realtime(self, enabled: bool, *, restore: bool = True,
+                 defer_restore_s: float | None = None) -> AbstractContextManager[bool]:
+        """The calling thread at SCHED_FIFO inside the block where permitted (see
+        :class:`~autoconverge.impl.runtime.SupportsRealtime`)."""
+        return realtime_boost(enabled, restore=restore, defer_restore_s=defer_restore_s)

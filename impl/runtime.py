@@ -10,12 +10,17 @@ The throttler never touches ``threading``, ``queue`` or ``time`` directly; it re
   wall clock, and any failure replays from its seed (or from a recorded list of choices).
 
 All durations are integer nanoseconds.
+
+A runtime may also offer :class:`SupportsRealtime` (``RealRuntime`` does, the virtual one
+does not): the throttler then runs its worker, and the caller of a blocking call for the
+call's duration, at a realtime priority where the host permits it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from contextlib import AbstractContextManager
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from .errors import AutoconvergeError
 
@@ -73,4 +78,19 @@ class Runtime(Protocol):
 
     def sleep_ns(self, duration_ns: int) -> None:
         """Uninterruptible sleep (fakes use it to model the cost of pause/resume)."""
+        ...
+
+
+@runtime_checkable
+class SupportsRealtime(Protocol):
+    """Optional: run the calling thread at a realtime priority for the duration of a block."""
+
+    def realtime(self, enabled: bool, *, restore: bool = True,
+                 defer_restore_s: float | None = None) -> AbstractContextManager[bool]:
+        """Inside the block the calling thread runs realtime where permitted (the context
+        value says whether it does); nothing changes when ``enabled`` is False or when not
+        permitted. Never raises for lack of permission. ``restore=False``: the thread keeps
+        the realtime policy after the block (for a thread that ends with it).
+        ``defer_restore_s``: the previous policy comes back that long after the block, from
+        another thread (so lowering it cannot delay the block's end)."""
         ...

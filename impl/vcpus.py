@@ -15,6 +15,11 @@ also reads, to check a backend against the spec: ``is_paused()``, the backend's 
 (the hypervisor's or kernel's view, never a copy of the last request); optionally
 ``progress()``, a counter (or per-vCPU counters) that grows only while the vCPUs run; and
 optionally ``close()``, called once when the kit is done with a backend.
+
+What the throttler also reads when present: ``parked_ns()``, the time each vCPU spent
+stopped since it started (mean over the vCPUs, by the vCPUs' own stop and restart
+timestamps); it then corrects its pause share from it (see ``Throttler``), instead of relying
+on call durations alone.
 """
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ def test_vcpu_threads_of_a_realtime_creator_run_sched_other() -> None:
 
 
 def test_background_vcpus_run_guest_code_sched_idle_and_answer_at_normal_priority() -> None:
-    with GuestVm(4 * MIB, 2, background_vcpus=True) as vm:
+    with GuestVm(4 * MIB, 2, background_vcpus=True, realtime_vcpus=False) as vm:
         tids = vm.thread_ids()
         eventually(lambda: all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids),
                    "running vCPU threads are SCHED_IDLE")
@@ -316,6 +316,44 @@ def test_background_vcpus_run_guest_code_sched_idle_and_answer_at_normal_priorit
         eventually(lambda: all(a > b for a, b in zip(vm.progress(), progress, strict=True)),
                    "the guest runs")
         assert [os.sched_getscheduler(t) for t in vm.thread_ids()] == [os.SCHED_OTHER] * 2
+
+
+def test_realtime_vcpus_answer_at_sched_fifo_and_run_guest_code_sched_other() -> None:
+    from autoconverge.impl.sched import realtime_permitted
+
+    if not realtime_permitted():
+        pytest.skip("SCHED_FIFO needs CAP_SYS_NICE here")
+    with GuestVm(4 * MIB, 2, realtime_vcpus=True) as vm:
+        tids = vm.thread_ids()
+        for _ in range(3):
+            vm.pause()  # the kick raised each thread: it parks realtime
+            assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_FIFO] * 2
+            progress = vm.progress()
+            vm.resume()
+            eventually(lambda p=progress: all(a > b for a, b in  # type: ignore[misc]
+                                              zip(vm.progress(), p, strict=True)),
+                       "the guest runs again after resume")
+            # guest code runs at normal priority: each thread dropped back before re-entering
+            assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_OTHER] * 2
+
+
+def test_realtime_vcpus_without_permission_change_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoconverge.impl.kvm import vcpu_thread
+
+    refused: list[int] = []
+    monkeypatch.setattr(vcpu_thread, "set_realtime", lambda tid=0: refused.append(tid) or False)
+    with GuestVm(4 * MIB, 2, realtime_vcpus=True) as vm:
+        tids = vm.thread_ids()
+        vm.pause()
+        assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_OTHER] * 2
+        progress = vm.progress()
+        vm.resume()
+        eventually(lambda: all(a > b for a, b in zip(vm.progress(), progress, strict=True)),
+                   "the guest runs again after resume")
+        vm.pause()
+        vm.resume()
+    assert sorted(refused) == sorted(tids)  # asked once per thread, then not again
 
 
 def test_the_throttler_pauses_and_resumes_real_vcpus() -> None:

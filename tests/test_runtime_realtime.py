@@ -1,4 +1,5 @@
-"""RealRuntime on real threads: blocking gets, timeouts, join, errors, SCHED_OTHER reset.
+"""RealRuntime on real threads: blocking gets, timeouts, join, errors, SCHED_OTHER reset,
+realtime blocks (boost, restore, refusal).
 
 These use the wall clock with timeouts of a few milliseconds only.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -132,3 +134,57 @@ def test_normal_parent_needs_no_reset() -> None:
     t = rt.spawn("plain", lambda: None)
     assert t.join(1_000 * MS)
     assert t.reset_policy is None
+
+
+def _in_thread(body: Callable[[], object]) -> object:
+    """Run ``body`` on a fresh thread (policy changes stay off the test runner's thread)."""
+    out: list[object] = []
+    t = threading.Thread(target=lambda: out.append(body()))
+    t.start()
+    t.join(5)
+    return out[0]
+
+
+def test_realtime_block_boosts_and_restores() -> None:
+    from autoconverge.impl.sched import realtime_permitted
+
+    if not realtime_permitted():
+        pytest.skip("SCHED_FIFO needs CAP_SYS_NICE here")
+    rt = RealRuntime()
+
+    def body() -> tuple[object, ...]:
+        with rt.realtime(True) as boosted:
+            inside = os.sched_getscheduler(0)
+            with rt.realtime(True) as nested:  # already realtime: stays so
+                nested_inside = os.sched_getscheduler(0)
+            after_nested = os.sched_getscheduler(0)
+        after = os.sched_getscheduler(0)
+        with rt.realtime(False) as off:
+            off_inside = os.sched_getscheduler(0)
+        with rt.realtime(True, restore=False) as kept:
+            pass
+        return (boosted, inside, nested, nested_inside, after_nested, after, off, off_inside,
+                kept, os.sched_getscheduler(0))
+
+    assert _in_thread(body) == (True, os.SCHED_FIFO, True, os.SCHED_FIFO, os.SCHED_FIFO,
+                                os.SCHED_OTHER, False, os.SCHED_OTHER, True, os.SCHED_FIFO)
+
+
+def test_realtime_block_without_permission_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.sched_setscheduler
+
+    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+        if policy == os.SCHED_FIFO:
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, policy, param)
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    rt = RealRuntime()
+
+    def body() -> tuple[object, ...]:
+        with rt.realtime(True) as boosted:
+            inside = os.sched_getscheduler(0)
+        return boosted, inside, os.sched_getscheduler(0)
+
+    assert _in_thread(body) == (False, os.SCHED_OTHER, os.SCHED_OTHER)

@@ -49,8 +49,10 @@ def test_implementation_uses_the_spec_relation() -> None:
     def main() -> None:
         t = Throttler(RecordingVcpus(rt), runtime=rt)
         relation = set(SPEC.relation())
-        assert set(t._worker_model._worker_relation) <= relation
-        assert t._worker_model._worker_relation
+        table = t._worker_model._compiled.table
+        used = {ct.transition for cts in table.values() for ct in cts}
+        assert used <= relation
+        assert used == {tr for tr in relation if tr.machine == "worker"}
         t.shutdown()
 
     rt.run(main)

@@ -1,15 +1,20 @@
-"""A few short runs of the throttler on real threads and the wall clock."""
+"""A few short runs of the throttler on real threads and the wall clock; its realtime
+priorities (worker, blocking callers) and their fallback."""
 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from autoconverge.impl.fakes import RecordingVcpus
+from autoconverge.impl.policy_restorer import RESTORER
 from autoconverge.impl.realtime import RealRuntime
+from autoconverge.impl.sched import realtime_permitted
 from autoconverge.impl.throttler import Throttler, ThrottlerClosed
 from autoconverge.model.tracecheck import SpecFollower
 from autoconverge.spec import SPEC
@@ -88,3 +93,98 @@ def test_many_short_lives_follow_the_spec() -> None:
         SpecFollower(SPEC).follow(t.events)
         assert not v.paused and v.alternation_error() is None
     assert not any(th.name == "vcpu-throttle" for th in threading.enumerate())
+
+
+def _worker_policy(name: str) -> int:
+    (worker,) = [th for th in threading.enumerate() if th.name == name]
+    assert worker.native_id is not None
+    return os.sched_getscheduler(worker.native_id)
+
+
+def test_worker_and_blocking_callers_run_realtime_where_permitted() -> None:
+    if not realtime_permitted():
+        pytest.skip("SCHED_FIFO needs CAP_SYS_NICE here")
+    rt = RealRuntime()
+    v = RecordingVcpus(rt)
+
+    def body() -> None:
+        with Throttler(v, runtime=rt, timeslice_ns=20 * MS, name="rt-throttle") as t:
+            assert t.realtime and t.stats.caller_realtime is None  # no blocking call yet
+            t.set_throttle_percent(50)  # async: the caller is not boosted
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER
+            t.set_throttle_percent(0)  # abort: boosted for the call, restored 1 ms after
+            RESTORER.flush()  # (by the restorer's thread; here at once)
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER
+            stats = t.stats
+            assert stats.worker_realtime and stats.caller_realtime
+            assert _worker_policy("rt-throttle") == os.SCHED_FIFO
+            assert not v.paused
+        RESTORER.flush()
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # shutdown restored it too
+
+    _run_in_thread(body)
+
+
+def test_realtime_off_keeps_every_thread_normal() -> None:
+    rt = RealRuntime()
+    v = RecordingVcpus(rt)
+    with Throttler(v, runtime=rt, timeslice_ns=20 * MS, name="plain-throttle",
+                   realtime=False) as t:
+        t.set_throttle_percent(50)
+        t.set_throttle_percent(0)
+        assert _worker_policy("plain-throttle") == os.SCHED_OTHER
+        assert t.stats.worker_realtime is False and t.stats.caller_realtime is None
+
+
+def test_realtime_refused_falls_back_to_normal_priority(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.sched_setscheduler
+
+    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+        if policy == os.SCHED_FIFO:
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, policy, param)
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    rt = RealRuntime()
+    v = RecordingVcpus(rt)
+    with Throttler(v, runtime=rt, timeslice_ns=20 * MS, name="refused-throttle",
+                   trace=True) as t:
+        t.set_throttle_percent(50)
+        t.set_throttle_percent(0)
+        assert not v.paused and t.worker_state == L.WAITING
+        assert t.stats.worker_realtime is False and t.stats.caller_realtime is False
+        assert _worker_policy("refused-throttle") == os.SCHED_OTHER
+    SpecFollower(SPEC).follow(t.events)
+
+
+def test_step_costs_are_recorded_only_with_a_step_clock() -> None:
+    rt = RealRuntime()
+    ticks = iter(range(0, 10**9, 3))  # every step "costs" 3 ticks of this clock
+    with Throttler(RecordingVcpus(rt), runtime=rt, timeslice_ns=20 * MS,
+                   step_clock=lambda: next(ticks)) as t:
+        t.set_throttle_percent(50)
+        t.set_throttle_percent(0)
+        costs = t.step_costs_ns()
+    assert costs and set(costs) == {3}
+    with Throttler(RecordingVcpus(rt), runtime=rt, timeslice_ns=20 * MS) as plain:
+        plain.set_throttle_percent(0)
+        assert plain.step_costs_ns() == []
+
+
+def _run_in_thread(body: Callable[[], None]) -> None:
+    """``body`` on a fresh thread (its policy changes stay off the test runner's thread)."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            body()
+        except BaseException as exc:
+            errors.append(exc)
+
+    th = threading.Thread(target=guarded)
+    th.start()
+    th.join(10)
+    assert not th.is_alive()
+    if errors:
+        raise errors[0]

@@ -14,8 +14,21 @@ Everything is measured side by side in one run, on the same host and under the s
   100 ms timeslice and the smallest supported one, next to a naive throttler that sleeps a
   fixed p % / (100 - p) % of the slice without compensating for pause/resume cost; plus the
   CPU time the throttle thread used per second of throttling.
-- ``api_latency``: return latency p50/p99 of ``set_throttle_percent`` (async), abort
-  (``set_throttle_percent(0)``, returns once the vCPUs run) and ``shutdown``.
+- ``api_latency``: return latency p50/p99/max of ``set_throttle_percent`` (async), abort
+  (``set_throttle_percent(0)``, returns once the vCPUs run) and ``shutdown`` (``--api-trials``
+  samples each, default 200, on a busy guest, each call at a random point of a 50 % throttle's
+  timeslice), next to ``floor``: the kick-and-wake floor of the same vCPU count from this run's
+  ``pause_resume`` section (``*_p99_over_floor_round_trip``: p99 over the floor's pause +
+  resume p99); which priorities were used (``worker_realtime``, ``caller_realtime``,
+  ``realtime_vcpus``); ``worker_step_us``, the cost of each worker transition fired through
+  the spec's compiled machine during those runs, next to ``plain_trigger_us`` (a trigger of a
+  bare two-state ``transitions`` machine) and ``spec_machine_trigger_us`` (the spec's worker
+  machine fired through ``transitions`` with its guard and effect callbacks, the path before
+  the compiled table), both measured in the same process.
+- ``api_latency_options`` (``--api-options``): abort/shutdown latency for each of
+  :data:`API_OPTIONS` (which threads run SCHED_FIFO), one after the other.
+- ``background_load`` (``--background-load``): a busy-loop process kept one core busy for
+  the whole run (its pid and CPU seconds).
 - ``dirty_log``: fetch (GET + CLEAR) cost and the dirty rate of a worst-case dirtier.
 - ``background_vcpus_comparison`` (``--compare``): pause/resume and abort/shutdown latency
   with GuestVm's ``background_vcpus`` off (the earlier behaviour) and on, alternating.
@@ -32,6 +45,8 @@ import os
 import platform
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -57,12 +72,14 @@ PERCENTS = (10, 50, 90, 99)
 def percentiles_us(samples_ns: Sequence[int]) -> dict[str, float]:
     a = np.asarray(samples_ns, dtype=np.float64) / 1e3
     if a.size == 0:
-        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan"), "n": 0}
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan"), "n": 0,
+                "samples": 0}
     return {
-        "p50": round(float(np.percentile(a, 50)), 1),
-        "p99": round(float(np.percentile(a, 99)), 1),
-        "max": round(float(a.max()), 1),
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p99": round(float(np.percentile(a, 99)), 2),
+        "max": round(float(a.max()), 2),
         "n": int(a.size),
+        "samples": int(a.size),
     }
 
 
@@ -375,16 +392,57 @@ def bench_duty_cycle(vcpus: int, seconds: float, percents: Sequence[int],
 # API return latency
 
 
+REALTIME_MODES = ("on", "worker", "off")
+"""Throttler priorities: the throttle worker and the caller of a blocking call at SCHED_FIFO
+(``on``, the Throttler's default), the worker only, or neither (both SCHED_OTHER)."""
+API_OPTIONS: dict[str, tuple[str, bool]] = {
+    "fifo_worker_caller": ("on", False),
+    "fifo_worker_caller_vcpus": ("on", True),
+    "fifo_worker": ("worker", False),
+    "normal_priority": ("off", False),
+}
+"""What ``bench-kvm --api-options`` compares: (throttler realtime mode, GuestVm's
+``realtime_vcpus``). The first is the defaults (Throttler and GuestVm)."""
+
+
+class _WorkerOnlyRealtime:
+    """A RealRuntime whose realtime() boosts only the throttle worker's thread (the caller of
+    a blocking call stays as it is): the ``worker`` mode of :data:`REALTIME_MODES`."""
+
+    def __init__(self, worker_name: str, sched_other: bool) -> None:
+        from autoconverge.impl.realtime import RealRuntime
+
+        self._inner = RealRuntime(sched_other=sched_other)
+        self._worker_name = worker_name
+        self.now_ns = self._inner.now_ns
+        self.channel = self._inner.channel
+        self.spawn = self._inner.spawn
+        self.sleep_ns = self._inner.sleep_ns
+
+    def realtime(self, enabled: bool, *, restore: bool = True) -> Any:
+        return self._inner.realtime(enabled and threading.current_thread().name
+                                    == self._worker_name, restore=restore)
+
+
 def bench_api_latency(vcpus: int, trials: int, rt: bool, seed: int = 1,
-                      raw: dict[str, list[int]] | None = None) -> dict[str, Any]:
+                      raw: dict[str, list[int]] | None = None,
+                      realtime: str = "on",
+                      realtime_vcpus: bool | None = None) -> dict[str, Any]:
+    """Return latency of set_throttle_percent (async), abort and shutdown on a busy guest,
+    each call at a random point of a 50 % throttle's timeslice; plus the cost of each worker
+    step (one transition fired through the spec's compiled machine) in the same runs."""
     from autoconverge.impl.realtime import RealRuntime
     from autoconverge.impl.throttler import Throttler
 
+    if realtime not in REALTIME_MODES:
+        raise ValueError(f"realtime must be one of {REALTIME_MODES}, got {realtime!r}")
     rng = random.Random(seed)
     ts = timing.DEFAULT_TIMESLICE_NS
     set_ns: list[int] = []
     abort_ns: list[int] = []
     shutdown_ns: list[int] = []
+    step_ns: list[int] = []
+    used: dict[str, set[bool | None]] = {"worker": set(), "caller": set()}
     clock = time.perf_counter_ns
 
     def lap(fn: Callable[[], None], into: list[int]) -> None:
@@ -392,9 +450,23 @@ def bench_api_latency(vcpus: int, trials: int, rt: bool, seed: int = 1,
         fn()
         into.append(clock() - t0)
 
-    with GuestVm(16 << 20, vcpus) as vm:
-        runtime = RealRuntime(sched_other=not rt)
-        with Throttler(vm, runtime=runtime, timeslice_ns=ts, name="bench-api") as t:
+    def runtime(name: str) -> Any:
+        if realtime == "worker":
+            return _WorkerOnlyRealtime(name, sched_other=not rt)
+        return RealRuntime(sched_other=not rt)
+
+    def throttler(name: str) -> Throttler:
+        return Throttler(vm, runtime=runtime(name), timeslice_ns=ts, name=name,
+                         realtime=realtime != "off", step_clock=clock)
+
+    def note(t: Throttler) -> None:
+        stats = t.stats
+        used["worker"].add(stats.worker_realtime)
+        used["caller"].add(stats.caller_realtime)
+        step_ns.extend(t.step_costs_ns())
+
+    with GuestVm(16 << 20, vcpus, realtime_vcpus=realtime_vcpus) as vm:
+        with throttler("bench-api") as t:
             for _ in range(trials):
                 t.set_throttle_percent(50)
                 time.sleep(rng.uniform(0, ts / 1e9))
@@ -403,22 +475,111 @@ def bench_api_latency(vcpus: int, trials: int, rt: bool, seed: int = 1,
                 lap(lambda: t.set_throttle_percent(0), abort_ns)
                 if vm.is_paused():
                     raise AssertionError("abort returned with the vCPUs paused")
+        note(t)
         for _ in range(trials):
-            th = Throttler(vm, runtime=runtime, timeslice_ns=ts, name="bench-api-shutdown")
+            th = throttler("bench-api-shutdown")
             th.set_throttle_percent(50)
             time.sleep(rng.uniform(0, ts / 1e9))
             lap(th.shutdown, shutdown_ns)
             if vm.is_paused():
                 raise AssertionError("shutdown returned with the vCPUs paused")
+            note(th)
     if raw is not None:
         for key, values in (("set", set_ns), ("abort", abort_ns), ("shutdown", shutdown_ns)):
             raw.setdefault(key, []).extend(values)
     return {
         "timeslice_ms": ts / NS_PER_MS,
+        "realtime_mode": realtime,
+        "realtime_vcpus": guest_vm.REALTIME_VCPUS if realtime_vcpus is None
+        else realtime_vcpus,
+        "worker_realtime": sorted(used["worker"], key=str),
+        "caller_realtime": sorted(used["caller"], key=str),
         "set_throttle_percent_us": percentiles_us(set_ns),
         "abort_us": percentiles_us(abort_ns),
         "shutdown_us": percentiles_us(shutdown_ns),
+        "worker_step_us": percentiles_us(step_ns),
     }
+
+
+def bench_transitions_trigger(samples: int) -> dict[str, Any]:
+    """The cost of a trigger on a plain ``transitions`` machine (two states, no callbacks)
+    and of the spec's own worker machine fired through ``transitions`` (guard and effect
+    callbacks: the path each worker step took before the compiled table), same process."""
+    from transitions import Machine
+
+    from autoconverge.spec import SPEC
+    from autoconverge.spec import lifecycle as L
+
+    class Plain:
+        state: str
+
+    plain = Plain()
+    Machine(model=plain, states=["a", "b"], initial="a", auto_transitions=False,
+            transitions=[["go", "a", "b"], ["back", "b", "a"]])
+
+    class Probe:
+        """A model of the spec's worker machine in throttling_run, where ``expire`` loops."""
+
+        state: str
+        trigger: Callable[..., bool]
+
+        def spec_view(self) -> Any:
+            return L.INITIAL.replace(w=self.state, percent=50, applied=50, polled=True)
+
+        def apply_updates(self, updates: Any) -> None:
+            pass
+
+    probe = Probe()
+    machine = SPEC.machine("worker")
+    machine.add_model(probe)
+    machine.set_state(L.RUN, model=probe)
+    plain_ns: list[int] = []
+    spec_ns: list[int] = []
+    clock = time.perf_counter_ns
+    try:
+        for _ in range(samples):
+            t0 = clock()
+            plain.go()  # type: ignore[attr-defined]
+            t1 = clock()
+            plain.back()  # type: ignore[attr-defined]
+            t2 = clock()
+            if not probe.trigger(L.EXPIRE):
+                raise AssertionError("expire refused in throttling_run")
+            t3 = clock()
+            plain_ns += (t1 - t0, t2 - t1)
+            spec_ns.append(t3 - t2)
+    finally:
+        machine.remove_model(probe)
+    return {"plain_trigger_us": percentiles_us(plain_ns),
+            "spec_machine_trigger_us": percentiles_us(spec_ns)}
+
+
+@contextmanager
+def background_load(enabled: bool) -> Iterator[dict[str, Any]]:
+    """A busy-loop process (one core kept busy) for the duration of the block, killed after."""
+    info: dict[str, Any] = {"enabled": enabled}
+    if not enabled:
+        yield info
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    info["pid"] = proc.pid
+    try:
+        yield info
+    finally:
+        cpu = _process_cpu_s(proc.pid)
+        proc.kill()
+        proc.wait()
+        info["busy_process_cpu_s"] = cpu
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,11 +647,23 @@ def compare_background(vcpus: Sequence[int], iterations: int, api_trials: int, r
         for name, per_n in raw.items()}}
 
 
-def run(*, iterations: int = 200, duty_seconds: float = 2.0, api_trials: int = 30,
+def _floor_of(pause_resume: Sequence[dict[str, Any]], vcpus: int) -> dict[str, Any] | None:
+    """The kick-and-wake floor measured for ``vcpus`` in this run's pause/resume section."""
+    for row in pause_resume:
+        if row["vcpus"] == vcpus:
+            return {"vcpus": vcpus, "pause_us": row["floor_pause_us"],
+                    "resume_us": row["floor_resume_us"],
+                    "round_trip_p99_us": round(row["floor_pause_us"]["p99"]
+                                               + row["floor_resume_us"]["p99"], 2)}
+    return None
+
+
+def run(*, iterations: int = 200, duty_seconds: float = 2.0, api_trials: int = 200,
         vcpus: Sequence[int] | None = None, duty_vcpus: int | None = None,
         percents: Sequence[int] = PERCENTS, timeslices_ms: Sequence[int] | None = None,
         rt: bool = False, dirty_log_mib: Sequence[int] = (64, 256),
-        compare: bool = False) -> dict[str, Any]:
+        compare: bool = False, api_options: bool = False,
+        background: bool = False) -> dict[str, Any]:
     nproc = len(os.sched_getaffinity(0))
     ns = sorted(set(vcpus or (1, 2, nproc)))
     dv = duty_vcpus or min(2, nproc)
@@ -498,14 +671,28 @@ def run(*, iterations: int = 200, duty_seconds: float = 2.0, api_trials: int = 3
               (timing.DEFAULT_TIMESLICE_NS // NS_PER_MS, timing.MIN_TIMESLICE_NS // NS_PER_MS))]
     started = time.monotonic()
     report: dict[str, Any] = {"host": host_info(), "controller_rt": rt}
-    with realtime_priority(rt):
+    with realtime_priority(rt), background_load(background) as load:
+        report["background_load"] = load
         report["pause_resume"] = [bench_pause_resume(n, iterations) for n in ns]
         report["duty_cycle"] = {
             "vcpus": dv,
             "seconds_per_point": duty_seconds,
             "rows": bench_duty_cycle(dv, duty_seconds, percents, slices, rt),
         }
-        report["api_latency"] = bench_api_latency(dv, api_trials, rt)
+        api = bench_api_latency(dv, api_trials, rt)
+        api["floor"] = _floor_of(report["pause_resume"], dv)
+        if api["floor"]:
+            for what in ("abort", "shutdown"):
+                api[f"{what}_p99_over_floor_round_trip"] = round(
+                    api[f"{what}_us"]["p99"] / api["floor"]["round_trip_p99_us"], 2)
+        api.update(bench_transitions_trigger(max(api_trials, 1000)))
+        report["api_latency"] = api
+        if api_options:
+            report["api_latency_options"] = {
+                option: {key: value for key, value in bench_api_latency(
+                    dv, api_trials, rt, realtime=mode, realtime_vcpus=vcpus_rt).items()
+                    if key not in ("timeslice_ms", "set_throttle_percent_us")}
+                for option, (mode, vcpus_rt) in API_OPTIONS.items()}
         dl_seconds = min(duty_seconds, 1.0)
         report["dirty_log"] = [bench_dirty_log(mib, 1, dl_seconds) for mib in dirty_log_mib]
         if compare:

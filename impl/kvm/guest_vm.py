@@ -54,6 +54,11 @@ BACKGROUND_VCPUS = False
 Off: measured here it cuts abort/shutdown p50 and p90 several-fold but not the p99 below
 1 ms, and it over-throttles (vCPUs re-enter the guest later: +0.5-0.8 pp time share at 10 %
 on a quiet host, up to +4 pp under load), see /work/notes/readme-kvm.md."""
+REALTIME_VCPUS = False
+"""Default of GuestVm's ``realtime_vcpus`` (a module variable so benchmarks can compare).
+Off: measured here (``bench-kvm --api-options``) it left abort/shutdown latency where it was
+(the realtime throttle worker and caller already avoid the tick) and made pause p50 slower
+(a boosted vCPU thread preempts the controller, then waits for the GIL it holds)."""
 GUEST_KIND: Final = "autoconverge-kvm-counter-loop/1"
 """Identifies the guest program (migration checks source and destination agree)."""
 VCPU_STATE_SIZE: Final = ctypes.sizeof(abi.KvmRegs) + ctypes.sizeof(abi.KvmSregs)
@@ -146,6 +151,11 @@ class GuestVm:
     next scheduler tick, most of the time; the price is that guest code only gets CPU time
     no other normal thread wants, and it re-enters the guest later after each resume (the
     throttle over-shoots). Falls back to plain SCHED_OTHER where the policy cannot be set.
+
+    ``realtime_vcpus`` (default :data:`REALTIME_VCPUS`, off): each kick raises the vCPU thread
+    to SCHED_FIFO until it re-enters the guest after the next resume (it drops back itself
+    first), so pausing and resuming never wait in a run queue behind busy normal threads;
+    guest code always runs SCHED_OTHER. Where SCHED_FIFO is not permitted nothing changes.
     """
 
     def __init__(
@@ -161,6 +171,7 @@ class GuestVm:
         device: Device | None = None,
         pin: bool = False,
         background_vcpus: bool | None = None,
+        realtime_vcpus: bool | None = None,
         kvm_path: str = DEV_KVM,
     ) -> None:
         self.memory_size, self.vcpu_count = validate_shape(memory_size, vcpus)
@@ -187,14 +198,16 @@ class GuestVm:
         self._kvm = Kvm(kvm_path)
         try:
             self._setup(workload, paused, load_image, device, pin,
-                        BACKGROUND_VCPUS if background_vcpus is None else background_vcpus)
+                        BACKGROUND_VCPUS if background_vcpus is None else background_vcpus,
+                        REALTIME_VCPUS if realtime_vcpus is None else realtime_vcpus)
         except BaseException:
             self._teardown(self.timeout_s)
             raise
 
     # construction -------------------------------------------------------------------------------
     def _setup(self, workload: guest.Workload | None, paused: bool, load_image: bool,
-               device: Device | None, pin: bool, background: bool) -> None:
+               device: Device | None, pin: bool, background: bool,
+               realtime: bool) -> None:
         kvm = self._kvm
         kvm.require_extension(abi.CAP_USER_MEMORY)
         kvm.require_extension(abi.CAP_IMMEDIATE_EXIT)
@@ -229,7 +242,8 @@ class GuestVm:
             # every thread starts parked; one resume() below releases them together, so
             # starting thread k+1 does not compete with k busy vCPUs for a core
             runner = VcpuRunner(i, vcpu, self._resumes, device=device,
-                             cpu=cpus[i % len(cpus)] if cpus else None, background=background)
+                             cpu=cpus[i % len(cpus)] if cpus else None, background=background,
+                             realtime=realtime)
             self._runners.append(runner)
             if load_image:
                 vcpu.set_sregs(guest.initial_sregs(self.layout))
@@ -467,6 +481,13 @@ class GuestVm:
     def vcpu_times(self) -> list[VcpuTimes]:
         now = time.monotonic_ns()
         return [r.times(now) for r in self._runners]
+
+    def parked_ns(self) -> int:
+        """Time parked (outside KVM_RUN while paused) per vCPU since it started, averaged over
+        the vCPUs, by their own stop and re-entry timestamps (an interval in progress
+        included): what the throttler compensates its pause share with."""
+        now = time.monotonic_ns()
+        return sum(r.times(now).paused_ns for r in self._runners) // len(self._runners)
 
     def thread_ids(self) -> list[int]:
         """Native thread ids of the vCPU threads (for /proc/self/task/<tid>)."""

@@ -19,6 +19,13 @@ Pause/resume protocol, per vCPU (controller side under one lock; vCPU side in it
 Every wait is a lock used as a binary semaphore plus a flag re-checked after each wake-up,
 so a stale token costs one extra loop, never a wrong answer.
 
+Realtime parking (GuestVm's ``realtime_vcpus``, opt-in, where permitted): the kick also
+raises the vCPU thread to SCHED_FIFO, so it leaves the guest, acks, parks, wakes and acks the
+resume without waiting in a run queue behind other normal threads (on a kernel that does not
+preempt for a woken normal thread, up to a 4 ms tick each); right before it re-enters KVM_RUN
+it drops back to SCHED_OTHER itself, in a C call with the GIL released (a thread preempted
+there holds no GIL). Guest code never runs realtime.
+
 The vCPU clears ``immediate_exit`` *before* it reads ``want_pause``, and the controller sets
 ``want_pause`` before ``immediate_exit``, so a kick can never be lost: either the vCPU sees
 the flag, or it enters KVM_RUN with ``immediate_exit == 1`` and returns at once; the signal
@@ -46,6 +53,7 @@ from autoconverge.impl.sched import (
     current_policy,
     reset_to_sched_other,
     set_policy,
+    set_realtime,
 )
 from autoconverge.impl.vcpus import VcpuError, VcpuTimeout
 
@@ -63,6 +71,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def _sched_yield() -> None:
     """sched_yield(2) with the GIL released (ctypes), so a thread waiting for the GIL can run."""
     _libc.sched_yield()
+
+
+_NORMAL_PRIORITY = ctypes.c_int(0)  # struct sched_param { int sched_priority; } for SCHED_OTHER
+
+
+def _drop_to_sched_other() -> bool:
+    """sched_setscheduler(0, SCHED_OTHER) with the GIL released (ctypes): if the kernel switches
+    to another thread right there, this thread holds no GIL others would wait for."""
+    return int(_libc.sched_setscheduler(0, os.SCHED_OTHER,
+                                        ctypes.byref(_NORMAL_PRIORITY))) == 0
 
 
 def post_token(lock: threading.Lock) -> None:
@@ -114,7 +132,8 @@ class VcpuRunner:
     """One vCPU: its binding, its thread, the flags of the pause protocol, its accounting."""
 
     def __init__(self, index: int, vcpu: Vcpu, resumes: ResumeCounts, *,
-                 device: Device | None, cpu: int | None, background: bool) -> None:
+                 device: Device | None, cpu: int | None, background: bool,
+                 realtime: bool = False) -> None:
         self.index = index
         self.resumes = resumes
         self.name = str(index)
@@ -124,6 +143,11 @@ class VcpuRunner:
         self.cpu = cpu
         self.background = background
         """Run guest code SCHED_IDLE (see GuestVm's ``background_vcpus``)."""
+        self.realtime = realtime
+        """Answer pause/resume at SCHED_FIFO (see GuestVm's ``realtime_vcpus``); cleared
+        when the switch is refused (no permission)."""
+        self.boosted = False
+        """The controller raised this thread to SCHED_FIFO for the current pause."""
         # protocol flags (single writer each: controller writes want_pause/stop, vCPU writes
         # phase/started/finished)
         self.want_pause = True  # every thread starts parked
@@ -229,6 +253,11 @@ class VcpuRunner:
         while resumes.done < resumes.started and not self.want_pause and not self.stop:
             self.wake.acquire()
         self.phase = RUNNING
+        if self.boosted and not self.want_pause:
+            # back to guest code at normal priority, never realtime
+            self.boosted = False
+            if not _drop_to_sched_other():
+                reset_to_sched_other()
         if self.background and not self.want_pause:
             # back to guest code: as a background thread, and after letting whatever else is
             # runnable on this CPU (typically the thread that called resume(), or the one it
@@ -276,13 +305,22 @@ class VcpuRunner:
 
     # controller side ------------------------------------------------------------------------
     def kick(self, signum: int) -> None:
-        if self.background and self.tid:
+        if self.background and self.tid and not self.realtime:
             # answer at normal priority: a SCHED_IDLE thread can starve behind any busy thread
             reset_to_sched_other(self.tid)
         self.run_page.immediate_exit = 1
         if self.ident and not self.finished:
             with contextlib.suppress(ProcessLookupError):  # it just exited
                 signal.pthread_kill(self.ident, signum)
+        if self.realtime and self.tid and not self.boosted:
+            # leave the guest, ack, park and answer the resume at SCHED_FIFO (see the module
+            # docstring). Only after the signal: from then on KVM_RUN cannot enter the guest
+            # (signal pending, immediate_exit set), so guest code never runs realtime. The
+            # thread drops back itself before it re-enters the guest.
+            self.boosted = set_realtime(self.tid)
+            self.realtime = self.boosted
+            if not self.boosted and self.background:
+                reset_to_sched_other(self.tid)  # refused: answer at normal priority instead
 
     def wait(self, condition: Callable[[], bool], action: str, deadline: float,
              timeout_s: float) -> None:
