@@ -38,13 +38,20 @@ from autoconverge.impl.migration.backends import (
     dest_factory,
     make_source_guest,
 )
+from autoconverge.impl.migration.connections import DEFAULT_MAX_CONNECTIONS
 from autoconverge.impl.migration.errors import MigrationError
 from autoconverge.impl.migration.guest_config import GuestConfig
 from autoconverge.impl.migration.handshake import MIN_KEY_BYTES
 from autoconverge.impl.migration.host_memory import default_max_memory
 from autoconverge.impl.migration.macs import MAC_NAMES
-from autoconverge.impl.migration.messages import MAX_VCPUS, Limits
-from autoconverge.impl.migration.policy import POLICY_NAMES, make_policy
+from autoconverge.impl.migration.messages import MAX_CONNECTIONS, MAX_VCPUS, Limits
+from autoconverge.impl.migration.policy import (
+    CH_EVERY,
+    CH_INCREMENT,
+    CH_START_ITERATION,
+    POLICY_NAMES,
+    make_policy,
+)
 from autoconverge.impl.migration.progress import (
     PLOT_MISSING,
     ProgressPrinter,
@@ -56,7 +63,7 @@ from autoconverge.impl.migration.source import MigrationConfig, MigrationResult,
 from autoconverge.impl.migration.transport import CONNECT_TIMEOUT_S
 from autoconverge.spec import MAX_PERCENT
 
-from .arguments import output_file, seconds
+from .arguments import integer, output_file, seconds
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_VIOLATED, UsageError
 
 KEY_ENV = "AUTOCONVERGE_KEY"
@@ -185,18 +192,47 @@ def migration_config(args: argparse.Namespace) -> MigrationConfig:
     _check_range(downtime, 1, 60_000, "--downtime-limit", " ms")
     timeout = _float(args.timeout, "--timeout")
     _check_range(timeout, 0.1, 7 * 86400, "--timeout", " s")
+    deadline = None
+    if getattr(args, "deadline", None) is not None:
+        deadline = _float(args.deadline, "--deadline")
+        _check_range(deadline, 0.1, 7 * 86400, "--deadline", " s")
+        if deadline * 1e3 <= downtime:
+            raise UsageError(f"--deadline must be longer than --downtime-limit, got "
+                             f"{deadline:g} s")
     return MigrationConfig(downtime_limit_s=downtime / 1e3,
                            max_bandwidth_bps=float(bw) if bw else None,
                            timeout_s=timeout, timeout_strategy=args.timeout_strategy,
-                           verify=not args.no_verify, mac=getattr(args, "mac", "gmac"))
+                           verify=not args.no_verify, mac=getattr(args, "mac", "gmac"),
+                           deadline_s=deadline, connections=getattr(args, "connections", 1))
+
+
+def _int(text: str | None, what: str, lo: int, hi: int) -> int | None:
+    if text is None:
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: expected an integer") from None
+    _check_range(v, lo, hi, what)
+    return v
 
 
 def policy_of(args: argparse.Namespace) -> Any:
     _check_range(args.max_cpu_throttle, 1, MAX_PERCENT, "--max-cpu-throttle", " %")
     if args.cpu_throttle_tailslow and args.policy != "qemu":
         raise UsageError("--cpu-throttle-tailslow only applies to --policy qemu")
+    start = _int(args.cpu_throttle_start_iteration, "--cpu-throttle-start-iteration", 1, 10_000)
+    every = _int(args.cpu_throttle_every, "--cpu-throttle-every", 1, 10_000)
+    increment = _int(args.cpu_throttle_increment, "--cpu-throttle-increment", 1, MAX_PERCENT)
+    if (start is not None or every is not None) and args.policy != "ch":
+        raise UsageError("--cpu-throttle-start-iteration and --cpu-throttle-every only apply "
+                         "to --policy ch")
+    if increment is not None and args.policy not in ("ch", "qemu"):
+        raise UsageError("--cpu-throttle-increment only applies to --policy ch or qemu")
     return make_policy(args.policy, tailslow=args.cpu_throttle_tailslow,
-                       max_cpu_throttle=args.max_cpu_throttle)
+                       max_cpu_throttle=args.max_cpu_throttle,
+                       start_iteration=CH_START_ITERATION if start is None else start,
+                       every=CH_EVERY if every is None else every, increment=increment)
 
 
 def _io_timeout(args: argparse.Namespace) -> float:
@@ -243,6 +279,18 @@ def add_migration_arguments(p: argparse.ArgumentParser, default_policy: str,
                    help="highest throttle any policy may set (99)")
     g.add_argument("--cpu-throttle-tailslow", action="store_true",
                    help="qemu policy: smaller last steps")
+    g.add_argument("--cpu-throttle-start-iteration", metavar="N",
+                   help=f"ch policy: first throttled delta iteration ({CH_START_ITERATION}, "
+                   "the seed PR's description; one of its commits says 2)")
+    g.add_argument("--cpu-throttle-every", metavar="N",
+                   help=f"ch policy: step the throttle every N delta iterations ({CH_EVERY})")
+    g.add_argument("--cpu-throttle-increment", metavar="PCT",
+                   help=f"ch and qemu policies: the step in percent ({CH_INCREMENT}; ch also "
+                   "starts at it)")
+    g.add_argument("--deadline", metavar="S",
+                   help="finish within S seconds with the least guest CPU stolen (policy "
+                   "predictive plans for it); infeasible even at --max-cpu-throttle, or "
+                   "passed: --timeout-strategy applies")
     g.add_argument("--no-verify", action="store_true",
                    help="skip the memory-hash comparison after the switch-over")
     g.add_argument("--io-timeout", default="30", metavar="S",
@@ -250,6 +298,10 @@ def add_migration_arguments(p: argparse.ArgumentParser, default_policy: str,
     g.add_argument("--mac", choices=MAC_NAMES, default="gmac",
                    help="per-frame MAC after the handshake: gmac (AES-256-GMAC, default) or "
                    "hmac (HMAC-SHA256, ~10x slower)")
+    g.add_argument("--connections", type=integer(1, MAX_CONNECTIONS), default=1, metavar="N",
+                   help=f"connections to the receiver, 1..{MAX_CONNECTIONS} (1): each "
+                   "authenticated on its own, the pages of every pass spread over all, "
+                   "control messages on the first")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw remaining dirty memory and throttle %% over time (matplotlib)")
@@ -271,6 +323,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "arrives is refused whatever this says")
     p.add_argument("--max-vcpus", type=int, default=64, metavar="N",
                    help="most vCPUs accepted (64)")
+    p.add_argument("--connections", type=integer(1, MAX_CONNECTIONS),
+                   default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                   help="most connections one source may use (the source's --connections; "
+                   f"1..{MAX_CONNECTIONS}, default {DEFAULT_MAX_CONNECTIONS}: each holds a "
+                   "frame buffer of up to 16 MiB here)")
     p.add_argument("--run-after", default="0.5", metavar="S",
                    help="let the guest run S seconds before reporting and exiting (0.5)")
     p.add_argument("--accept-timeout", default="600", metavar="S",
@@ -357,7 +414,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
             res = serve_one(sock, key, factory, limits, run_after_s=run_after,
                             verify=verify, io_timeout_s=io_timeout,
                             accept_timeout_s=accept_timeout,
-                            handshake_timeout_s=handshake_timeout, log=log, cancel_event=ev)
+                            handshake_timeout_s=handshake_timeout, log=log, cancel_event=ev,
+                            max_connections=args.connections)
         finally:
             sock.close()
             unlink_unix(host)
@@ -481,24 +539,6 @@ def migrate_guest(args: argparse.Namespace, guest: SourceGuest, host: str, port:
                             cancel_event=ev, connect_timeout_s=connect_timeout,
                             on_source=lambda src: box.__setitem__("src", src))
     printer.finish()
-    return result
-
-
-def run_source(args: argparse.Namespace, host: str, port: int, key: bytes,
-               guest_cfg: GuestConfig,
-               cfg: MigrationConfig, policy: Any, io_timeout: float,
-               warmup: float) -> MigrationResult:
-    """Start the guest, migrate it, close it (``demo``: an in-doubt guest is discarded with
-    a line saying so; ``migrate`` keeps it, see :func:`cmd_migrate`)."""
-    guest = start_guest(args, guest_cfg)
-    try:
-        result = migrate_guest(args, guest, host, port, key, cfg, policy, io_timeout, warmup)
-        if result.outcome == "in_doubt":
-            _logger(getattr(args, "command", "migrate"))(
-                "IN DOUBT: discarding the paused source guest; if the destination does not "
-                "run the guest, it is lost")
-    finally:
-        guest.close()
     return result
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -35,14 +34,36 @@ def test_none_never_throttles() -> None:
     assert all(p.observe(obs(iteration=i, rate=1e12)) == 0 for i in range(50))
 
 
-def test_ch_schedule_matches_the_seed() -> None:
+# The seed's schedule, percent by delta iteration (0 = the first full pass): its PR
+# description (the default): 10 % at delta iteration 4, +10 % every 2, capped at 99 %
+CH_DEFAULT_TABLE = [0, 0, 0, 0, 10, 10, 20, 20, 30, 30, 40, 40, 50, 50, 60, 60, 70, 70, 80,
+                    80, 90, 90, 99, 99, 99]
+# its commit message's variant: from delta iteration 2
+CH_FROM_TWO_TABLE = [0, 0, 10, 10, 20, 20, 30, 30, 40, 40, 50, 50, 60, 60, 70, 70, 80, 80, 90,
+                     90, 99, 99]
+
+
+def test_ch_default_schedule_is_the_seeds_pr_description() -> None:
     p = CloudHypervisorPolicy()
-    got = [p.observe(obs(iteration=i)) for i in range(0, 25)]
-    # iteration 0 = first full pass; delta iterations 1.. ; steps at 2, 4, 6, ...
-    assert got[:6] == [0, 0, 10, 10, 20, 20]
-    assert got[18] == 90 and got[19] == 90
-    assert got[20] == 99 and got[24] == 99  # 99 % reached at iteration 20, capped
-    assert all(b >= a for a, b in itertools.pairwise(got))
+    assert [p.observe(obs(iteration=i)) for i in range(len(CH_DEFAULT_TABLE))] == \
+        CH_DEFAULT_TABLE
+
+
+@pytest.mark.parametrize("kwargs, table", [
+    ({"start_iteration": 2}, CH_FROM_TWO_TABLE),
+    ({"start_iteration": 1, "every": 1, "increment": 25}, [0, 25, 50, 75, 99, 99]),
+    ({"start_iteration": 3, "every": 3, "increment": 5}, [0, 0, 0, 5, 5, 5, 10, 10, 10, 15]),
+])
+def test_ch_configured_schedules(kwargs: dict[str, int], table: list[int]) -> None:
+    for p in (CloudHypervisorPolicy(**kwargs), make_policy("ch", **kwargs)):
+        assert [p.observe(obs(iteration=i)) for i in range(len(table))] == table
+
+
+def test_make_policy_passes_the_increment_to_qemu_only_when_given() -> None:
+    q = make_policy("qemu")
+    assert isinstance(q, QemuPolicy) and q.cpu_throttle_increment == 10
+    q = make_policy("qemu", increment=5)
+    assert isinstance(q, QemuPolicy) and q.cpu_throttle_increment == 5
 
 
 def test_ch_ignores_ticks_and_respects_max() -> None:

@@ -361,8 +361,10 @@ def test_unix_socket_listen_connect_and_refuse_other_files(tmp_path) -> None:  #
         connect(f"unix:{tmp_path}/absent.sock", 0)
 
 
+@pytest.mark.parametrize("zero_copy", [False, True])
 @pytest.mark.parametrize("scattered", [False, True])
-def test_frame_builder_round_trips_mixed_zero_and_data_pages(scattered: bool) -> None:
+def test_frame_builder_round_trips_mixed_zero_and_data_pages(scattered: bool,
+                                                             zero_copy: bool) -> None:
     from autoconverge.impl.migration.pages import FrameBuilder
 
     rng = np.random.default_rng(5)
@@ -371,7 +373,7 @@ def test_frame_builder_round_trips_mixed_zero_and_data_pages(scattered: bool) ->
     for p in rng.choice(pages, 150, replace=False):
         mem[p * ps + int(rng.integers(ps))] = 1 + int(rng.integers(255))  # any byte
     mem[7 * ps:9 * ps] = 3  # nonzero first word
-    fb = FrameBuilder(memoryview(mem), ps, 64)
+    fb = FrameBuilder(memoryview(mem), ps, 64, zero_copy=zero_copy)
     idx = np.sort(rng.choice(pages, 100, replace=False)) if scattered else np.arange(pages)
     lay = messages.Layout(pages * ps, ps, 1, 64, "fake")
     dest = np.full(pages * ps, 0xEE, dtype=np.uint8)  # zero runs must overwrite this
@@ -383,3 +385,26 @@ def test_frame_builder_round_trips_mixed_zero_and_data_pages(scattered: bool) ->
         assert f.zero_pages + f.data_pages == f.pages
     got = dest.reshape(pages, ps)[idx]
     assert np.array_equal(got, mem.reshape(pages, ps)[idx])
+
+
+def test_a_zero_copy_frame_is_the_same_frame_on_the_wire_without_a_copy() -> None:
+    """Zero-copy: the data parts are views of guest memory (one per data run), and the
+    sealed frame's bytes are those of the gathered frame."""
+    from autoconverge.impl.migration.pages import FrameBuilder
+
+    ps = 4096
+    mem = np.random.default_rng(9).integers(1, 255, 64 * ps, dtype=np.uint8)
+    mem[10 * ps:12 * ps] = 0  # a zero run splits the data into two runs
+    idx = np.arange(4, 20, dtype=np.int64)
+    copied = FrameBuilder(memoryview(mem), ps, 16).build(idx)
+    viewed = FrameBuilder(memoryview(mem), ps, 16, zero_copy=True).build(idx)
+    assert len(viewed.parts) == 2 and all(p.obj is not None for p in viewed.parts)
+    mem[4 * ps] ^= 0xFF  # a view sees guest memory as it is now; the copy does not
+    assert viewed.parts[0][0] == mem[4 * ps] and copied.parts[0][0] != mem[4 * ps]
+    mem[4 * ps] ^= 0xFF
+    wire = []
+    for frame in (copied, viewed):
+        rec = MemStream()
+        FrameChannel(rec, KEY, KEY).send(MsgType.PAGES, frame.head, *frame.parts)
+        wire.append(bytes(rec.out))
+    assert wire[0] == wire[1]

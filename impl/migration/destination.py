@@ -3,7 +3,11 @@
 The destination creates its VM only after the peer authenticated (the channel comes from
 the handshake) and announced a layout this receiver accepts. Each message is decoded and
 validated in full (see :mod:`.messages`) before anything is written into the VM; message
-order is enforced (LAYOUT, then PAGES / ITERATION_END, then VCPU_STATE, then DONE). After DONE
+order is enforced (LAYOUT, then PAGES / ITERATION_END, then VCPU_STATE, then DONE). Over
+several connections (:mod:`.connections`) each data connection's frames are authenticated,
+validated and applied by a thread of its own, and every connection meets the first at each
+pass end (PASS_END) before anything of the next pass is applied; VCPU_STATE is taken only
+after the final pass ended on every connection. After DONE
 it takes a snapshot of guest memory for the integrity hash, loads the vCPU state and
 answers PREPARED; it starts the guest only when COMMIT arrives, answers RESUMED, lets the
 guest run ``run_after_s`` and sends REPORT (memory hash at the stop, counters at resume and
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +35,7 @@ import numpy as np
 from autoconverge.spec import migration as M
 
 from . import fault_points
+from .connections import DataReceivers
 from .errors import (
     ErrorCode,
     MigrationCancelled,
@@ -96,7 +102,8 @@ class DestinationResult:
 class MigrationDestination:
     def __init__(self, channel: FrameChannel, vm_factory: VmFactory, limits: Limits | None = None,
                  clock: Clock | None = None, run_after_s: float = 0.2, verify: bool = True,
-                 cancel_event: threading.Event | None = None) -> None:
+                 cancel_event: threading.Event | None = None,
+                 data_channels: Sequence[FrameChannel] = ()) -> None:
         if not 0 <= run_after_s <= 3600:
             raise ValueError("run_after_s must be in 0..3600")
         self.channel = channel
@@ -106,6 +113,9 @@ class MigrationDestination:
         self.run_after_s = run_after_s
         self.verify = verify
         self._cancel = cancel_event if cancel_event is not None else threading.Event()
+        self.data_channels = data_channels
+        """Connections 2..N (joined already): PAGES and PASS_END only (:mod:`.connections`)."""
+        self._receivers: DataReceivers | None = None
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -139,23 +149,41 @@ class MigrationDestination:
             self.channel.send(MsgType.READY, encode_ready(self.channel.max_pages_payload))
             states: list[bytes] | None = None
             touched = np.zeros(lay.page_count, dtype=np.bool_)  # new guest memory is zero
+            counted = threading.Lock()
+
+            def apply(payload: memoryview) -> None:
+                """Validate a PAGES payload in full, then write it (any connection's thread)."""
+                batch = decode_pages(payload, lay)
+                apply_pages(mem, batch, lay.page_size, touched)
+                if mirror is not None:
+                    apply_pages(mirror.data, batch, lay.page_size)
+                with counted:
+                    res.pages_received += batch.pages
+
+            kinds = [MsgType.PAGES, MsgType.ITERATION_END, MsgType.VCPU_STATE, MsgType.DONE]
+            receivers = self._start_receivers(apply)
+            if receivers is not None:
+                kinds.append(MsgType.PASS_END)
             while True:
-                f = self.channel.expect(MsgType.PAGES, MsgType.ITERATION_END, MsgType.VCPU_STATE,
-                                   MsgType.DONE)
+                f = self.channel.expect(*kinds)
                 if f.type is MsgType.PAGES:
                     fault_points.hit("destination", "recv_pages")
                     if states is not None:
                         raise ProtocolError("PAGES after VCPU_STATE")
-                    batch = decode_pages(f.payload, lay)
-                    apply_pages(mem, batch, lay.page_size, touched)
-                    if mirror is not None:
-                        apply_pages(mirror.data, batch, lay.page_size)
-                    res.pages_received += batch.pages
+                    if receivers is not None and receivers.finished:
+                        raise ProtocolError("PAGES after the final pass")
+                    apply(f.payload)
+                elif f.type is MsgType.PASS_END:
+                    assert receivers is not None
+                    receivers.pass_end(f.payload)  # every connection applied the pass
                 elif f.type is MsgType.ITERATION_END:
                     res.iterations = decode_iteration_end(f.payload).iteration
                 elif f.type is MsgType.VCPU_STATE:
                     if states is not None:
                         raise ProtocolError("duplicate VCPU_STATE")
+                    if receivers is not None and not receivers.finished:
+                        raise ProtocolError("VCPU_STATE before the final pass ended on every "
+                                            "connection")
                     states = decode_vcpu_state(f.payload, lay)
                 else:
                     life.before(M.RECV_DONE)
@@ -198,6 +226,7 @@ class MigrationDestination:
                 tuple(res.counters_at_resume), tuple(res.counters_after),
                 int(self.run_after_s * 1e9), prepare_ns)))
         except Exception as exc:  # MigrationError subclasses for anything the peer caused
+            exc = self._data_failure(exc)
             failure = exc
             self._fail(res, exc, started)
             if not started and life.violation is None:
@@ -212,7 +241,10 @@ class MigrationDestination:
                 except MigrationSpecViolation:
                     pass  # raised below, once the VM is gone
         finally:
-            res.bytes_received = self.channel.bytes_received
+            if self._receivers is not None:
+                self._receivers.close()  # its threads are done with guest memory
+            res.bytes_received = self.channel.bytes_received + sum(
+                ch.bytes_received for ch in self.data_channels)
             life.close()
             if vm is not None and not started:
                 try:
@@ -224,6 +256,24 @@ class MigrationDestination:
         if life.violation is not None:
             raise life.violation
         return res
+
+    def _start_receivers(self, apply: Callable[[memoryview], None]) -> DataReceivers | None:
+        """The data connections' threads (None: one connection)."""
+        if not self.data_channels:
+            return None
+
+        def interrupt(exc: BaseException) -> None:  # the first connection's read ends
+            self._cancel.set()
+
+        self._receivers = DataReceivers(self.data_channels, apply, interrupt)
+        self._receivers.start()
+        return self._receivers
+
+    def _data_failure(self, exc: Exception) -> Exception:
+        """A data connection's failure, if one caused ``exc`` (which then only says that the
+        first connection's read was interrupted); else ``exc``."""
+        failure = self._receivers.failure if self._receivers is not None else None
+        return failure if isinstance(failure, Exception) else exc
 
     @staticmethod
     def _mirror(size: int) -> np.ndarray:

@@ -90,6 +90,9 @@ class FakeVm:
 
     guest_kind = "fake"
     vcpu_state_size = STATE_SIZE
+    memory_written_only_in_calls = True
+    """The "guest" writes memory only inside this object's calls (see ``sync``): the source
+    may send frames straight from its memory (:func:`~.pages.zero_copy_safe`)."""
 
     def __init__(self, clock: NowClock, pages: int = 1024, page_size: int = 4096,
                  vcpus: int = 2, dirty_rate_pps: float = 0.0,

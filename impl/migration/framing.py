@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +58,12 @@ class MsgType(enum.IntEnum):
     RESUMED = 12
     REPORT = 13
     ERROR = 14
+    JOIN = 15
+    """A data connection names the migration it belongs to (first frame after its handshake)."""
+    JOINED = 16
+    """The receiver took the data connection into the migration."""
+    PASS_END = 17
+    """Multi-connection only: this connection sent every frame it carries of a pass."""
 
 
 _MSG_VALUES = frozenset(int(m) for m in MsgType)
@@ -78,6 +85,18 @@ class Frame:
     payload: memoryview
 
 
+class SentBytes:
+    """Bytes sent, counted by one channel or shared by a migration's connections (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+
+
 class FrameChannel:
     """One side of an authenticated frame stream: MAC and sequence number on every frame."""
 
@@ -93,11 +112,24 @@ class FrameChannel:
         self.max_pages_payload = max_pages_payload
         self._hdr = bytearray(HEADER_SIZE)
         self._buf = bytearray(0)  # sized by the frames received (a handshake: 68 bytes)
-        self.bytes_sent = 0
+        self.sent = SentBytes()
+        """What :attr:`bytes_sent` reads: a migration's data connections share the first
+        connection's (:meth:`count_sent_in`), so that one counts the bytes of all of them."""
         self.bytes_received = 0
         self.mac_name = "hmac"
+        self.session_token = b""
+        """Set by the handshake: what names this session to the data connections that join it
+        (:mod:`.connections`)."""
         self.broken = False
         """True while (or if interrupted while) a frame is partly written."""
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.sent.total
+
+    def count_sent_in(self, other: FrameChannel) -> None:
+        """Count the bytes this channel sends in ``other``'s counter (a data connection's)."""
+        self.sent = other.sent
 
     # -- keys
     @property
@@ -148,7 +180,7 @@ class FrameChannel:
         tag = self._send_mac.tag(header, self.send_seq, parts)
         self.broken = True
         self.send_seq += 1
-        self.bytes_sent += HEADER_SIZE + length + len(tag)
+        self.sent.add(HEADER_SIZE + length + len(tag))
         return [header, *parts, tag]
 
     def write(self, pieces: list[Buffer]) -> None:

@@ -15,6 +15,14 @@ From step 2 on each direction uses its own session key
 the proofs are ``HMAC(PSK, "server"/"client" | nonces)``. A recorded session replayed later
 fails, because the other side's nonce differs.
 
+A migration over several connections (:mod:`.connections`) runs this handshake on each of
+them, so each has its own nonces and session keys (a GMAC nonce, the frame's sequence
+number, never repeats under one key, and a frame moved to another connection fails its
+MAC). HELLO's flags say how many connections the source will open (on the first one) or
+that the connection is a data connection joining a migration; the session token
+``HMAC(PSK, "join" | nonces)`` of the first connection is what a data connection's JOIN
+must carry.
+
 The server side is a machine fed with bytes (:class:`ServerHandshake`), so that the receiver
 can serve many connections' handshakes at once from one thread; it reads exactly the two
 handshake frames (92 + 88 bytes) and refuses any other frame on its 24-byte header, before
@@ -45,11 +53,18 @@ from .framing import (
     parse_header,
 )
 from .macs import MAC_NAMES, TAG_SIZE
+from .messages import MAX_CONNECTIONS
 
 NONCE_SIZE = 32
 MIN_KEY_BYTES = 16
 HELLO_FLAG_HMAC = 1
 """HELLO flag: keep HMAC-SHA256 for the whole session (slower; the benchmark's baseline)."""
+HELLO_FLAG_DATA = 2
+"""HELLO flag: a data connection, joining the migration of an earlier connection."""
+HELLO_CONNECTIONS_SHIFT = 16
+"""HELLO flags bits 16..23 on the first connection: how many connections, minus one."""
+_HELLO_CONNECTIONS_MASK = 0xFF << HELLO_CONNECTIONS_SHIFT
+_HELLO_KNOWN_FLAGS = HELLO_FLAG_HMAC | HELLO_FLAG_DATA | _HELLO_CONNECTIONS_MASK
 
 HELLO = struct.Struct(f"<{NONCE_SIZE}sI")
 """HELLO payload: client nonce, flags."""
@@ -103,21 +118,40 @@ def client_proof(psk: bytes, cn: bytes, sn: bytes) -> bytes:
     return _derive(psk, b"autoconverge/v1 client", cn, sn)
 
 
+def session_token(psk: bytes, cn: bytes, sn: bytes) -> bytes:
+    """What a data connection's JOIN carries to name this session."""
+    return _derive(psk, b"autoconverge/v2 join", cn, sn)
+
+
+def hello_flags(mac: str, connections: int = 1, data: bool = False) -> int:
+    """HELLO's flags: the MAC, and the connection count (first connection) or the data flag."""
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise ValueError(f"connections must be in 1..{MAX_CONNECTIONS}, got {connections}")
+    flags = HELLO_FLAG_HMAC if mac == "hmac" else 0
+    if data:
+        return flags | HELLO_FLAG_DATA
+    return flags | (connections - 1) << HELLO_CONNECTIONS_SHIFT
+
+
 def client_handshake(stream: ByteStream, psk: bytes,
                      rng: Callable[[int], bytes] = os.urandom,
                      max_pages_payload: int = DEFAULT_MAX_PAGES_PAYLOAD,
-                     mac: str = "gmac") -> FrameChannel:
+                     mac: str = "gmac", connections: int = 1,
+                     data: bool = False) -> FrameChannel:
     """Authenticate to the receiver; returns the channel with session keys installed.
 
     ``mac``: ``gmac`` (default) or ``hmac`` (HMAC-SHA256 for the whole session).
+    ``connections``: how many the migration uses (said on the first one); ``data``: this
+    is a data connection joining one (:mod:`.connections`).
     """
     check_key(psk)
     if mac not in MAC_NAMES:
         raise ValueError(f"mac must be one of {', '.join(MAC_NAMES)}, got {mac!r}")
+    flags = hello_flags(mac, connections, data)
     hk = hello_key(psk)
     channel = FrameChannel(stream, hk, hk, max_pages_payload)
     cn = rng(NONCE_SIZE)
-    channel.send(MsgType.HELLO, HELLO.pack(cn, HELLO_FLAG_HMAC if mac == "hmac" else 0))
+    channel.send(MsgType.HELLO, HELLO.pack(cn, flags))
     try:
         frame = _recv_challenge(channel, psk, cn)
     except AuthenticationError as exc:
@@ -132,6 +166,7 @@ def client_handshake(stream: ByteStream, psk: bytes,
     channel.send(MsgType.AUTH, client_proof(psk, cn, sn))
     if mac == "gmac":
         channel.use_gmac(*gmac_keys(psk, cn, sn))
+    channel.session_token = session_token(psk, cn, sn)
     return channel
 
 
@@ -231,6 +266,18 @@ class ServerHandshake:
         """True once the peer proved it holds the key (:meth:`finish` then gives the channel)."""
         return self._expect is None
 
+    @property
+    def data_connection(self) -> bool:
+        """The peer's HELLO says it is a data connection joining an earlier migration."""
+        return bool(self._flags & HELLO_FLAG_DATA)
+
+    @property
+    def connections(self) -> int:
+        """How many connections the peer's HELLO announced (1 for a data connection)."""
+        if self.data_connection:
+            return 1
+        return ((self._flags & _HELLO_CONNECTIONS_MASK) >> HELLO_CONNECTIONS_SHIFT) + 1
+
     def _frame_size(self) -> int:
         return HELLO_FRAME_BYTES if self._expect is MsgType.HELLO else AUTH_FRAME_BYTES
 
@@ -298,8 +345,12 @@ class ServerHandshake:
                 "rejected an unauthenticated peer: its HELLO does not carry a valid MAC for "
                 "our key") from exc
         cn, flags = HELLO.unpack(frame.payload)
-        if flags & ~HELLO_FLAG_HMAC:
+        if flags & ~_HELLO_KNOWN_FLAGS:
             raise ProtocolError("HELLO has unknown flags set")
+        if flags & HELLO_FLAG_DATA and flags & _HELLO_CONNECTIONS_MASK:
+            raise ProtocolError("HELLO of a data connection announces a connection count")
+        if (flags & _HELLO_CONNECTIONS_MASK) >> HELLO_CONNECTIONS_SHIFT >= MAX_CONNECTIONS:
+            raise ProtocolError(f"HELLO announces more than {MAX_CONNECTIONS} connections")
         psk = self._psk
         sn = self._rng(NONCE_SIZE)
         c2s, s2c = session_keys(psk, cn, sn)
@@ -322,6 +373,7 @@ class ServerHandshake:
         if not self._flags & HELLO_FLAG_HMAC:
             g_c2s, g_s2c = gmac_keys(psk, cn, sn)
             self._channel.use_gmac(g_s2c, g_c2s)
+        self._channel.session_token = session_token(psk, cn, sn)
         self._expect = None
 
 

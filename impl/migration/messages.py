@@ -1,7 +1,7 @@
 """The migration wire protocol's payloads: encoders and strict decoders, one per message.
 
-One job: the bytes inside a frame. LAYOUT, READY, PAGES, ITERATION_END, VCPU_STATE, DONE
-and REPORT each have an encoder and a decoder (the ERROR payload belongs to
+One job: the bytes inside a frame. LAYOUT, READY, PAGES, ITERATION_END, VCPU_STATE, DONE,
+REPORT, JOIN and PASS_END each have an encoder and a decoder (the ERROR payload belongs to
 :mod:`.framing`, whose channel sends and reads it). Every decoder validates every field
 (lengths exact, page numbers inside guest memory, runs sorted and disjoint, vCPU count and
 state size as announced) and raises :class:`ProtocolError` otherwise. Nothing reaches guest
@@ -243,6 +243,52 @@ def decode_vcpu_state(payload: memoryview | bytes, layout: Layout) -> list[bytes
         raise ProtocolError("VCPU_STATE length does not match count x size")
     base = _VSTATE.size
     return [bytes(payload[base + i * size: base + (i + 1) * size]) for i in range(count)]
+
+
+MAX_CONNECTIONS = 128
+"""Connections of one migration at most (as Cloud Hypervisor's 1..128)."""
+JOIN_TOKEN_SIZE = 32
+_JOIN = struct.Struct(f"<{JOIN_TOKEN_SIZE}sHH")
+
+
+@dataclass(frozen=True)
+class Join:
+    """A data connection's JOIN: the session it belongs to, its index, the connection count."""
+
+    token: bytes
+    index: int
+    connections: int
+
+
+def encode_join(j: Join) -> bytes:
+    return _JOIN.pack(j.token, j.index, j.connections)
+
+
+def decode_join(payload: memoryview | bytes) -> Join:
+    if len(payload) != _JOIN.size:
+        raise ProtocolError("JOIN has the wrong length")
+    token, index, n = _JOIN.unpack(payload)
+    if not 2 <= n <= MAX_CONNECTIONS or not 1 <= index < n:
+        raise ProtocolError(f"JOIN names data connection {index} of {n} (expected 1..n-1 of "
+                            f"2..{MAX_CONNECTIONS})")
+    return Join(bytes(token), int(index), int(n))
+
+
+_PASS_END = struct.Struct("<IB3x")
+
+
+def encode_pass_end(number: int, final: bool) -> bytes:
+    return _PASS_END.pack(number, 1 if final else 0)
+
+
+def decode_pass_end(payload: memoryview | bytes) -> tuple[int, bool]:
+    """(pass number, final): the connection sent every frame of that pass it carries."""
+    if len(payload) != _PASS_END.size:
+        raise ProtocolError("PASS_END has the wrong length")
+    number, final = _PASS_END.unpack(payload)
+    if final not in (0, 1) or bytes(payload[5:]) != bytes(3):
+        raise ProtocolError("PASS_END has unknown flags or nonzero padding")
+    return int(number), bool(final)
 
 
 _DONE = struct.Struct("<QII")

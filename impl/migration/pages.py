@@ -1,15 +1,20 @@
 """Page bookkeeping for the source: dirty bitmaps to page lists, page lists to PAGES frames.
 
 A frame carries up to ``frame_pages`` pages as merged runs of consecutive page numbers.
-Page contents are copied (gathered) into a private buffer first, so the MAC and the bytes
-sent describe one snapshot even while the guest keeps writing; the page's dirty bit was
-cleared before the copy, so a concurrent write marks it dirty again and it is resent.
+While the guest can write its memory, page contents are copied (gathered) into a private
+buffer first, so the MAC and the bytes sent describe one snapshot; the page's dirty bit was
+cleared before the copy, so a concurrent write marks it dirty again and it is resent. Where
+nothing can write the pages while the frame is sealed and sent (a paused guest, or a guest
+that only writes inside calls the sender makes, see :func:`zero_copy_safe`), the frame is
+built *zero-copy*: its data parts are views of guest memory, one per run of data pages,
+which the MAC reads and ``sendmsg`` hands to the kernel as they are (one copy fewer).
 All-zero pages travel as zero runs without data (as QEMU's zero-page flag).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,28 +47,47 @@ def runs_of(idx: np.ndarray, kind: np.ndarray | None = None) -> np.ndarray:
     return runs
 
 
+def zero_copy_safe(vm: Any, handed_over: bool) -> bool:
+    """True if nothing writes ``vm``'s memory except inside calls the source makes itself:
+    its vCPUs were handed over (paused for the switch-over), or the VM says so
+    (``memory_written_only_in_calls``: the simulated guest). Frames may then be sent
+    straight from guest memory, as long as no VM call runs while one is in flight
+    (:class:`~.connections.PageStreams` keeps to that). (Not ``is_paused()``: a throttled
+    KVM guest is paused and resumed again by the throttler in the middle of a pass.)"""
+    return handed_over or bool(getattr(vm, "memory_written_only_in_calls", False))
+
+
 @dataclass
 class BuiltFrame:
     head: bytes
-    data: memoryview
+    parts: tuple[memoryview, ...]
+    """The page data in wire order: one private buffer, or views of guest memory (zero-copy)."""
     pages: int
     data_pages: int
     zero_pages: int
 
+    @property
+    def data(self) -> bytes | memoryview:
+        """The page data as one buffer (joined if the frame was built zero-copy)."""
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+
 
 class FrameBuilder:
-    """Gathers pages of guest memory into PAGES payloads (one reusable buffer)."""
+    """Builds PAGES payloads from guest memory: gathered into one reusable buffer, or
+    zero-copy (views of guest memory; only while nothing writes it, see the module doc)."""
 
     def __init__(self, memory: memoryview, page_size: int, frame_pages: int,
-                 zero_detection: bool = True) -> None:
+                 zero_detection: bool = True, zero_copy: bool = False) -> None:
         if frame_pages < 1:
             raise ValueError("frame_pages must be >= 1")
         self.page_size = page_size
+        self.memory = memoryview(memory).cast("B")
         self.mem2d = np.frombuffer(memory, dtype=np.uint8).reshape(-1, page_size)
         self.mem64 = self.mem2d.view(np.uint64)
         self.frame_pages = frame_pages
         self.zero_detection = zero_detection
-        self._buf = np.empty((frame_pages, page_size), dtype=np.uint8)
+        self.zero_copy = zero_copy
+        self._buf: np.ndarray | None = None  # the gather buffer, made on first use
 
     @staticmethod
     def frame_pages_for(max_payload: int, page_size: int, want_bytes: int) -> int:
@@ -92,10 +116,22 @@ class FrameBuilder:
             runs = runs_of(idx, kind)
             data_idx = idx[nonzero]
         if k == 0:
-            return BuiltFrame(encode_pages_head(runs, 0), memoryview(b""), n, 0, n)
+            return BuiltFrame(encode_pages_head(runs, 0), (), n, 0, n)
+        head = encode_pages_head(runs, k)
+        if self.zero_copy:
+            return BuiltFrame(head, self._views(runs), n, k, n - k)
+        if self._buf is None:
+            self._buf = np.empty((self.frame_pages, self.page_size), dtype=np.uint8)
         buf = self._buf[:k]
         self._gather(data_idx, buf)
-        return BuiltFrame(encode_pages_head(runs, k), buf.reshape(-1).data, n, k, n - k)
+        return BuiltFrame(head, (buf.reshape(-1).data,), n, k, n - k)
+
+    def _views(self, runs: np.ndarray) -> tuple[memoryview, ...]:
+        """Views of guest memory, one per run of data pages (no copy)."""
+        ps, mem = self.page_size, self.memory
+        data = runs[runs["kind"] == RUN_DATA]
+        return tuple(mem[f * ps:(f + c) * ps] for f, c in
+                     zip(data["first"].tolist(), data["count"].tolist(), strict=True))
 
     def _gather(self, idx: np.ndarray, out: np.ndarray) -> None:
         runs = runs_of(idx)

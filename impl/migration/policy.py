@@ -8,8 +8,12 @@ observation sequences.
 
 - ``none``: never throttles.
 - ``ch``: Cloud Hypervisor's, as in its auto-converge pull request (the code this project
-  starts from): from delta iteration 2 on, +10 % at every even delta iteration (2, 4, 6,
-  ...), capped at 99 % (reached at iteration 20).
+  starts from). Its description ("Effective Behaviour") says throttling starts after
+  **four** delta iterations, "not configurable yet"; one of its commit messages says two.
+  The default is the description's, the PR's final behaviour: 10 % at delta iteration 4,
+  +10 % every 2 delta iterations (4, 6, 8, ...), capped at 99 % (reached at iteration 22).
+  All three are configurable (``--cpu-throttle-start-iteration``, ``--cpu-throttle-every``,
+  ``--cpu-throttle-increment``); ``start_iteration=2`` is the commit message's variant.
 - ``qemu``: QEMU's auto-converge. Per sync period (an iteration end at least 1 s after the
   previous period began): if the bytes dirtied in the period exceed
   ``throttle-trigger-threshold`` % of the bytes transferred in it for the second time, step:
@@ -18,9 +22,12 @@ observation sequences.
   says is needed. Not during the first (bulk) pass.
 - ``predictive`` (ours): estimate the guest's unthrottled dirty rate ``D`` from the rate
   measured at the current throttle, the link bandwidth ``B`` and the bytes ``R`` still to
-  send; the next pass over ``R`` takes ``R / B`` seconds, in which a guest throttled to ``p``
-  dirties ``D (1 - p) R / B`` bytes; switch-over needs that to fit ``B x downtime-limit``.
-  So ``p = 1 - m B^2 L / (D R)`` with a safety margin ``m``; re-evaluated at every tick.
+  send, and plan the least-stealing throttle (:mod:`.deadline`): none while the guest alone
+  converges (``D < B``) within the horizon (``--deadline``, else half the time left before
+  the timeout), the least that meets the horizon if it does not, and the throttle that
+  makes the next pass fit the switch-over budget (``p = 1 - m B^2 L' / (D R)``, margin
+  ``m``, ``L'`` the downtime limit less the switch-over's fixed cost) when ``D >= B``.
+  Re-planned at every tick; an infeasible deadline is reported in ``infeasible``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from autoconverge.spec import MAX_PERCENT
+
+from .deadline import plan_throttle, precopy_time_s
 
 ObservationKind = Literal["iteration", "tick"]
 
@@ -63,6 +72,13 @@ class Observation:
     rate_run_share: float | None = None
     """Measured share of vCPU time the guest ran while the rate was measured (None: infer
     it from the throttle percentage)."""
+    deadline_left_s: float | None = None
+    """Seconds left before the ``--deadline`` (None: no deadline)."""
+    timeout_left_s: float | None = None
+    """Seconds left before the timeout (None: unknown)."""
+    switchover_fixed_s: float = 0.0
+    """The switch-over's estimated cost besides sending the dirty pages (vCPU state, round
+    trips, pausing; learnt, see :mod:`.downtime`)."""
 
 
 class Policy(Protocol):
@@ -84,15 +100,23 @@ class NoThrottle:
         return 0
 
 
+CH_START_ITERATION = 4
+"""The seed's first throttled delta iteration (its PR description; a commit message says 2)."""
+CH_EVERY = 2
+"""The seed steps the throttle at every second delta iteration."""
+CH_INCREMENT = 10
+"""The seed's step, in percent (also its first percentage)."""
+
+
 @dataclass
 class CloudHypervisorPolicy:
     """Policy ``ch``: the step schedule of Cloud Hypervisor's auto-converge pull request (the
     code this project starts from): +increment at every ``every``-th delta iteration from
     ``start_iteration``."""
 
-    start_iteration: int = 2
-    every: int = 2
-    increment: int = 10
+    start_iteration: int = CH_START_ITERATION
+    every: int = CH_EVERY
+    increment: int = CH_INCREMENT
     max_percent: int = MAX_PERCENT
     name: str = "ch"
 
@@ -168,7 +192,8 @@ class QemuPolicy:
 
 @dataclass
 class PredictivePolicy:
-    """Ours: the throttle that makes the next pass fit the downtime limit, re-set every tick."""
+    """Ours: the least-stealing throttle that converges in time (:mod:`.deadline`), re-planned
+    at every tick."""
 
     margin: float = 0.7
     """Aim for this fraction of ``bandwidth x downtime-limit`` (estimates are noisy)."""
@@ -184,6 +209,8 @@ class PredictivePolicy:
         _check_percent("max-cpu-throttle", self.max_cpu_throttle, 1)
         self._percent = 0
         self._d0: float | None = None
+        self.infeasible: str | None = None
+        """Set while the deadline cannot be met even at ``max_cpu_throttle`` (why)."""
 
     def unthrottled_rate(self) -> float | None:
         return self._d0
@@ -198,21 +225,47 @@ class PredictivePolicy:
             # a burst or an idle tick moves the estimate part of the way only
             self._d0 = est if self._d0 is None else (
                 self.smoothing * est + (1 - self.smoothing) * self._d0)
-        if obs.iteration < 1 and obs.kind == "tick":
-            return self._percent  # first full pass: re-dirtying is bounded by the working set
         b, r, d0 = obs.bandwidth_bps, obs.remaining_bytes, self._d0
-        if b <= 0 or d0 is None or d0 <= 0 or r <= 0:
+        if b <= 0 or r <= 0:
             return self._percent
-        budget = self.margin * b * obs.downtime_limit_s
+        limit = obs.downtime_limit_s
+        budget = self.margin * b * max(limit - obs.switchover_fixed_s, 0.25 * limit)
+        if obs.deadline_left_s is not None:
+            horizon: float | None = obs.deadline_left_s - limit
+        elif obs.timeout_left_s is not None:
+            horizon = 0.5 * obs.timeout_left_s  # finish well before the timeout
+        else:
+            horizon = None
+        if d0 is None or d0 <= 0 or not math.isfinite(d0 / b):
+            if obs.deadline_left_s is not None and horizon is not None and r / b > horizon:
+                self.infeasible = self._why(r / b, horizon)
+            return self._percent
         if r <= budget:  # the switch-over happens at the next check; keep what got us here
             return self._percent
-        # (capped: a vanishing dirty rate makes the quotient overflow to infinity)
-        allowed_share = min(budget * b / (d0 * r), 1.0)
-        want = math.ceil(100.0 * (1.0 - allowed_share))
-        want = _clamp(want, self.max_cpu_throttle)
+        plan = plan_throttle(dirty_rate_bps=d0, bandwidth_bps=b, remaining_bytes=r,
+                             budget_bytes=budget, horizon_s=horizon,
+                             max_percent=self.max_cpu_throttle)
+        if obs.deadline_left_s is not None and horizon is not None:
+            self.infeasible = None if plan.feasible else self._why(
+                precopy_floor_s(d0, b, r, self.max_cpu_throttle), horizon)
+        if obs.iteration < 1 and obs.kind == "tick":
+            return self._percent  # first full pass: re-dirtying is bounded by the working set
+        want = plan.percent
         if abs(want - self._percent) >= self.min_percent_step:
             self._percent = want
         return self._percent
+
+    def _why(self, need_s: float, horizon_s: float) -> str:
+        return (f"deadline infeasible even at {self.max_cpu_throttle} %: pre-copy needs "
+                f"~{need_s:.1f} s, {max(horizon_s, 0.0):.1f} s left before the deadline less "
+                f"the downtime limit")
+
+
+def precopy_floor_s(dirty_rate_bps: float, bandwidth_bps: float, remaining_bytes: int,
+                    max_percent: int) -> float:
+    """Predicted pre-copy time left at the highest throttle (inf: never converges)."""
+    ratio = dirty_rate_bps / bandwidth_bps
+    return precopy_time_s(ratio, remaining_bytes / bandwidth_bps, max_percent, 101)
 
 
 def _check_percent(name: str, v: int, lo: int = 0, hi: int = MAX_PERCENT) -> None:
@@ -224,13 +277,21 @@ POLICY_NAMES = ("ch", "qemu", "predictive", "none")
 
 
 def make_policy(name: str, *, tailslow: bool = False, max_cpu_throttle: int = MAX_PERCENT,
-                ) -> Policy:
+                start_iteration: int = CH_START_ITERATION, every: int = CH_EVERY,
+                increment: int | None = None) -> Policy:
+    """``start_iteration`` and ``every`` shape ``ch``; ``increment`` is ``ch``'s and
+    ``qemu``'s step (QEMU's ``cpu-throttle-increment``; None: each policy's default)."""
     if name == "none":
         return NoThrottle()
     if name == "ch":
-        return CloudHypervisorPolicy(max_percent=max_cpu_throttle)
+        return CloudHypervisorPolicy(
+            start_iteration=start_iteration, every=every, max_percent=max_cpu_throttle,
+            increment=CH_INCREMENT if increment is None else increment)
     if name == "qemu":
-        return QemuPolicy(cpu_throttle_tailslow=tailslow, max_cpu_throttle=max_cpu_throttle)
+        q = QemuPolicy(cpu_throttle_tailslow=tailslow, max_cpu_throttle=max_cpu_throttle)
+        return q if increment is None else QemuPolicy(
+            cpu_throttle_tailslow=tailslow, max_cpu_throttle=max_cpu_throttle,
+            cpu_throttle_increment=increment)
     if name == "predictive":
         return PredictivePolicy(max_cpu_throttle=max_cpu_throttle)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

@@ -1,10 +1,11 @@
 """What a user sees: the live progress line on stderr, the summary, and the optional plot.
 
 The progress line shows iteration, dirty data still to send, throttle %, transfer rate,
-dirty rate and the estimated downtime. On a terminal it is redrawn in place (at most ~10
-times a second); otherwise one line per iteration is printed. ``--plot`` draws remaining
-dirty memory and throttle % over time with matplotlib (the ``plot`` extra), which is only
-imported when a plot is asked for.
+dirty rate, the estimated downtime, the guest CPU stolen so far and the pause per throttle
+round; a note (an infeasible deadline) is printed on a line of its own as it happens.
+On a terminal it is redrawn in place (at most ~10 times a second); otherwise one line per
+iteration is printed. ``--plot`` draws remaining dirty memory and throttle % over time
+with matplotlib (the ``plot`` extra), which is only imported when a plot is asked for.
 """
 
 from __future__ import annotations
@@ -43,12 +44,17 @@ class ProgressPrinter:
 
     def line(self, s: Sample) -> str:
         est = "?" if s.est_downtime_s is None else f"{s.est_downtime_s * 1e3:.0f} ms"
+        per_round = "" if s.throttle_ms_per_round is None else \
+            f" ({s.throttle_ms_per_round:.0f} ms/round)"
         return (f"iter {s.iteration:3d}  dirty {s.remaining_bytes // self.page_size:8d} pages "
                 f"({fmt_bytes(s.remaining_bytes):>10})  throttle {s.throttle_percent:2d} %  "
                 f"rate {fmt_rate(s.bandwidth_bps):>12}  dirtying {fmt_rate(s.dirty_rate_bps):>12}"
-                f"  est. downtime {est}")
+                f"  est. downtime {est}  stolen {s.guest_cpu_stolen_s:.2f} vCPU-s{per_round}")
 
     def __call__(self, s: Sample) -> None:
+        if s.note is not None:
+            self.finish()
+            self.stream.write(f"NOTE: {s.note}\n")
         if self.tty:
             now = time.monotonic()
             if now - self._last < self.min_interval_s and s.kind == "tick":
@@ -96,11 +102,20 @@ def summary(r: MigrationResult) -> str:
         est = f" (estimated {r.est_downtime_ms:.0f} ms)" if r.est_downtime_ms is not None else ""
         lines.append(f"  downtime {r.downtime_ms:.1f} ms{est}, limit "
                      f"{r.downtime_limit_ms:.0f} ms")
+        if r.switchover_fixed_ms is not None:
+            lines.append(f"  (estimate: transfer + learnt fixed part "
+                         f"{r.switchover_fixed_ms:.0f} ms)")
     lines.append(f"  sent {fmt_bytes(r.bytes_sent)} ({r.pages_sent} pages, {r.zero_pages_sent} "
                  f"zero) for {fmt_bytes(r.memory_bytes)} of guest memory, last rate "
                  f"{fmt_rate(r.bandwidth_bps)}")
+    per_round = "" if r.throttle_ms_per_round is None else \
+        f", {r.throttle_rounds} rounds of {r.throttle_ms_per_round:.0f} ms per vCPU"
     lines.append(f"  guest CPU stolen by throttling {r.guest_cpu_stolen_s:.2f} vCPU-s, "
-                 f"max throttle {r.max_throttle_percent} %")
+                 f"max throttle {r.max_throttle_percent} %{per_round}")
+    if r.deadline_s is not None:
+        met = r.converged and r.total_time_s <= r.deadline_s
+        lines.append(f"  deadline {r.deadline_s:g} s {'met' if met else 'MISSED'}"
+                     + (f"; {r.deadline_note}" if r.deadline_note else ""))
     if r.memory_hash_match is not None:
         lines.append(f"  memory hash {'matches' if r.memory_hash_match else 'DIFFERS'} "
                      f"({(r.source_hash or '')[:16]}...)")

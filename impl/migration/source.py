@@ -1,8 +1,9 @@
 """The migration source: the pre-copy loop, convergence check, switch-over and clean abort.
 
 Sequence: LAYOUT -> READY; start the dirty log; pass 0 sends every page; then delta passes
-send the pages the dirty log reported, until the remaining dirty bytes at the measured
-bandwidth fit the downtime limit. Between frames, at least every ``tick_s``, the loop
+send the pages the dirty log reported, until the switch-over estimate (:mod:`.downtime`:
+the remaining dirty bytes at the measured bandwidth, the final sync, the vCPU state and a
+learnt fixed part) fits the downtime limit. Between frames, at least every ``tick_s``, the loop
 syncs the dirty log into a pending set, measures dirty rate and bandwidth, and asks the
 policy for a throttle percentage (applied through the throttler). Switch-over:
 ``throttle.handover()`` leaves the vCPUs paused; the last dirty pages, the vCPU states and
@@ -32,7 +33,7 @@ import hashlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -41,6 +42,8 @@ import numpy as np
 from autoconverge.impl.throttler import ThrottlerTimeout, ThrottleWorkerError, validate_percent
 from autoconverge.spec import migration as M
 
+from .connections import PageStreams, check_connections
+from .downtime import PROCESS_HISTORY, DowntimeHistory, SwitchoverInputs, transfer_s
 from .errors import (
     ErrorCode,
     MigrationCancelled,
@@ -68,7 +71,7 @@ from .messages import (
     encode_vcpu_state,
     expect_empty,
 )
-from .pages import FrameBuilder, bitmap_to_bool
+from .pages import FrameBuilder, bitmap_to_bool, zero_copy_safe
 from .policy import Observation, Policy
 from .throttling import ThrottleControl, ThrottleFactory
 from .transport import Clock, RealClock
@@ -122,10 +125,20 @@ class MigrationConfig:
     """The dirty rate is averaged over the syncs of at least this window."""
     frame_bytes: int = 4 * 1024 * 1024
     zero_page_detection: bool = True
+    copy_pages: bool = False
+    """Copy pages into a private buffer before sending even where nothing can write them
+    (by default such frames go out zero-copy, see :mod:`.pages`; the benchmark uses this to
+    measure the path a running KVM guest's pre-copy takes)."""
+    connections: int = 1
+    """Connections to the receiver, 1..128 (``--connections``): the first carries the
+    control messages, all carry a share of each pass's pages (:mod:`.connections`)."""
     mac: str = "gmac"
     """Session MAC: ``gmac`` (AES-256-GMAC) or ``hmac`` (HMAC-SHA256, slower; a baseline)."""
     verify: bool = True
     """Compare a hash of guest memory at both ends after the switch-over."""
+    deadline_s: float | None = None
+    """Finish within this many seconds (``--deadline``): the policy gets the time left; when
+    it reports the deadline infeasible, or it passes, ``timeout_strategy`` applies."""
     cleanup_timeout_s: float = 30.0
     """How long the clean-up keeps asking the throttler to shut down while one of its vCPU
     calls is stuck (a slow pause()); after that the source guest's state is reported
@@ -151,6 +164,9 @@ class MigrationConfig:
             raise ValueError(f"mac must be one of {', '.join(MAC_NAMES)}, got {self.mac!r}")
         if not 4096 <= self.frame_bytes <= 64 * 1024 * 1024:
             raise ValueError(f"frame size must be 4 KiB..64 MiB, got {self.frame_bytes}")
+        check_connections(self.connections)
+        if self.deadline_s is not None and not 0 < self.deadline_s <= 7 * 86400:
+            raise ValueError(f"deadline must be in (0, 604800] s, got {self.deadline_s}")
         if not 0 < self.cleanup_timeout_s <= 3600:
             raise ValueError(f"cleanup timeout must be in (0, 3600] s, got "
                              f"{self.cleanup_timeout_s}")
@@ -169,6 +185,13 @@ class Sample:
     dirty_rate_bps: float
     est_downtime_s: float | None
     bytes_sent: int
+    guest_cpu_stolen_s: float = 0.0
+    """vCPU time taken from the guest by throttling so far."""
+    throttle_ms_per_round: float | None = None
+    """How long each vCPU was paused per throttle round since the previous sample (QEMU's
+    dirty-limit-throttle-time-per-round); None: no round since."""
+    note: str | None = None
+    """Something the user must see now (an infeasible deadline)."""
 
 
 @dataclass
@@ -184,6 +207,18 @@ class MigrationResult:
     downtime_ms: float | None = None
     est_downtime_ms: float | None = None
     downtime_limit_ms: float = 300.0
+    downtime_estimate_error_ms: float | None = None
+    """Actual minus estimated downtime (positive: the estimate was short)."""
+    switchover_fixed_ms: float | None = None
+    """The estimate's learnt fixed part when the switch-over was decided."""
+    deadline_s: float | None = None
+    deadline_infeasible: bool = False
+    """The policy found the deadline infeasible even at the highest throttle."""
+    deadline_note: str | None = None
+    throttle_rounds: int = 0
+    """Throttle rounds (pauses) over the run."""
+    throttle_ms_per_round: float | None = None
+    """Mean pause per vCPU per throttle round over the run (None: no round)."""
     bytes_sent: int = 0
     pages_sent: int = 0
     zero_pages_sent: int = 0
@@ -242,6 +277,8 @@ class MigrationSource:
     """Runs one migration of ``vm`` over an authenticated ``channel``; ``cancel()`` anytime."""
 
     _life: SideLifecycle
+    _streams: PageStreams | None = None
+    """The page stream over the connections (:mod:`.connections`), made once READY came."""
     """This run's model of the spec's source machine (bound for the length of run())."""
 
     def __init__(self, vm: MigratableVm, channel: FrameChannel, policy: Policy,
@@ -249,8 +286,13 @@ class MigrationSource:
                  clock: Clock | None = None,
                  on_progress: Callable[[Sample], None] | None = None,
                  link: LinkProbe | None = None,
-                 cancel_event: threading.Event | None = None) -> None:
+                 cancel_event: threading.Event | None = None,
+                 downtime_history: DowntimeHistory | None = None,
+                 data_channels: Sequence[FrameChannel] = ()) -> None:
+        self.data_channels = data_channels
+        """Connections 2..N (``--connections``), joined already; PAGES frames only."""
         self.vm = vm
+        self.downtime_history = downtime_history or PROCESS_HISTORY
         self.channel = channel
         self.policy = policy
         self.throttle_factory = throttle_factory
@@ -280,7 +322,12 @@ class MigrationSource:
         self._t0 = 0.0
         self.result = MigrationResult(status="failed", policy=policy.name,
                                       downtime_limit_ms=self.cfg.downtime_limit_s * 1e3,
-                                      memory_bytes=vm.memory_size)
+                                      memory_bytes=vm.memory_size,
+                                      deadline_s=self.cfg.deadline_s)
+        self._infeasible_seen = 0
+        self._round_mark: tuple[float, int] = (0.0, 0)
+        """(stolen vCPU-seconds, throttle rounds) at the previous sample."""
+        self._decided_transfer_s: float | None = None
         # measurements
         self._last_sync = 0.0
         self._syncs: deque[tuple[float, int, float]] = deque()
@@ -346,8 +393,8 @@ class MigrationSource:
             limit = decode_ready(self.channel.expect(MsgType.READY).payload)
             life.fire(M.RECV_READY, ds=M.READY)
             frame_pages = FrameBuilder.frame_pages_for(limit, self._ps, self._frame_bytes())
-            self._builder = FrameBuilder(self.vm.memory(), self._ps, frame_pages,
-                                         self.cfg.zero_page_detection)
+            self._streams = PageStreams(self.channel, self.data_channels, lambda: FrameBuilder(
+                self.vm.memory(), self._ps, frame_pages, self.cfg.zero_page_detection))
             self.vm.start_dirty_log()
             self._dirty_logging = True
             self._throttle = self.throttle_factory(self.vm)
@@ -368,6 +415,10 @@ class MigrationSource:
                 self._sample("check", it, remaining, est)
                 if remaining == 0 or (est is not None and est <= self.cfg.downtime_limit_s):
                     r.est_downtime_ms = (est or 0.0) * 1e3
+                    r.switchover_fixed_ms = self.downtime_history.fixed_s(
+                        self.cfg.downtime_limit_s) * 1e3
+                    self._decided_transfer_s = transfer_s(self._switchover_inputs(remaining))
+                    t_decided = self.clock.now()
                     break
                 self._check_timeout()
                 it += 1
@@ -385,6 +436,7 @@ class MigrationSource:
             life.fire(M.START_HANDOVER)
             self._thr = M.THR_HANDING
             self._throttle.handover()  # raising: nothing handed over (handover_timeout)
+            self.downtime_history.record_pause_delay(self.clock.now() - t_decided)
             self._thr = M.THR_HANDED
             life.fire(M.HANDOVER_RETURNED, throttled=False)
             r.guest_cpu_stolen_s = self._throttle.stolen_vcpu_seconds()
@@ -404,6 +456,7 @@ class MigrationSource:
             self._await_resumed()
             r.downtime_ms = (self.clock.now() - t_stop) * 1e3
             r.status = "completed"
+            self._learn_downtime(r.downtime_ms / 1e3)
             self._after_resumed()
         except MigrationSpecViolation as exc:  # a bug: cleaned up below, then raised
             err = exc
@@ -552,6 +605,8 @@ class MigrationSource:
         r = self.result
         r.total_time_s = self._now()
         problems: list[str] = []
+        if self._streams is not None:
+            self._streams.close()  # data connections' senders stop (before ERROR is sent)
         self._spec_end(err)
         if self._dest_may_run and r.status != "completed":
             # after the first byte of COMMIT, however the run ended (a KeyboardInterrupt too)
@@ -719,27 +774,37 @@ class MigrationSource:
 
     # ------------------------------------------------------------------------------ passes
     def _send_pass(self, idx: np.ndarray, it: int, *, ticks: bool) -> None:
-        fp = self._builder.frame_pages
+        """One pass's pages over the connections (``ticks`` False: the final pass, the vCPUs
+        handed over and paused). Frames go out zero-copy where nothing can write guest memory
+        while they are in flight (:func:`~.pages.zero_copy_safe`)."""
+        streams = self._streams
+        assert streams is not None
+        streams.zero_copy = not self.cfg.copy_pages and zero_copy_safe(self.vm, not ticks)
+        fp = streams.frame_pages
         total = len(idx)
+        r = self.result
         for start in range(0, total, fp):
             self._check_cancel()
             chunk = idx[start:start + fp]
-            # copied now: content at least as new as every write the log reported so far
+            # read now (or by the connection's sender): content at least as new as every
+            # write the log reported so far
             self._pending[chunk] = False
-            frame = self._builder.build(chunk)
-            self.channel.send(MsgType.PAGES, frame.head, frame.data)
-            r = self.result
-            r.pages_sent += frame.pages
-            r.zero_pages_sent += frame.zero_pages
-            r.bytes_sent = self.channel.bytes_sent
+            streams.send(chunk)
+            r.pages_sent, r.zero_pages_sent = streams.pages_sent, streams.zero_pages_sent
+            r.bytes_sent = self.channel.bytes_sent  # all connections' (they share the count)
             self._pass_idx, self._pass_pos = idx, start + len(chunk)
             self._limit_link()
             if ticks:
                 now = self._now()
                 if now - self._last_tick >= self.cfg.tick_s:
+                    streams.before_vm_call()
                     self._tick(it)
                 elif now - self._last_sync >= self.cfg.sync_s:
+                    streams.before_vm_call()
                     self._sync()
+        streams.end_pass(final=not ticks)
+        r.zero_pages_sent = streams.zero_pages_sent
+        r.bytes_sent = self.channel.bytes_sent
         self._pass_idx, self._pass_pos = idx[:0], 0
 
     def _limit_link(self) -> None:
@@ -810,11 +875,28 @@ class MigrationSource:
             self._bw_mark_t, self._bw_mark_bytes = now, sent
         self.result.bandwidth_bps = self._bw
 
+    def _switchover_inputs(self, remaining: int) -> SwitchoverInputs:
+        backlog = 0.0
+        if self.cfg.max_bandwidth_bps is not None:
+            backlog = max(0.0, self._link_free_at - self.clock.now())
+        return SwitchoverInputs(
+            remaining_bytes=remaining, queued_bytes=self._unsent(), backlog_s=backlog,
+            dirty_rate_bps=self._dirty_rate, since_sync_s=self._now() - self._last_sync,
+            pause_delay_s=self.downtime_history.pause_delay_s(),
+            vcpu_state_bytes=self.vm.vcpu_state_size * self.vm.vcpu_count,
+            bandwidth_bps=self._bw)
+
     def _estimate(self, remaining: int) -> float | None:
-        if remaining == 0:
-            return 0.0
-        # what still sits in the socket buffer goes out before the last pages do
-        return (remaining + self._unsent()) / self._bw if self._bw > 0 else None
+        """The switch-over's duration if it started now (:mod:`.downtime`)."""
+        return self.downtime_history.estimate_s(self._switchover_inputs(remaining),
+                                                self.cfg.downtime_limit_s)
+
+    def _learn_downtime(self, actual_s: float) -> None:
+        r = self.result
+        if r.est_downtime_ms is not None:
+            r.downtime_estimate_error_ms = actual_s * 1e3 - r.est_downtime_ms
+        if self._decided_transfer_s is not None:
+            self.downtime_history.record(self._decided_transfer_s, actual_s)
 
     def _tick(self, it: int) -> None:
         self._last_tick = self._now()
@@ -838,9 +920,13 @@ class MigrationSource:
             rate_run_share=self._rate_run_share,
             sent_bytes_period=self.channel.bytes_sent - self._obs_sent,
             bandwidth_bps=self._bw, remaining_bytes=remaining,
-            downtime_limit_s=self.cfg.downtime_limit_s)
+            downtime_limit_s=self.cfg.downtime_limit_s,
+            deadline_left_s=None if self.cfg.deadline_s is None else self.cfg.deadline_s - now,
+            timeout_left_s=self.cfg.timeout_s - now,
+            switchover_fixed_s=self.downtime_history.fixed_s(self.cfg.downtime_limit_s))
         self._obs_t, self._obs_sent, self._obs_dirty_new = now, self.channel.bytes_sent, 0
         want = int(self.policy.observe(obs))
+        note = self._deadline_verdict()
         try:
             validate_percent(want)
         except ValueError:
@@ -857,17 +943,56 @@ class MigrationSource:
             self._syncs.append((now, 0, self._stolen()))
             self.result.max_throttle_percent = max(self.result.max_throttle_percent, want)
         self.result.final_throttle_percent = self._percent
-        self._sample(kind, it, remaining, self._estimate(remaining))
+        self._sample(kind, it, remaining, self._estimate(remaining), note)
+        if note is not None and self.cfg.timeout_strategy == "cancel":
+            raise MigrationTimeout(f"{note} (strategy cancel)")
 
-    def _sample(self, kind: str, it: int, remaining: int, est: float | None) -> None:
+    def _deadline_verdict(self) -> str | None:
+        """The policy's word on the deadline: once it said "infeasible" at two observations
+        in a row (one noisy estimate is not enough), the result says so; the note is
+        returned the first time (for the progress line and the timeout strategy)."""
+        why = getattr(self.policy, "infeasible", None)
+        if self.cfg.deadline_s is None or not why:
+            self._infeasible_seen = 0
+            return None
+        self._infeasible_seen += 1
+        r = self.result
+        if self._infeasible_seen < 2 or r.deadline_infeasible:
+            return None
+        r.deadline_infeasible, r.deadline_note = True, str(why)
+        return str(why)
+
+    def _throttle_rounds(self) -> int:
+        count = getattr(self._throttle, "pause_rounds", None)
+        return int(count()) if callable(count) else 0
+
+    def _sample(self, kind: str, it: int, remaining: int, est: float | None,
+                note: str | None = None) -> None:
+        stolen, rounds = self._stolen(), self._throttle_rounds()
+        mark_stolen, mark_rounds = self._round_mark
+        per_round = None
+        if rounds > mark_rounds:
+            per_round = (stolen - mark_stolen) / self.vm.vcpu_count / (rounds - mark_rounds) * 1e3
+            self._round_mark = (stolen, rounds)
+        r = self.result
+        r.throttle_rounds = rounds
+        if rounds:
+            r.throttle_ms_per_round = stolen / self.vm.vcpu_count / rounds * 1e3
         s = Sample(self._now(), kind, it, remaining, self._percent, self._bw, self._dirty_rate,
-                   est, self.channel.bytes_sent)
-        self.result.timeline.append(s)
+                   est, self.channel.bytes_sent, stolen, per_round, note)
+        r.timeline.append(s)
         if self.on_progress is not None:
             self.on_progress(s)
 
     def _check_timeout(self) -> None:
-        if self._now() <= self.cfg.timeout_s:
+        now, deadline = self._now(), self.cfg.deadline_s
+        if deadline is not None and now > deadline and now <= self.cfg.timeout_s:
+            if self.cfg.timeout_strategy == "cancel":
+                raise MigrationTimeout(f"not converged by the deadline of {deadline:g} s "
+                                       f"(strategy cancel)")
+            self.result.timeout_exceeded = True
+            return
+        if now <= self.cfg.timeout_s:
             return
         if self.cfg.timeout_strategy == "cancel":
             raise MigrationTimeout(f"no convergence within the timeout of "

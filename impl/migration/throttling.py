@@ -137,6 +137,11 @@ class RealThrottle:
     def stolen_vcpu_seconds(self) -> float:
         return self._acct.stolen_vcpu_seconds()
 
+    def pause_rounds(self) -> int:
+        """Throttle rounds so far (pauses counted by the accounting; optional in the
+        protocol: the source reads the time per round from it when present)."""
+        return self._acct.pauses
+
 
 def real_throttle_factory(timeslice_ns: int = DEFAULT_TIMESLICE_NS,
                           call_timeout_ns: int | None = None) -> ThrottleFactory:

@@ -115,13 +115,15 @@ class CancellableSocket:
                                      ) from exc
 
     def sendmsg_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
-        """Send all ``parts`` by scatter-gather (``sendmsg``): large parts are not copied."""
+        """Send all ``parts`` by scatter-gather (``sendmsg``): no part is copied (a frame
+        built zero-copy goes from guest memory to the kernel)."""
         views = [memoryview(p).cast("B") for p in parts if len(p)]
+        first = 0  # views before this index are sent
         deadline = time.monotonic() + self.io_timeout_s
-        while views:
+        while first < len(views):
             self._check()
             try:
-                n = self.sock.sendmsg(views[:_IOV_MAX])
+                n = self.sock.sendmsg(views[first:first + _IOV_MAX])
                 deadline = time.monotonic() + self.io_timeout_s
             except TimeoutError:
                 if time.monotonic() > deadline:
@@ -131,13 +133,13 @@ class CancellableSocket:
             except OSError as exc:
                 raise TransportError(f"connection to the peer broke while sending: {exc}"
                                      ) from exc
-            while n and views:
-                first = views[0]
-                if n >= len(first):
-                    n -= len(first)
-                    views.pop(0)
+            while n and first < len(views):
+                head = views[first]
+                if n >= len(head):
+                    n -= len(head)
+                    first += 1
                 else:
-                    views[0] = first[n:]
+                    views[first] = head[n:]
                     n = 0
 
     def recv_into(self, buffer: memoryview, nbytes: int = 0, /) -> int:
