@@ -109,8 +109,9 @@ def test_worker_and_blocking_callers_run_realtime_where_permitted() -> None:
 
     def body() -> None:
         with Throttler(v, runtime=rt, timeslice_ns=20 * MS, name="rt-throttle") as t:
-            assert t.realtime and t.stats.caller_realtime is None  # no blocking call yet
-            t.set_throttle_percent(50)  # async: the caller is not boosted
+            assert t.realtime and t.stats.caller_realtime is None  # no call yet
+            t.set_throttle_percent(50)  # async: boosted too (the worker it wakes is realtime)
+            RESTORER.flush()
             assert os.sched_getscheduler(0) == os.SCHED_OTHER
             t.set_throttle_percent(0)  # abort: boosted for the call, restored 1 ms after
             RESTORER.flush()  # (by the restorer's thread; here at once)
