@@ -110,7 +110,8 @@ def throughput_section(args: argparse.Namespace) -> dict[str, Any]:
         "memory floors: one process sends a region of the guest's size (4 MiB sends) to "
         "another that receives it into a region of that size, socket options as the "
         "transport's: what any transport must at least do. The raw socket floors (the "
-        "keys without _memory, the rows' floor_pages_per_s): one 1 MiB buffer sent again and again into a 1 MiB buffer, "
+        "keys without _memory, the rows' floor_pages_per_s): one 1 MiB buffer sent again "
+        "and again into a 1 MiB buffer, "
         "default socket options. hmac/gmac: one core computing the MAC over 1 MiB frames; "
         f"both ends do it for every page that carries data. Medians of {n} interleaved "
         "runs.")

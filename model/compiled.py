@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from autoconverge.spec import Spec, Transition
 from autoconverge.spec.expr import _EMPTY_HEAD, Term, var
+from autoconverge.spec.fold import simplify
 
 __all__ = ["CompiledSpec", "compile_predicates", "compile_spec", "pack", "simplify"]
 
@@ -77,69 +78,8 @@ def pack(record: Any) -> tuple[Any, ...]:
 
 # --- constant folding -----------------------------------------------------------------------
 
-_CMP: dict[str, Callable[[Any, Any], Any]] = {
-    "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
-    "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-}
-_BOOL_OPS = {"and", "or", "not", "implies", "eq", "ne", "lt", "le", "gt", "ge", "is_state"}
-
-
 def _is_const(x: Any) -> bool:
     return not isinstance(x, Term)
-
-
-def simplify(x: Any) -> Any:
-    """Fold constants: a plain Python value, or a Term in which nothing more folds."""
-    if not isinstance(x, Term):
-        return x
-    op, args = x.op, x.args
-    if op == "const":
-        return simplify(args[0])
-    if op in ("var", "state"):
-        return x
-    if op in ("and", "or"):
-        absorbing = op == "or"
-        parts: list[Any] = []
-        for a in (simplify(a) for a in args):
-            if _is_const(a):
-                if bool(a) is absorbing:
-                    return absorbing
-                continue
-            parts.append(a)
-        if not parts:
-            return not absorbing
-        return parts[0] if len(parts) == 1 and parts[0].op in _BOOL_OPS else Term(op, tuple(parts))
-    if op == "not":
-        a = simplify(args[0])
-        return (not a) if _is_const(a) else Term("not", (a,))
-    if op == "implies":
-        a, b = simplify(args[0]), simplify(args[1])
-        if _is_const(a):
-            return True if not a else (bool(b) if _is_const(b) else b)
-        if _is_const(b):
-            return True if b else Term("not", (a,))
-        return Term("implies", (a, b))
-    if op == "ite":
-        c = simplify(args[0])
-        if _is_const(c):
-            return simplify(args[1] if c else args[2])
-        return Term("ite", (c, _lift(simplify(args[1])), _lift(simplify(args[2]))))
-    if op == "is_state":
-        s = simplify(args[0])
-        return bool(s == args[1]) if _is_const(s) else Term("is_state", (s, args[1]))
-    if op in _CMP:
-        a, b = simplify(args[0]), simplify(args[1])
-        if _is_const(a) and _is_const(b):
-            return _CMP[op](a, b)
-        if op in ("eq", "ne") and not _is_const(a) and not _is_const(b) and repr(a) == repr(b):
-            return op == "eq"
-        return Term(op, (_lift(a), _lift(b)))
-    return Term(op, tuple(_lift(simplify(a)) if isinstance(a, Term) else a for a in args))
-
-
-def _lift(x: Any) -> Term:
-    return x if isinstance(x, Term) else Term("const", (x,))
 
 
 # --- printing ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """One printer of the spec's syntax trees for every generated language.
 
-:class:`TermPrinter` walks a (constant-folded, :func:`.codegen.simplify`) tree of
+:class:`TermPrinter` walks a (constant-folded, :func:`autoconverge.spec.fold.simplify`) tree of
 :class:`~autoconverge.spec.expr.Term` nodes once for all target languages; a language
 (:mod:`.promela`, :mod:`.tla`) only declares its spellings - the constants, the connectives,
 the comparison and arithmetic operators, the ops it prints as a template (the conditional,
@@ -15,8 +15,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from autoconverge.spec.expr import Term, Value
-
-from .codegen import simplify
+from autoconverge.spec.fold import simplify
 
 
 def atomic(x: Value) -> bool:

@@ -60,6 +60,7 @@ from typing import Any, ClassVar, Literal
 
 from autoconverge.spec import FairnessGroup, Spec
 from autoconverge.spec.expr import Term, Value
+from autoconverge.spec.fold import const, simplify
 
 from . import tools
 from .codegen import (
@@ -71,12 +72,10 @@ from .codegen import (
     all_variables,
     chan_delta,
     channel_var,
-    const,
     initial_values,
     mentions,
     no_deadlock_term,
     post_state_term,
-    simplify,
     state_symbol,
     state_term,
     step_property_term,

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 
 from autoconverge.spec import FairnessGroup, Spec
 from autoconverge.spec.expr import Term
+from autoconverge.spec.fold import const, simplify
 
 from . import tools
 from .codegen import (
@@ -52,11 +53,9 @@ from .codegen import (
     Step,
     all_variables,
     channel_var,
-    const,
     cut_by_bounds,
     initial_values,
     no_deadlock_term,
-    simplify,
     state_term,
     step_property_term,
     steps,
