@@ -91,7 +91,8 @@ class PolicyRestorer:
                     self._cond.wait(first.due - now)
                     continue
                 del self._pending[first.tid]
-            self._restore(first)
+                # under the lock: once flush() or take() returns, no restore is in flight
+                self._restore(first)
 
     def _restore(self, p: Pending) -> None:
         try:

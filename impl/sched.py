@@ -29,12 +29,22 @@ RT_POLICIES: Final = frozenset(
 )
 """The realtime policies a thread inherits from its creator on Linux."""
 SCHED_IDLE: Final = getattr(os, "SCHED_IDLE", 5)
+RESET_ON_FORK: Final = getattr(os, "SCHED_RESET_ON_FORK", 0)
+"""Policy flag: threads and processes the boosted thread creates start at SCHED_OTHER instead
+of inheriting its realtime policy (a caller boosted by :func:`realtime_boost` keeps the boost
+for a moment after its call, and must not pass it on to a thread it starts then)."""
 
 
 def current_policy() -> int | None:
     """The calling thread's scheduling policy, or None where it cannot be read."""
+    return policy_of(0)
+
+
+def policy_of(tid: int) -> int | None:
+    """Thread ``tid``'s (0: the caller's) scheduling policy without the
+    :data:`RESET_ON_FORK` flag, or None where it cannot be read."""
     try:
-        return os.sched_getscheduler(0)
+        return os.sched_getscheduler(tid) & ~RESET_ON_FORK
     except (AttributeError, OSError):
         return None
 
@@ -125,11 +135,13 @@ def realtime_boost(enabled: bool = True, *, restore: bool = True,
         except (OSError, AttributeError):
             yield False
             return
+        old &= ~RESET_ON_FORK
         if old in RT_POLICIES:
             yield True
             return
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(BOOST_PRIORITY))
+            os.sched_setscheduler(0, os.SCHED_FIFO | RESET_ON_FORK,
+                                  os.sched_param(BOOST_PRIORITY))
         except (OSError, AttributeError):
             yield False
             return

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from autoconverge.impl.policy_restorer import RESTORER, PolicyRestorer
-from autoconverge.impl.sched import realtime_boost, realtime_permitted
+from autoconverge.impl.sched import policy_of, realtime_boost, realtime_permitted
 
 
 def test_a_scheduled_restore_is_performed_once_and_a_taken_one_never() -> None:
@@ -53,15 +53,15 @@ def test_deferred_restore_keeps_the_boost_past_the_block_and_restores_the_origin
         tid = threading.get_native_id()
         with realtime_boost(True, defer_restore_s=3600.0) as first:
             pass
-        after_first = os.sched_getscheduler(0)
+        after_first = policy_of(0)
         pending_after_first = [p.tid for p in RESTORER.pending()].count(tid)
         # a second block before the restore takes it back and ends with the original policy
         with realtime_boost(True, defer_restore_s=3600.0) as second:
-            inside = os.sched_getscheduler(0)
+            inside = policy_of(0)
         pending = [p for p in RESTORER.pending() if p.tid == tid]
         RESTORER.flush()
         return (first, after_first, pending_after_first, second, inside,
-                [p.policy for p in pending], os.sched_getscheduler(0))
+                [p.policy for p in pending], policy_of(0))
 
     assert _in_thread(body) == (True, os.SCHED_FIFO, 1, True, os.SCHED_FIFO,
                                 [os.SCHED_OTHER], os.SCHED_OTHER)
@@ -81,3 +81,23 @@ def test_the_restorer_thread_restores_without_being_asked() -> None:
     r.schedule(threading.get_native_id(), os.SCHED_OTHER, 0, delay_s=0.0)
     assert done.wait(10)  # an event, not a sleep: the restorer's own thread performed it
     assert seen == [os.SCHED_OTHER]
+
+
+def test_a_thread_started_while_the_boost_lingers_does_not_inherit_it() -> None:
+    """Found by the suite: a caller still boosted after its call (restore pending) started a
+    thread, which inherited SCHED_FIFO for good; the boost sets SCHED_RESET_ON_FORK."""
+    if not realtime_permitted():
+        pytest.skip("SCHED_FIFO needs CAP_SYS_NICE here")
+
+    def body() -> tuple[object, ...]:
+        with realtime_boost(True, defer_restore_s=3600.0):
+            pass
+        lingering = policy_of(0)
+        child: list[int | None] = []
+        th = threading.Thread(target=lambda: child.append(policy_of(0)))
+        th.start()
+        th.join(5)
+        RESTORER.flush()
+        return lingering, child, policy_of(0)
+
+    assert _in_thread(body) == (os.SCHED_FIFO, [os.SCHED_OTHER], os.SCHED_OTHER)

@@ -14,7 +14,7 @@ import pytest
 from autoconverge.impl.fakes import RecordingVcpus
 from autoconverge.impl.policy_restorer import RESTORER
 from autoconverge.impl.realtime import RealRuntime
-from autoconverge.impl.sched import realtime_permitted
+from autoconverge.impl.sched import RESET_ON_FORK, policy_of, realtime_permitted
 from autoconverge.impl.throttler import Throttler, ThrottlerClosed
 from autoconverge.model.tracecheck import SpecFollower
 from autoconverge.spec import SPEC
@@ -98,7 +98,7 @@ def test_many_short_lives_follow_the_spec() -> None:
 def _worker_policy(name: str) -> int:
     (worker,) = [th for th in threading.enumerate() if th.name == name]
     assert worker.native_id is not None
-    return os.sched_getscheduler(worker.native_id)
+    return policy_of(worker.native_id)
 
 
 def test_worker_and_blocking_callers_run_realtime_where_permitted() -> None:
@@ -112,16 +112,16 @@ def test_worker_and_blocking_callers_run_realtime_where_permitted() -> None:
             assert t.realtime and t.stats.caller_realtime is None  # no call yet
             t.set_throttle_percent(50)  # async: boosted too (the worker it wakes is realtime)
             RESTORER.flush()
-            assert os.sched_getscheduler(0) == os.SCHED_OTHER
+            assert policy_of(0) == os.SCHED_OTHER
             t.set_throttle_percent(0)  # abort: boosted for the call, restored 1 ms after
             RESTORER.flush()  # (by the restorer's thread; here at once)
-            assert os.sched_getscheduler(0) == os.SCHED_OTHER
+            assert policy_of(0) == os.SCHED_OTHER
             stats = t.stats
             assert stats.worker_realtime and stats.caller_realtime
             assert _worker_policy("rt-throttle") == os.SCHED_FIFO
             assert not v.paused
         RESTORER.flush()
-        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # shutdown restored it too
+        assert policy_of(0) == os.SCHED_OTHER  # shutdown restored it too
 
     _run_in_thread(body)
 
@@ -142,7 +142,7 @@ def test_realtime_refused_falls_back_to_normal_priority(
     real = os.sched_setscheduler
 
     def refuse(pid: int, policy: int, param: os.sched_param) -> None:
-        if policy == os.SCHED_FIFO:
+        if policy & ~RESET_ON_FORK == os.SCHED_FIFO:  # the boost adds the flag
             raise PermissionError(1, "Operation not permitted")
         real(pid, policy, param)
 
