@@ -50,7 +50,8 @@ def runs_of(idx: np.ndarray, kind: np.ndarray | None = None) -> np.ndarray:
 def zero_copy_safe(vm: Any, handed_over: bool) -> bool:
     """True if nothing writes ``vm``'s memory except inside calls the source makes itself:
     its vCPUs were handed over (paused for the switch-over), or the VM says so
-    (``memory_written_only_in_calls``: the simulated guest). Frames may then be sent
+    (``memory_written_only_in_calls``: the simulated guest, as long as no throttler calls it
+    from its own thread - the source checks that). Frames may then be sent
     straight from guest memory, as long as no VM call runs while one is in flight
     (:class:`~.connections.PageStreams` keeps to that). (Not ``is_paused()``: a throttled
     KVM guest is paused and resumed again by the throttler in the middle of a pass.)"""

@@ -779,7 +779,10 @@ class MigrationSource:
         while they are in flight (:func:`~.pages.zero_copy_safe`)."""
         streams = self._streams
         assert streams is not None
-        streams.zero_copy = not self.cfg.copy_pages and zero_copy_safe(self.vm, not ticks)
+        # once a throttle percent was set, the throttler's own thread calls the VM (pause,
+        # resume): a simulated guest then writes memory outside the source's calls too
+        streams.zero_copy = (not self.cfg.copy_pages and zero_copy_safe(self.vm, not ticks)
+                             and (not ticks or not self._throttled_up))
         fp = streams.frame_pages
         total = len(idx)
         r = self.result
@@ -936,6 +939,8 @@ class MigrationSource:
                 # the spec's one throttle_up (later changes are not steps of the abstraction)
                 self._life.fire(M.THROTTLE_UP)
                 self._throttled_up = True
+            if want > 0 and self._streams is not None:
+                self._streams.zero_copy = False  # see _send_pass: the throttler calls the VM
             self._throttle.set_throttle_percent(want)
             self._percent = want
             # the dirty rate is measured afresh at the new throttle
