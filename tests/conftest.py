@@ -123,3 +123,18 @@ def z3_solver_log(monkeypatch: pytest.MonkeyPatch) -> Z3SolverLog:
     monkeypatch.setattr(z3.Solver, "set", set_)
     monkeypatch.setattr(z3.Solver, "check", check)
     return log
+
+
+@pytest.fixture
+def realtime_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SCHED_FIFO refused, as for a user without CAP_SYS_NICE (other policies still set)."""
+    from autoconverge.impl.sched import RESET_ON_FORK
+
+    real = os.sched_setscheduler
+
+    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+        if policy & ~RESET_ON_FORK == os.SCHED_FIFO:  # the boost adds the flag
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, policy, param)
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)

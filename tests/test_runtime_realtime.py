@@ -15,7 +15,7 @@ import pytest
 
 from autoconverge.impl.realtime import RealChannel, RealRuntime
 from autoconverge.impl.runtime import ChannelTimeout, Runtime
-from autoconverge.impl.sched import RESET_ON_FORK, policy_of
+from autoconverge.impl.sched import policy_of
 
 pytestmark = pytest.mark.realtime
 
@@ -171,16 +171,8 @@ def test_realtime_block_boosts_and_restores() -> None:
                                 os.SCHED_OTHER, False, os.SCHED_OTHER, True, os.SCHED_FIFO)
 
 
-def test_realtime_block_without_permission_changes_nothing(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.sched_setscheduler
-
-    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
-        if policy & ~RESET_ON_FORK == os.SCHED_FIFO:  # the boost adds the flag
-            raise PermissionError(1, "Operation not permitted")
-        real(pid, policy, param)
-
-    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+@pytest.mark.usefixtures("realtime_refused")
+def test_realtime_block_without_permission_changes_nothing() -> None:
     rt = RealRuntime()
 
     def body() -> tuple[object, ...]:

@@ -14,7 +14,7 @@ import pytest
 from autoconverge.impl.fakes import RecordingVcpus
 from autoconverge.impl.policy_restorer import RESTORER
 from autoconverge.impl.realtime import RealRuntime
-from autoconverge.impl.sched import RESET_ON_FORK, policy_of, realtime_permitted
+from autoconverge.impl.sched import policy_of, realtime_permitted
 from autoconverge.impl.throttler import Throttler, ThrottlerClosed
 from autoconverge.model.tracecheck import SpecFollower
 from autoconverge.spec import SPEC
@@ -137,16 +137,8 @@ def test_realtime_off_keeps_every_thread_normal() -> None:
         assert t.stats.worker_realtime is False and t.stats.caller_realtime is None
 
 
-def test_realtime_refused_falls_back_to_normal_priority(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.sched_setscheduler
-
-    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
-        if policy & ~RESET_ON_FORK == os.SCHED_FIFO:  # the boost adds the flag
-            raise PermissionError(1, "Operation not permitted")
-        real(pid, policy, param)
-
-    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+@pytest.mark.usefixtures("realtime_refused")
+def test_realtime_refused_falls_back_to_normal_priority() -> None:
     rt = RealRuntime()
     v = RecordingVcpus(rt)
     with Throttler(v, runtime=rt, timeslice_ns=20 * MS, name="refused-throttle",
